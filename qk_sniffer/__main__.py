@@ -1,0 +1,24 @@
+"""``python -m qk_sniffer`` / ``sniff-qk``: a thin Hydra entry point around :func:`qk_sniffer.runner.run`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from .cli import CONFIG_DIR, report_user_errors
+from .config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from .runner import run
+
+    with report_user_errors():
+        result = run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
+    print(f"qk_sniffer: wrote {result.rows} rows from {result.examples} examples to {result.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

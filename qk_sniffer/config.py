@@ -1,0 +1,192 @@
+"""Typed configuration: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+Every YAML file under ``conf/`` names its schema in its defaults list, so an unknown key or a value of the
+wrong type fails when Hydra composes the config, naming the key. Cross-field checks that a type cannot
+express live in :mod:`qk_sniffer.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class ModelConfig:
+    # Hub id or local directory. When set (and random_init is false) it always means from_pretrained.
+    name: str | None = None
+    revision: str | None = None
+    # A short name used in branch names and run names; defaults to the last part of ``name``.
+    slug: str | None = None
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    # Applied to the model config before the weights load (e.g. a YaRN rope_scaling).
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    # The architecture as a transformers config dict (model_type + shape). Used when ``name`` is null or
+    # ``random_init`` is true: it builds the same shape with random weights, offline.
+    architecture: dict[str, Any] | None = None
+    random_init: bool = False
+    seed: int = 0
+    # "auto" = cuda when available, else cpu. ``device_map`` (e.g. "auto") hands placement to accelerate.
+    device: str = "auto"
+    device_map: str | None = None
+
+
+@dataclass
+class TokenizerConfig:
+    name: str | None = None
+    # Texts longer than this many tokens are truncated. Null: no truncation.
+    max_length: int | None = None
+
+
+@dataclass
+class DatasetConfig:
+    # "embedded" (the corpus shipped in the package), "synthetic" (random token ids), "json"/"csv"/"parquet"
+    # with data_files, or a Hub dataset id.
+    path: str = "embedded"
+    name: str | None = None
+    data_files: Any = None
+    split: str = "train"
+    text_column: str = "text"
+    id_column: str | None = None
+    max_samples: int | None = None
+    streaming: bool = False
+    # A slug for branch names; defaults to the last part of ``path``.
+    slug: str | None = None
+    # Deterministic split by example for sharded runs: this process handles examples i with
+    # i % num_shards == shard_index (i = position in the dataset).
+    num_shards: int = 1
+    shard_index: int = 0
+    # Only for path=synthetic.
+    seq_len: int = 512
+    num_examples: int = 4
+    seed: int = 0
+
+
+@dataclass
+class InferenceConfig:
+    batch_size: int = 1
+
+
+@dataclass
+class SamplerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class LogBucketSamplerConfig(SamplerConfig):
+    name: str = "log_bucket"
+    base_rate: float = 1.0
+    min_bucket_size: int = 1
+
+
+@dataclass
+class UniformSamplerConfig(SamplerConfig):
+    name: str = "uniform"
+    base_rate: float = 1.0
+    bucket_size: int = 1024
+
+
+@dataclass
+class AllSamplerConfig(SamplerConfig):
+    name: str = "all"
+    bucket_size: int = 1
+
+
+@dataclass
+class HeadSamplingConfig:
+    # Number of query heads to sample across all allowed layers. Null: every allowed head.
+    count: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class CaptureConfig:
+    layers: list[int] | None = None
+    heads: list[int] | None = None
+    head_sampling: HeadSamplingConfig = field(default_factory=HeadSamplingConfig)
+    full_attention_only: bool = False
+    pre_rope: bool = False
+    queries: bool = True
+    keys: bool = True
+    token_strings: bool = False
+
+
+@dataclass
+class HubConfig:
+    repo_id: str | None = None
+    # Null: derived from the model and dataset slugs, e.g. "qwen3-8b-longbench-pro-128k-plus".
+    branch: str | None = None
+    private: bool = False
+    push: bool = False
+
+
+@dataclass
+class OutputConfig:
+    # Null: "capture" inside the Hydra run directory.
+    dir: str | None = None
+    # What a second run of the same model does to configs that already hold data.
+    mode: str = "append"
+    flush_every_examples: int = 64
+    max_buffer_mb: int = 512
+    compact: bool = False
+    hub: HubConfig = field(default_factory=HubConfig)
+
+
+@dataclass
+class TrackingConfig:
+    # online / offline / disabled. Null: $WANDB_MODE, else online with a key and offline without one.
+    mode: str | None = None
+    project: str = "qk-sniffer"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    dataset: DatasetConfig = MISSING
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    # Typed by the option chosen in the sampler group (each option has its own schema).
+    sampler: Any = MISSING
+    capture: CaptureConfig = MISSING
+    output: OutputConfig = MISSING
+    tracking: TrackingConfig = MISSING
+
+
+@dataclass
+class BenchConfig:
+    """Settings only the benchmark reads (``python -m qk_sniffer.bench``)."""
+
+    repeats: int = 5
+    warmup: int = 1
+
+
+@dataclass
+class BenchAppConfig(Config):
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def register_configs() -> None:
+    """Put every schema in Hydra's ConfigStore. Idempotent."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(name="bench_schema", node=BenchAppConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="capture", name="capture_schema", node=CaptureConfig)
+    cs.store(group="output", name="output_schema", node=OutputConfig)
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    cs.store(group="sampler", name="log_bucket_schema", node=LogBucketSamplerConfig)
+    cs.store(group="sampler", name="uniform_schema", node=UniformSamplerConfig)
+    cs.store(group="sampler", name="all_schema", node=AllSamplerConfig)

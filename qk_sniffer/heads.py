@@ -1,0 +1,91 @@
+"""Which (layer, head) pairs are captured: layer/head filters, head sampling, and the GQA key heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import CaptureConfig
+from .errors import UserError
+from .models import ModelLayout
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Per captured layer, the query heads and key heads kept (sorted). Layers absent capture nothing."""
+
+    q_heads: dict[int, tuple[int, ...]]
+    k_heads: dict[int, tuple[int, ...]]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(set(self.q_heads) | set(self.k_heads))
+
+    @property
+    def deepest_layer(self) -> int | None:
+        layers = self.layers
+        return layers[-1] if layers else None
+
+    def heads(self, layer: int, kind: str) -> tuple[int, ...]:
+        return (self.q_heads if kind == "q" else self.k_heads).get(layer, ())
+
+    def count(self, kind: str) -> int:
+        return sum(len(h) for h in (self.q_heads if kind == "q" else self.k_heads).values())
+
+
+def check_ranges(capture: CaptureConfig, layout: ModelLayout) -> list[str]:
+    """Problems with layer/head numbers against this model, as messages naming the key and the valid range."""
+    problems = []
+    for layer in capture.layers or []:
+        if not 0 <= layer < layout.num_layers:
+            problems.append(
+                f"capture.layers: layer {layer} is out of range; valid layers are 0..{layout.num_layers - 1}"
+            )
+    for head in capture.heads or []:
+        if not 0 <= head < layout.num_q_heads:
+            problems.append(
+                f"capture.heads: head {head} is out of range; valid query heads are 0..{layout.num_q_heads - 1}"
+            )
+    return problems
+
+
+def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
+    problems = check_ranges(capture, layout)
+    if problems:
+        raise UserError("\n".join(problems))
+    layers = sorted(set(capture.layers)) if capture.layers is not None else list(range(layout.num_layers))
+    if capture.full_attention_only:
+        layers = [layer for layer in layers if not layout.is_sliding(layer)]
+    heads = sorted(set(capture.heads)) if capture.heads is not None else list(range(layout.num_q_heads))
+    candidates = [(layer, head) for layer in layers for head in heads]
+
+    count = capture.head_sampling.count
+    if count is not None:
+        if count < 1:
+            raise UserError(f"capture.head_sampling.count must be >= 1, got {count}")
+        if count > len(candidates):
+            raise UserError(
+                f"capture.head_sampling.count={count} exceeds the {len(candidates)} query heads allowed by "
+                "capture.layers/capture.heads/capture.full_attention_only"
+            )
+        rng = np.random.default_rng(capture.head_sampling.seed)
+        picked = rng.choice(len(candidates), size=count, replace=False)
+        candidates = [candidates[i] for i in sorted(picked)]
+
+    q_heads: dict[int, set[int]] = {}
+    for layer, head in candidates:
+        q_heads.setdefault(layer, set()).add(head)
+    # Keys: those the captured query heads read (GQA maps query head h to kv head h // group).
+    k_heads = {layer: {layout.kv_head_of(h) for h in hs} for layer, hs in q_heads.items()}
+
+    def frozen(d: dict[int, set[int]], enabled: bool) -> dict[int, tuple[int, ...]]:
+        return {layer: tuple(sorted(hs)) for layer, hs in sorted(d.items())} if enabled else {}
+
+    selection = HeadSelection(frozen(q_heads, capture.queries), frozen(k_heads, capture.keys))
+    if not selection.layers:
+        raise UserError(
+            "nothing to capture: capture.queries and capture.keys are both false, or the layer/head filters "
+            "(with capture.full_attention_only) leave no layer"
+        )
+    return selection

@@ -1,0 +1,148 @@
+"""Position samplers: which token positions of an example are kept, and the bucket of each.
+
+A sampler's decision for one example depends only on (example_id, layer, kind) and the example's length,
+so the same example yields the same rows whatever the batch, the dataset order or the process. Keep
+decisions are drawn in position order from one generator, so a truncated copy of a text keeps a prefix of
+the longer copy's rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import UserError
+from .registry import Registry
+
+KINDS = ("q", "k")
+_KIND_CODE = {"q": 0, "k": 1}
+
+
+class Sampler(Protocol):
+    name: str
+
+    def buckets(self, positions: np.ndarray) -> np.ndarray: ...
+
+    def keep_probability(self, buckets: np.ndarray) -> np.ndarray: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+
+SAMPLERS: Registry[type] = Registry("sampler")
+
+
+def mask_seed(example_id: int, layer: int, kind: str) -> int:
+    """A 64-bit seed from the three things a mask may depend on (stable across processes and platforms)."""
+    payload = f"{int(example_id)}:{int(layer)}:{_KIND_CODE[kind]}".encode()
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+
+
+def sample_positions(sampler: Sampler, example_id: int, layer: int, kind: str, length: int) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """Kept positions (int64, ascending) and their buckets (int32) for one example of ``length`` tokens."""
+    positions = np.arange(length, dtype=np.int64)
+    buckets = sampler.buckets(positions)
+    prob = sampler.keep_probability(buckets)
+    if np.all(prob >= 1.0):
+        keep = np.ones(length, dtype=bool)
+    else:
+        draws = np.random.default_rng(mask_seed(example_id, layer, kind)).random(length)
+        keep = draws < prob
+    return positions[keep], buckets[keep].astype(np.int32)
+
+
+def _positive_rate(value: float) -> float:
+    if not (value > 0):
+        raise UserError(f"sampler.base_rate must be > 0, got {value}")
+    return float(value)
+
+
+def _positive_int(key: str, value: int) -> int:
+    if int(value) < 1:
+        raise UserError(f"{key} must be >= 1, got {value}")
+    return int(value)
+
+
+@SAMPLERS.register("log_bucket")
+@dataclass(frozen=True)
+class LogBucketSampler:
+    """bucket = floor(log2(position + 1)), at least log2(min_bucket_size) rounded up; p = base_rate / 2**bucket."""
+
+    base_rate: float = 1.0
+    min_bucket_size: int = 1
+    name: str = "log_bucket"
+
+    def __post_init__(self) -> None:
+        _positive_rate(self.base_rate)
+        _positive_int("sampler.min_bucket_size", self.min_bucket_size)
+
+    @property
+    def min_bucket(self) -> int:
+        return math.ceil(math.log2(self.min_bucket_size))
+
+    def buckets(self, positions: np.ndarray) -> np.ndarray:
+        # Integer log2 of (position + 1): exact, unlike float log2 near powers of two.
+        raw = np.frexp((positions + 1).astype(np.float64))[1].astype(np.int64) - 1
+        return np.maximum(raw, self.min_bucket)
+
+    def keep_probability(self, buckets: np.ndarray) -> np.ndarray:
+        return np.minimum(1.0, self.base_rate / np.exp2(buckets.astype(np.float64)))
+
+    def params(self) -> dict[str, Any]:
+        return {"base_rate": self.base_rate, "min_bucket_size": self.min_bucket_size}
+
+
+@SAMPLERS.register("uniform")
+@dataclass(frozen=True)
+class UniformSampler:
+    """bucket = position // bucket_size; p = base_rate / bucket_size."""
+
+    base_rate: float = 1.0
+    bucket_size: int = 1024
+    name: str = "uniform"
+
+    def __post_init__(self) -> None:
+        _positive_rate(self.base_rate)
+        _positive_int("sampler.bucket_size", self.bucket_size)
+
+    def buckets(self, positions: np.ndarray) -> np.ndarray:
+        return positions // self.bucket_size
+
+    def keep_probability(self, buckets: np.ndarray) -> np.ndarray:
+        return np.full(buckets.shape, min(1.0, self.base_rate / self.bucket_size))
+
+    def params(self) -> dict[str, Any]:
+        return {"base_rate": self.base_rate, "bucket_size": self.bucket_size}
+
+
+@SAMPLERS.register("all")
+@dataclass(frozen=True)
+class AllSampler:
+    """Every position; bucket = position // bucket_size."""
+
+    bucket_size: int = 1
+    name: str = "all"
+
+    def __post_init__(self) -> None:
+        _positive_int("sampler.bucket_size", self.bucket_size)
+
+    def buckets(self, positions: np.ndarray) -> np.ndarray:
+        return positions // self.bucket_size
+
+    def keep_probability(self, buckets: np.ndarray) -> np.ndarray:
+        return np.ones(buckets.shape)
+
+    def params(self) -> dict[str, Any]:
+        return {"bucket_size": self.bucket_size}
+
+
+def build_sampler(cfg: Any) -> Sampler:
+    """A sampler from its config node (``name`` plus that sampler's keys)."""
+    params = {k: v for k, v in dict(cfg).items() if k != "name"}
+    sampler: Sampler = SAMPLERS.get(str(cfg["name"]))(**params)
+    return sampler

@@ -1,0 +1,112 @@
+"""A capture session: a loaded model with the attention tap open, turning batches into captured blocks.
+
+This is the one capture path. The Hydra runner and the Python API both drive it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import torch
+from transformers import PreTrainedModel
+
+from .capture import BatchCapture, PendingCopy
+from .data import Batch
+from .heads import HeadSelection
+from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
+from .patching import StopForward, attention_tap
+from .samplers import Sampler
+
+
+@dataclass
+class Timings:
+    """Seconds spent per step, summed over batches (host-side wall clock)."""
+
+    forward: float = 0.0
+    plan: float = 0.0
+    host_copy: float = 0.0
+    batches: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+
+
+class CaptureSession:
+    """Open with ``with``; call :meth:`forward` per batch, then ``.result()`` on what it returns.
+
+    ``early_stop`` ends each forward right after the deepest captured layer hands over its Q/K.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        selection: HeadSelection,
+        sampler: Sampler,
+        *,
+        pre_rope: bool = False,
+        early_stop: bool = True,
+    ) -> None:
+        self.model = model
+        self.backbone = backbone_of(model)
+        self.layout: ModelLayout = layout_from_config(model.config)
+        self.selection = selection
+        self.sampler = sampler
+        self.pre_rope = pre_rope
+        self.early_stop = early_stop
+        self.delegate = attention_backend(model)
+        self.device = next(self.backbone.parameters()).device
+        self.timings = Timings()
+        self._current: BatchCapture | None = None
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> CaptureSession:
+        stack = ExitStack()
+        stack.enter_context(
+            attention_tap(
+                self.backbone,
+                self.delegate,
+                self._dispatch,
+                pre_rope=self.pre_rope,
+                layers=set(self.selection.layers),
+                stop_after_layer=self.selection.deepest_layer if self.early_stop else None,
+            )
+        )
+        self._stack = stack
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _dispatch(self, layer: int, query: torch.Tensor, key: torch.Tensor, window: int | None) -> None:
+        if self._current is not None:
+            self._current(layer, query, key, window)
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> PendingCopy:
+        """Run the backbone over ``batch`` (no LM head, no KV cache, no padding mask) and start the copy."""
+        if self._stack is None:
+            raise RuntimeError("CaptureSession.forward called outside its `with` block")
+        t0 = time.perf_counter()
+        capture = BatchCapture(self.selection, self.sampler, batch, self.device)
+        t1 = time.perf_counter()
+        self._current = capture
+        try:
+            self.backbone(input_ids=batch.input_ids.to(self.device, non_blocking=True), use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            self._current = None
+        t2 = time.perf_counter()
+        pending = capture.start_copy()
+        t3 = time.perf_counter()
+        step = {"plan_s": t1 - t0, "forward_s": t2 - t1, "host_copy_s": t3 - t2}
+        self.timings.plan += step["plan_s"]
+        self.timings.forward += step["forward_s"]
+        self.timings.host_copy += step["host_copy_s"]
+        self.timings.batches += 1
+        self.timings.last = step
+        return pending
