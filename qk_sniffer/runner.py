@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from . import card
+from . import card, hub
+from .capture import Block
 from .config import Config
 from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
 from .export import ParquetWriter, RowBuffer, name_widths
@@ -61,6 +62,7 @@ def run(cfg: Config) -> RunResult:
     out_dir = resolve_output_dir(cfg)
     metadata = run_metadata(cfg, layout, selection, sampler)
     claim_output_dir(out_dir, metadata, mode=cfg.output.mode)
+    hub.preflight(cfg.output.hub)
     tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
     stats = DataStats()
     examples = _examples(cfg, tokenizer, stats, int(model_config.get_text_config().vocab_size))
@@ -90,6 +92,10 @@ def run(cfg: Config) -> RunResult:
         _write_metadata(out_dir, metadata)
         card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
         phases["export_s"] = time.perf_counter() - t0
+        # 5. Publish (only with output.hub.push=true).
+        t0 = time.perf_counter()
+        hub.publish(cfg, out_dir)
+        phases["push_s"] = time.perf_counter() - t0
         result = RunResult(out_dir, writer.rows_written, stats.examples, stats.tokens, stats.skipped_empty,
                            phases=phases)
         phases["total_s"] = time.perf_counter() - t_start
@@ -131,7 +137,7 @@ def _capture_loop(cfg: Config, session: CaptureSession, batch_iter: Iterator[Bat
         copy = session.forward(batch)
         # The previous batch's copy finished while this forward was queued; collect it now.
         if pending is not None:
-            buffer.add(pending.result())
+            _collect(pending.result(), buffer, tracker)
         pending = copy
         examples_since_flush += len(batch.examples)
         if buffer.nbytes >= cap_bytes or examples_since_flush >= cfg.output.flush_every_examples:
@@ -139,8 +145,13 @@ def _capture_loop(cfg: Config, session: CaptureSession, batch_iter: Iterator[Bat
             examples_since_flush = 0
         tracker.batch(batch, session.timings.last, time.perf_counter() - t0, buffer.nbytes)
     if pending is not None:
-        buffer.add(pending.result())
+        _collect(pending.result(), buffer, tracker)
     writer.submit(buffer.drain())
+
+
+def _collect(blocks: list[Block], buffer: RowBuffer, tracker: Tracker) -> None:
+    tracker.rows(blocks)
+    buffer.add(blocks)
 
 
 def run_metadata(cfg: Config, layout: ModelLayout, selection: HeadSelection, sampler: Sampler) -> dict[str, Any]:

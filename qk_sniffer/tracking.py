@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from typing import Any, Protocol
 
+from .capture import Block
 from .config import Config
 from .data import Batch
 
 
 class Tracker(Protocol):
     def batch(self, batch: Batch, step: dict[str, float], wall_s: float, buffer_bytes: int) -> None: ...
+
+    def rows(self, blocks: list[Block]) -> None: ...
 
     def summary(self, result: Any, bytes_written: int) -> None: ...
 
@@ -27,6 +30,9 @@ class ProgressTracker:
 
     def batch(self, batch: Batch, step: dict[str, float], wall_s: float, buffer_bytes: int) -> None:
         self._bar.update(batch.num_tokens)
+
+    def rows(self, blocks: list[Block]) -> None:
+        pass
 
     def summary(self, result: Any, bytes_written: int) -> None:
         pass

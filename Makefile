@@ -1,0 +1,48 @@
+# qk_sniffer developer targets. Every target uses the virtual environment in $(VENV).
+# TORCH_SPEC picks the PyTorch build: the default is the CPU wheel; on a GPU box use e.g.
+#   make install TORCH_SPEC="torch==2.9.1"      (or any CUDA build pip can reach)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev,cluster]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install qk_sniffer (editable) with its dev tools
+
+run: install ## Run the embedded default (offline, seconds); outputs go under outputs/
+	$(PY) -m qk_sniffer
+
+test: install ## Run the whole test suite (unit + integration, CPU)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## Unit tests only
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+lint: install ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check qk_sniffer tests
+	$(VENV)/bin/ruff format --check qk_sniffer tests
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix qk_sniffer tests
+	$(VENV)/bin/ruff format qk_sniffer tests
+
+bench: install ## Capture overhead benchmark (prints a table, then one JSON line)
+	$(PY) -m qk_sniffer.bench $(BENCH_ARGS)
+
+clean: ## Remove caches (keeps .venv and outputs/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

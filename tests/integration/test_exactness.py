@@ -1,0 +1,82 @@
+"""Every captured vector equals the model's own eager Q/K at that layer, head and position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import compose_cfg, embedded_tokenizer, read_configs, save_checkpoint, write_jsonl
+from reference import eager_reference
+from transformers import AutoModelForCausalLM
+
+from qk_sniffer.export import config_name
+from qk_sniffer.runner import run
+
+TEXTS = [
+    "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
+    "Short one.",
+    "A mechanical clock is a negotiation between a falling weight and a stubborn escapement; the pendulum "
+    "sets the pace. Everything else is bookkeeping, and every part exists for a reason you can point at.",
+    "Counting looks simple.",
+]
+TOL = 1e-4
+
+
+def check_exact(out_dir, model, texts, pre_rope):
+    tok = embedded_tokenizer()
+    ids = {i: tok(t)["input_ids"] for i, t in enumerate(texts)}
+    refs = {i: eager_reference(model, ids[i]) for i in ids}
+    tables = read_configs(out_dir)
+    assert tables, "no configs written"
+    n_layers = model.config.num_hidden_layers
+    checked, worst = 0, 0.0
+    for layer in range(n_layers):
+        for kind, n_heads in (("q", model.config.num_attention_heads), ("k", model.config.num_key_value_heads)):
+            for head in range(n_heads):
+                table = tables[config_name(layer, head, kind)]
+                vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+                for row, (ex, pos) in enumerate(zip(table.column("example_id").to_pylist(),
+                                                    table.column("position").to_pylist(), strict=True)):
+                    assert 0 <= pos < len(ids[ex]), "padding or out-of-range position captured"
+                    r = refs[ex].layers[layer]
+                    src = {"q": r.q_pre if pre_rope else r.q_post, "k": r.k_pre if pre_rope else r.k_post}[kind]
+                    expected = src[head, pos].numpy()
+                    err = float(np.abs(vectors[row] - expected).max())
+                    worst = max(worst, err)
+                    assert err <= TOL, f"{kind} l{layer} h{head} ex{ex} pos{pos}: max abs error {err}"
+                    checked += 1
+    return checked, worst
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "mistral"])
+@pytest.mark.parametrize("pre_rope", [False, True])
+def test_every_vector_matches_eager(tmp_path, model_type, pre_rope):
+    ckpt = save_checkpoint(tmp_path, model_type)
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
+    out = tmp_path / "out"
+    cfg = compose_cfg([
+        f"model.name={ckpt}", "sampler=all", "dataset=local", f"dataset.data_files={data}",
+        "inference.batch_size=3", f"capture.pre_rope={str(pre_rope).lower()}", f"output.dir={out}",
+    ])
+    result = run(cfg)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32").eval()
+    checked, worst = check_exact(out, model, TEXTS, pre_rope)
+    total_tokens = sum(len(embedded_tokenizer()(t)["input_ids"]) for t in TEXTS)
+    n_heads = model.config.num_attention_heads + model.config.num_key_value_heads
+    assert checked == result.rows == total_tokens * n_heads * model.config.num_hidden_layers
+    if model_type == "mistral":  # the texts are longer than the 8-token window: the window must hold
+        assert max(len(embedded_tokenizer()(t)["input_ids"]) for t in TEXTS) > 8
+
+
+def test_pre_and_post_rope_differ_where_rotated(tmp_path):
+    ckpt = save_checkpoint(tmp_path, "llama")
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": TEXTS[0]}])
+    outs = {}
+    for pre in (False, True):
+        out = tmp_path / f"out-{pre}"
+        run(compose_cfg([f"model.name={ckpt}", "sampler=all", "dataset=local", f"dataset.data_files={data}",
+                         f"capture.pre_rope={str(pre).lower()}", f"output.dir={out}", "capture.layers=[0]"]))
+        outs[pre] = read_configs(out)["l00h00q"]
+    post = np.asarray(outs[False].column("vector").to_pylist())
+    pre = np.asarray(outs[True].column("vector").to_pylist())
+    np.testing.assert_allclose(post[0], pre[0], atol=1e-6)  # position 0: rotation by angle 0
+    assert np.abs(post[5:] - pre[5:]).max() > 1e-3

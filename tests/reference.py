@@ -1,0 +1,76 @@
+"""The model's own eager computation of Q/K, recorded without our attention tap, for exactness tests.
+
+Post-RoPE: the ``query``/``key`` the model hands to its own ``eager_attention_forward`` (recorded by swapping
+that function in the modeling module for a recorder that then calls it). Pre-RoPE: the arguments the model
+passes to its own ``apply_rotary_pos_emb``; a layer that never calls it (no rotation) has pre == post.
+Each example runs alone, unpadded, so batching and padding effects in the capture path cannot hide.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from qk_sniffer.models import backbone_of
+from qk_sniffer.patching import attention_modules
+
+
+@dataclass
+class LayerQK:
+    q_post: torch.Tensor  # (Hq, S, D)
+    k_post: torch.Tensor  # (Hkv, S, D)
+    q_pre: torch.Tensor
+    k_pre: torch.Tensor
+
+
+@dataclass
+class Reference:
+    layers: dict[int, LayerQK] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def eager_reference(model: torch.nn.Module, input_ids: list[int]) -> Reference:
+    backbone = backbone_of(model)
+    modules = attention_modules(backbone)
+    modeling = {sys.modules[type(m).__module__] for m in modules}
+    saved_impl = {id(m.config): (m.config, m.config._attn_implementation) for m in modules}
+    saved_impl[id(backbone.config)] = (backbone.config, backbone.config._attn_implementation)
+    saved = {mod: (mod.eager_attention_forward, getattr(mod, "apply_rotary_pos_emb", None)) for mod in modeling}
+    ref = Reference()
+    pending: dict[str, torch.Tensor] = {}
+
+    def make_eager(original):
+        def recorder(module, query, key, *args, **kwargs):
+            layer = int(module.layer_idx)
+            q_pre = pending.pop("q", query)
+            k_pre = pending.pop("k", key)
+            ref.layers[layer] = LayerQK(query[0].float().clone(), key[0].float().clone(),
+                                        q_pre[0].float().clone(), k_pre[0].float().clone())
+            return original(module, query, key, *args, **kwargs)
+        return recorder
+
+    def make_rotary(original):
+        def recorder(q, k, *args, **kwargs):
+            pending["q"], pending["k"] = q, k
+            return original(q, k, *args, **kwargs)
+        return recorder
+
+    try:
+        for cfg, _ in saved_impl.values():
+            cfg._attn_implementation_internal = "eager"
+        for mod, (eager, rotary) in saved.items():
+            mod.eager_attention_forward = make_eager(eager)
+            if rotary is not None:
+                mod.apply_rotary_pos_emb = make_rotary(rotary)
+        device = next(model.parameters()).device
+        backbone(input_ids=torch.tensor([input_ids], device=device), use_cache=False)
+    finally:
+        for mod, (eager, rotary) in saved.items():
+            mod.eager_attention_forward = eager
+            if rotary is not None:
+                mod.apply_rotary_pos_emb = rotary
+        for cfg, impl in saved_impl.values():
+            cfg._attn_implementation_internal = impl
+    return ref
