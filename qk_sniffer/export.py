@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,6 +139,8 @@ class ParquetWriter:
         self._lock = threading.Lock()
         self.bytes_written = 0
         self.rows_written = 0
+        self.write_seconds = 0.0
+        self.files: list[str] = []
 
     def submit(self, rows: dict[tuple[int, str], PendingRows]) -> Future[list[tuple[str, int, int]]]:
         """Queue a flush; the future gives (relative path, rows, bytes) of every file it wrote."""
@@ -148,6 +151,7 @@ class ParquetWriter:
         return future
 
     def _write(self, rows: dict[tuple[int, str], PendingRows], seq: int) -> list[tuple[str, int, int]]:
+        start = time.perf_counter()
         written = []
         for pending in rows.values():
             for name, table in tables_for(pending, self.widths, self.token_strings).items():
@@ -159,6 +163,9 @@ class ParquetWriter:
                 with self._lock:
                     self.bytes_written += size
                     self.rows_written += table.num_rows
+                    self.files.append(rel)
+        with self._lock:
+            self.write_seconds += time.perf_counter() - start
         return written
 
     def wait(self) -> None:
