@@ -1,0 +1,113 @@
+"""The real command line: default run, --help, --cfg job, multirun, and every bad input's message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from helpers import run_cli, write_jsonl
+
+
+def parquet_files(root: Path) -> list[Path]:
+    return list(root.rglob("*.parquet"))
+
+
+def test_default_run_works_offline_and_says_where(tmp_path):
+    proc = run_cli([], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("qk_sniffer: wrote ") and " to " in last
+    out_dir = Path(last.rsplit(" to ", 1)[1])
+    assert out_dir.is_relative_to(tmp_path / "outputs")
+    ds = load_dataset(str(out_dir), "l00h00q", split="train")
+    assert ds.num_rows > 0
+    assert set(ds.column_names) == {"bucket", "example_id", "position", "vector", "sliding_window"}
+    assert len(ds[0]["vector"]) == 16
+
+
+def test_help_and_cfg_job(tmp_path):
+    helped = run_cli(["--help"], cwd=tmp_path)
+    assert helped.returncode == 0
+    for group in ("model:", "sampler:", "dataset:", "capture:"):
+        assert group in helped.stdout
+    shown = run_cli(["--cfg", "job", "sampler=uniform", "sampler.bucket_size=64"], cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "bucket_size: 64" in shown.stdout and "name: uniform" in shown.stdout
+    assert not parquet_files(tmp_path)
+
+
+def test_multirun_sweeps_samplers(tmp_path):
+    proc = run_cli(["-m", "sampler=log_bucket,uniform", "sampler.base_rate=2.0", "dataset.max_samples=2",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cards = sorted((tmp_path / "sweep").glob("*/capture/README.md"))
+    assert len(cards) == 2
+    assert "`log_bucket`" in cards[0].read_text() and "`uniform`" in cards[1].read_text()
+
+
+@pytest.fixture
+def docs(tmp_path):
+    return write_jsonl(tmp_path / "docs.jsonl", [{"body": "some text here", "doc": "a"}, {"body": "more", "doc": "b"}])
+
+
+BAD = {
+    "unknown key": (["capture.colour=red"], 1, ["capture.colour"]),
+    "unknown group option": (["sampler=logbucket"], 1, ["sampler/logbucket", "log_bucket", "uniform", "all"]),
+    "wrong type": (["inference.batch_size=many"], 1, ["inference.batch_size", "many"]),
+    "layer out of range": (["capture.layers=[0,7]"], 2, ["capture.layers: layer 7 is out of range", "0..3"]),
+    "head out of range": (["capture.heads=[4]"], 2, ["capture.heads: head 4 is out of range", "0..3"]),
+    "unknown dtype": (["model.dtype=float64"], 2, ["model.dtype='float64'", "float32, float16, bfloat16"]),
+    "batch size": (["inference.batch_size=0"], 2, ["inference.batch_size must be >= 1"]),
+    "zero base rate": (["sampler.base_rate=0"], 2, ["sampler.base_rate must be > 0"]),
+    "negative base rate": (["sampler=uniform", "sampler.base_rate=-1"], 2, ["sampler.base_rate must be > 0"]),
+    "missing data files": (["dataset=local", "dataset.data_files=/nonexistent/docs.jsonl"], 2,
+                           ["dataset.data_files", "/nonexistent/docs.jsonl"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_clear_message(tmp_path, case):
+    args, code, needles = BAD[case]
+    proc = run_cli([*args, f"output.dir={tmp_path}/out"], cwd=tmp_path)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    text = proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in text, (needle, text)
+    assert "Traceback" not in text
+    assert not parquet_files(tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "column_args, needles",
+    [
+        (["dataset.text_column=text"], ["dataset.text_column='text'", "body, doc"]),
+        (["dataset.text_column=body", "dataset.id_column=id"], ["dataset.id_column='id'", "body, doc"]),
+    ],
+)
+def test_missing_column_lists_the_columns(tmp_path, docs, column_args, needles):
+    proc = run_cli(["dataset=local", f"dataset.data_files={docs}", *column_args, f"output.dir={tmp_path}/out"],
+                   cwd=tmp_path)
+    assert proc.returncode == 2
+    for needle in needles:
+        assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not parquet_files(tmp_path)
+
+
+def test_local_files_with_id_column_and_token_strings(tmp_path, docs):
+    out = tmp_path / "out"
+    proc = run_cli(["dataset=local", f"dataset.data_files={docs}", "dataset.text_column=body",
+                    "dataset.id_column=doc", "capture.token_strings=true", "sampler=all", f"output.dir={out}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ds = load_dataset(str(out), "l01h01k", split="train")
+    from qk_sniffer.data import stable_id
+    from helpers import embedded_tokenizer
+
+    tok = embedded_tokenizer()
+    ids = tok("some text here")["input_ids"]
+    rows = [r for r in ds if r["example_id"] == stable_id("a")]
+    assert [r["position"] for r in rows] == list(range(len(ids)))
+    assert [r["token_str"] for r in rows] == tok.convert_ids_to_tokens(ids)
