@@ -45,7 +45,8 @@ def check_ranges(capture: CaptureConfig, layout: ModelLayout) -> list[str]:
     for head in capture.heads or []:
         if not 0 <= head < layout.num_q_heads:
             problems.append(
-                f"capture.heads: head {head} is out of range; valid query heads are 0..{layout.num_q_heads - 1}"
+                f"capture.heads: head {head} is out of range; "
+                f"valid query heads are 0..{layout.num_q_heads - 1}"
             )
     return problems
 

@@ -41,9 +41,9 @@ def mask_seed(example_id: int, layer: int, kind: str) -> int:
     return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
 
 
-def sample_positions(sampler: Sampler, example_id: int, layer: int, kind: str, length: int) -> tuple[
-    np.ndarray, np.ndarray
-]:
+def sample_positions(
+    sampler: Sampler, example_id: int, layer: int, kind: str, length: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Kept positions (int64, ascending) and their buckets (int32) for one example of ``length`` tokens."""
     positions = np.arange(length, dtype=np.int64)
     buckets = sampler.buckets(positions)
@@ -71,7 +71,7 @@ def _positive_int(key: str, value: int) -> int:
 @SAMPLERS.register("log_bucket")
 @dataclass(frozen=True)
 class LogBucketSampler:
-    """bucket = floor(log2(position + 1)), at least log2(min_bucket_size) rounded up; p = base_rate / 2**bucket."""
+    """bucket = floor(log2(position + 1)), at least ceil(log2(min_bucket_size)); p = base_rate / 2**bucket."""
 
     base_rate: float = 1.0
     min_bucket_size: int = 1

@@ -18,7 +18,9 @@ def load_tokenizer(tokenizer: TokenizerConfig, model: ModelConfig) -> PreTrained
         return PreTrainedTokenizerFast(tokenizer_file=str(EMBEDDED_TOKENIZER), eos_token="<|endoftext|>")
     try:
         revision = model.revision if tokenizer.name is None else None
-        return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=model.trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=model.trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         key = "tokenizer.name" if tokenizer.name else "model.name"
         raise UserError(f"{key}={name!r}: cannot load a tokenizer ({exc})") from None
@@ -41,7 +43,7 @@ def token_strings(tok: PreTrainedTokenizerBase) -> Callable[[np.ndarray], list[s
 
 
 def pad_id(tok: PreTrainedTokenizerBase | None) -> int:
-    """Any id works for right padding (never attended by real tokens, never captured); prefer the pad token."""
+    """Any id works for right padding (never attended by real tokens, never captured); prefer pad."""
     if tok is None:
         return 0
     for candidate in (tok.pad_token_id, tok.eos_token_id):

@@ -17,7 +17,9 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3
 def config_problems(cfg: Config) -> list[str]:
     problems = []
     if cfg.model.dtype not in DTYPES:
-        problems.append(f"model.dtype={cfg.model.dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+        problems.append(
+            f"model.dtype={cfg.model.dtype!r} is not supported; choose one of {', '.join(DTYPES)}"
+        )
     impl = cfg.model.attn_implementation
     if impl is not None and impl not in ATTN_IMPLEMENTATIONS:
         problems.append(

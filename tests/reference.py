@@ -37,7 +37,9 @@ def eager_reference(model: torch.nn.Module, input_ids: list[int]) -> Reference:
     modeling = {sys.modules[type(m).__module__] for m in modules}
     saved_impl = {id(m.config): (m.config, m.config._attn_implementation) for m in modules}
     saved_impl[id(backbone.config)] = (backbone.config, backbone.config._attn_implementation)
-    saved = {mod: (mod.eager_attention_forward, getattr(mod, "apply_rotary_pos_emb", None)) for mod in modeling}
+    saved = {
+        mod: (mod.eager_attention_forward, getattr(mod, "apply_rotary_pos_emb", None)) for mod in modeling
+    }
     ref = Reference()
     pending: dict[str, torch.Tensor] = {}
 
@@ -46,15 +48,21 @@ def eager_reference(model: torch.nn.Module, input_ids: list[int]) -> Reference:
             layer = int(module.layer_idx)
             q_pre = pending.pop("q", query)
             k_pre = pending.pop("k", key)
-            ref.layers[layer] = LayerQK(query[0].float().clone(), key[0].float().clone(),
-                                        q_pre[0].float().clone(), k_pre[0].float().clone())
+            ref.layers[layer] = LayerQK(
+                query[0].float().clone(),
+                key[0].float().clone(),
+                q_pre[0].float().clone(),
+                k_pre[0].float().clone(),
+            )
             return original(module, query, key, *args, **kwargs)
+
         return recorder
 
     def make_rotary(original):
         def recorder(q, k, *args, **kwargs):
             pending["q"], pending["k"] = q, k
             return original(q, k, *args, **kwargs)
+
         return recorder
 
     try:

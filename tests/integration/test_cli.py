@@ -38,8 +38,16 @@ def test_help_and_cfg_job(tmp_path):
 
 
 def test_multirun_sweeps_samplers(tmp_path):
-    proc = run_cli(["-m", "sampler=log_bucket,uniform", "sampler.base_rate=2.0", "dataset.max_samples=2",
-                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "-m",
+            "sampler=log_bucket,uniform",
+            "sampler.base_rate=2.0",
+            "dataset.max_samples=2",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     cards = sorted((tmp_path / "sweep").glob("*/capture/README.md"))
     assert len(cards) == 2
@@ -48,7 +56,9 @@ def test_multirun_sweeps_samplers(tmp_path):
 
 @pytest.fixture
 def docs(tmp_path):
-    return write_jsonl(tmp_path / "docs.jsonl", [{"body": "some text here", "doc": "a"}, {"body": "more", "doc": "b"}])
+    return write_jsonl(
+        tmp_path / "docs.jsonl", [{"body": "some text here", "doc": "a"}, {"body": "more", "doc": "b"}]
+    )
 
 
 BAD = {
@@ -61,8 +71,11 @@ BAD = {
     "batch size": (["inference.batch_size=0"], 2, ["inference.batch_size must be >= 1"]),
     "zero base rate": (["sampler.base_rate=0"], 2, ["sampler.base_rate must be > 0"]),
     "negative base rate": (["sampler=uniform", "sampler.base_rate=-1"], 2, ["sampler.base_rate must be > 0"]),
-    "missing data files": (["dataset=local", "dataset.data_files=/nonexistent/docs.jsonl"], 2,
-                           ["dataset.data_files", "/nonexistent/docs.jsonl"]),
+    "missing data files": (
+        ["dataset=local", "dataset.data_files=/nonexistent/docs.jsonl"],
+        2,
+        ["dataset.data_files", "/nonexistent/docs.jsonl"],
+    ),
 }
 
 
@@ -87,8 +100,10 @@ def test_bad_input_is_one_clear_message(tmp_path, case):
     ],
 )
 def test_missing_column_lists_the_columns(tmp_path, docs, column_args, needles):
-    proc = run_cli(["dataset=local", f"dataset.data_files={docs}", *column_args, f"output.dir={tmp_path}/out"],
-                   cwd=tmp_path)
+    proc = run_cli(
+        ["dataset=local", f"dataset.data_files={docs}", *column_args, f"output.dir={tmp_path}/out"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     for needle in needles:
         assert needle in proc.stderr
@@ -98,13 +113,23 @@ def test_missing_column_lists_the_columns(tmp_path, docs, column_args, needles):
 
 def test_local_files_with_id_column_and_token_strings(tmp_path, docs):
     out = tmp_path / "out"
-    proc = run_cli(["dataset=local", f"dataset.data_files={docs}", "dataset.text_column=body",
-                    "dataset.id_column=doc", "capture.token_strings=true", "sampler=all", f"output.dir={out}"],
-                   cwd=tmp_path)
+    proc = run_cli(
+        [
+            "dataset=local",
+            f"dataset.data_files={docs}",
+            "dataset.text_column=body",
+            "dataset.id_column=doc",
+            "capture.token_strings=true",
+            "sampler=all",
+            f"output.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     ds = load_dataset(str(out), "l01h01k", split="train")
-    from qk_sniffer.data import stable_id
     from helpers import embedded_tokenizer
+
+    from qk_sniffer.data import stable_id
 
     tok = embedded_tokenizer()
     ids = tok("some text here")["input_ids"]

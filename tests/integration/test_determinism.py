@@ -21,9 +21,14 @@ def rows_by_example(out):
     for name, table in read_configs(out).items():
         per = {}
         vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
-        for i, (ex, pos, b) in enumerate(zip(table.column("example_id").to_pylist(),
-                                             table.column("position").to_pylist(),
-                                             table.column("bucket").to_pylist(), strict=True)):
+        for i, (ex, pos, b) in enumerate(
+            zip(
+                table.column("example_id").to_pylist(),
+                table.column("position").to_pylist(),
+                table.column("bucket").to_pylist(),
+                strict=True,
+            )
+        ):
             per.setdefault(ex, []).append((pos, b, vectors[i]))
         result[name] = {ex: sorted(v, key=lambda r: r[0]) for ex, v in per.items()}
     return result
@@ -32,9 +37,20 @@ def rows_by_example(out):
 def capture(tmp_path, name, docs, batch_size, ckpt):
     data = write_jsonl(tmp_path / f"{name}.jsonl", docs)
     out = tmp_path / name
-    run(compose_cfg([f"model.name={ckpt}", "dataset=local", f"dataset.data_files={data}", "dataset.id_column=id",
-                     "sampler=log_bucket", "sampler.base_rate=2.0", f"inference.batch_size={batch_size}",
-                     f"output.dir={out}"]))
+    run(
+        compose_cfg(
+            [
+                f"model.name={ckpt}",
+                "dataset=local",
+                f"dataset.data_files={data}",
+                "dataset.id_column=id",
+                "sampler=log_bucket",
+                "sampler.base_rate=2.0",
+                f"inference.batch_size={batch_size}",
+                f"output.dir={out}",
+            ]
+        )
+    )
     return rows_by_example(out)
 
 

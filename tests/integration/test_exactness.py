@@ -30,15 +30,25 @@ def check_exact(out_dir, model, texts, pre_rope):
     n_layers = model.config.num_hidden_layers
     checked, worst = 0, 0.0
     for layer in range(n_layers):
-        for kind, n_heads in (("q", model.config.num_attention_heads), ("k", model.config.num_key_value_heads)):
+        for kind, n_heads in (
+            ("q", model.config.num_attention_heads),
+            ("k", model.config.num_key_value_heads),
+        ):
             for head in range(n_heads):
                 table = tables[config_name(layer, head, kind)]
                 vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
-                for row, (ex, pos) in enumerate(zip(table.column("example_id").to_pylist(),
-                                                    table.column("position").to_pylist(), strict=True)):
+                for row, (ex, pos) in enumerate(
+                    zip(
+                        table.column("example_id").to_pylist(),
+                        table.column("position").to_pylist(),
+                        strict=True,
+                    )
+                ):
                     assert 0 <= pos < len(ids[ex]), "padding or out-of-range position captured"
                     r = refs[ex].layers[layer]
-                    src = {"q": r.q_pre if pre_rope else r.q_post, "k": r.k_pre if pre_rope else r.k_post}[kind]
+                    src = {"q": r.q_pre if pre_rope else r.q_post, "k": r.k_pre if pre_rope else r.k_post}[
+                        kind
+                    ]
                     expected = src[head, pos].numpy()
                     err = float(np.abs(vectors[row] - expected).max())
                     worst = max(worst, err)
@@ -53,10 +63,17 @@ def test_every_vector_matches_eager(tmp_path, model_type, pre_rope):
     ckpt = save_checkpoint(tmp_path, model_type)
     data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "out"
-    cfg = compose_cfg([
-        f"model.name={ckpt}", "sampler=all", "dataset=local", f"dataset.data_files={data}",
-        "inference.batch_size=3", f"capture.pre_rope={str(pre_rope).lower()}", f"output.dir={out}",
-    ])
+    cfg = compose_cfg(
+        [
+            f"model.name={ckpt}",
+            "sampler=all",
+            "dataset=local",
+            f"dataset.data_files={data}",
+            "inference.batch_size=3",
+            f"capture.pre_rope={str(pre_rope).lower()}",
+            f"output.dir={out}",
+        ]
+    )
     result = run(cfg)
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32").eval()
     checked, worst = check_exact(out, model, TEXTS, pre_rope)
@@ -73,8 +90,19 @@ def test_pre_and_post_rope_differ_where_rotated(tmp_path):
     outs = {}
     for pre in (False, True):
         out = tmp_path / f"out-{pre}"
-        run(compose_cfg([f"model.name={ckpt}", "sampler=all", "dataset=local", f"dataset.data_files={data}",
-                         f"capture.pre_rope={str(pre).lower()}", f"output.dir={out}", "capture.layers=[0]"]))
+        run(
+            compose_cfg(
+                [
+                    f"model.name={ckpt}",
+                    "sampler=all",
+                    "dataset=local",
+                    f"dataset.data_files={data}",
+                    f"capture.pre_rope={str(pre).lower()}",
+                    f"output.dir={out}",
+                    "capture.layers=[0]",
+                ]
+            )
+        )
         outs[pre] = read_configs(out)["l00h00q"]
     post = np.asarray(outs[False].column("vector").to_pylist())
     pre = np.asarray(outs[True].column("vector").to_pylist())

@@ -45,8 +45,12 @@ def test_head_sampling_is_seeded_and_spans_layers():
 
 
 def test_head_sampling_respects_filters():
-    cfg = CaptureConfig(layers=[1, 2, 3], heads=[0, 7], full_attention_only=True,
-                        head_sampling=HeadSamplingConfig(count=2, seed=0))
+    cfg = CaptureConfig(
+        layers=[1, 2, 3],
+        heads=[0, 7],
+        full_attention_only=True,
+        head_sampling=HeadSamplingConfig(count=2, seed=0),
+    )
     sel = select_heads(cfg, LAYOUT)
     assert sel.q_heads == {2: (0, 7)}
 

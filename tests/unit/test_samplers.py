@@ -70,8 +70,12 @@ def test_seed_is_stable_across_processes():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "from qk_sniffer.samplers import mask_seed;print(mask_seed(12, 3, 'k'))"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "from qk_sniffer.samplers import mask_seed;print(mask_seed(12, 3, 'k'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert int(out) == mask_seed(12, 3, "k")
 
 
