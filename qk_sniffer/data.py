@@ -86,7 +86,9 @@ def load_rows(cfg: DatasetConfig) -> Iterable[dict[str, Any]]:
     columns = list(ds.column_names or [])
     for key, column in (("dataset.text_column", cfg.text_column), ("dataset.id_column", cfg.id_column)):
         if column is not None and columns and column not in columns:
-            raise UserError(f"{key}={column!r} is not a column of the dataset; its columns are: {', '.join(columns)}")
+            raise UserError(
+                f"{key}={column!r} is not a column of the dataset; its columns are: {', '.join(columns)}"
+            )
     return ds  # type: ignore[no-any-return]
 
 
