@@ -19,6 +19,9 @@ import yaml
 CARD = "README.md"
 METADATA = "qk_sniffer.json"
 CONFIG_DIR = re.compile(r"^l(\d+)h(\d+)([qk])$")
+# The shape first; whatever else the layout records follows in its own order.
+LAYOUT_FIRST = ("model_type", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "sliding_windows")
+LOCAL_DATASETS = (None, "embedded", "synthetic", "json", "csv", "parquet", "text", "arrow")
 
 
 @dataclass
@@ -35,7 +38,9 @@ class DiskSummary:
 
 
 def config_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and CONFIG_DIR.match(p.name)) if root.exists() else []
+    return (
+        sorted(p for p in root.iterdir() if p.is_dir() and CONFIG_DIR.match(p.name)) if root.exists() else []
+    )
 
 
 def summarize(root: Path) -> DiskSummary:
@@ -77,19 +82,29 @@ def front_matter(summary: DiskSummary, metadata: dict[str, Any]) -> dict[str, An
             {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]}
             for name in sorted(summary.configs)
         ],
-        "models": [{"name": model.get("name"), "revision": model.get("revision")}],
+        "models": [
+            {"name": model.get("name") or model.get("slug"), "revision": model.get("revision") or "main"}
+        ],
         "tags": ["attention", "query-key", "interpretability", "qk-sniffer"],
     }
-    if metadata.get("dataset", {}).get("path") not in (None, "embedded", "synthetic", "json", "csv", "parquet"):
+    if metadata.get("dataset", {}).get("path") not in LOCAL_DATASETS:
         matter["source_datasets"] = [metadata["dataset"]["path"]]
     return matter
 
 
 def render(root: Path, repo_id: str | None = None, branch: str | None = None) -> str:
+    """The card for what ``root`` holds. With a repo the loading snippet names it and its branch (derived
+    from the model and dataset like the push does, unless given); without one it names the local dir."""
     summary = summarize(root)
     metadata = read_metadata(root)
+    if repo_id and not branch:
+        from .config import HubConfig
+        from .hub import branch_for_metadata  # hub imports this module
+
+        branch = branch_for_metadata(HubConfig(repo_id=repo_id), metadata)
     matter = yaml.safe_dump(front_matter(summary, metadata), sort_keys=False)
-    return f"---\n{matter}---\n\n{_body(summary, metadata, repo_id, branch)}"
+    where = repo_id or str(root.resolve())
+    return f"---\n{matter}---\n\n{_body(summary, metadata, where, branch if repo_id else None)}"
 
 
 def write_card(root: Path, repo_id: str | None = None, branch: str | None = None) -> Path:
@@ -100,76 +115,182 @@ def write_card(root: Path, repo_id: str | None = None, branch: str | None = None
     return path
 
 
-def _body(summary: DiskSummary, meta: dict[str, Any], repo_id: str | None, branch: str | None) -> str:
+def _body(summary: DiskSummary, meta: dict[str, Any], where: str, branch: str | None) -> str:
     model = meta.get("model", {})
-    layout = meta.get("layout", {})
-    dataset = meta.get("dataset", {})
-    sampler = meta.get("sampler", {})
-    capture = meta.get("capture", {})
     lines = [
         f"# Query/key vectors of {model.get('name') or model.get('slug') or 'a model'}",
         "",
         "Sampled attention query and key vectors captured with qk-sniffer. One config per "
         "(layer, head, q|k), named `l{layer}h{head}{q|k}`; each row is one token position of one example.",
         "",
-        "## Source",
-        "",
-        f"- Model: `{model.get('name')}` (revision `{model.get('revision') or 'main'}`, dtype "
-        f"{model.get('dtype')}, attention backend {meta.get('attn_implementation')})",
-        f"- Dataset: `{dataset.get('path')}` (config `{dataset.get('name')}`, split `{dataset.get('split')}`, "
-        f"text column `{dataset.get('text_column')}`), {meta.get('examples', 0)} examples, "
-        f"{meta.get('tokens', 0)} tokens, max_length {meta.get('max_length')}",
-        f"- Vectors: {'pre' if capture.get('pre_rope') else 'post'}-RoPE "
-        f"({'after any q/k norm, before the rotation' if capture.get('pre_rope') else 'as the attention sees them'}), "
-        "float32",
-        f"- Sampler: `{sampler.get('name')}` with "
-        + ", ".join(f"{k}={v}" for k, v in sampler.items() if k != "name"),
-        f"- Head sampling: {_head_sampling(capture)}",
-        "",
-        "## Layout",
-        "",
-        f"- Layers: {layout.get('num_layers')}, query heads: {layout.get('num_q_heads')}, key/value heads: "
-        f"{layout.get('num_kv_heads')}, head_dim: {layout.get('head_dim')}",
-        f"- Sliding-window layers: {_sliding(layout)}",
-        f"- RoPE: {layout.get('rope') or 'none'}",
     ]
-    for note in meta.get("notes", []):
-        lines.append(f"- {note}")
-    lines += ["", "## Columns", "",
-              "| column | type | meaning |", "|---|---|---|",
-              "| bucket | int32 | sampler bucket of the position |",
-              "| example_id | int64 | id of the source example |",
-              "| position | int32 | token position in the example (0-based) |",
-              "| vector | fixed_size_list<float32> | the query or key vector of that head |",
-              "| sliding_window | int32 | the layer's window, null on full-attention layers |"]
-    if capture.get("token_strings"):
+    lines += _model_section(meta)
+    lines += _source_section(meta)
+    lines += _sampling_section(meta)
+    lines += _layout_section(meta.get("layout", {}))
+    notes = meta.get("notes") or []
+    if notes:
+        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+    lines += [
+        "## Columns",
+        "",
+        "| column | type | meaning |",
+        "|---|---|---|",
+        "| bucket | int32 | sampler bucket of the position |",
+        "| example_id | int64 | id of the source example |",
+        "| position | int32 | token position in the example (0-based) |",
+        "| vector | fixed_size_list<float32> | the query or key vector of that head |",
+        "| sliding_window | int32 | the layer's window, null on full-attention layers |",
+    ]
+    if meta.get("capture", {}).get("token_strings"):
         lines.append("| token_str | string | the token at that position |")
-    lines += ["", f"## Rows ({summary.total_rows} in {len(summary.configs)} configs)", ""]
+    lines += ["", f"## Rows per bucket ({summary.total_rows} rows in {len(summary.configs)} configs)", ""]
     lines += _bucket_table(summary)
-    lines += ["", "## Coverage", "", "| layer | query heads | key heads |", "|---|---|---|"]
-    for layer in sorted({layer for layer, _ in summary.coverage}):
-        q = summary.coverage.get((layer, "q"), [])
-        k = summary.coverage.get((layer, "k"), [])
-        lines.append(f"| {layer} | {_ranges(q)} | {_ranges(k)} |")
+    lines += ["", "## Coverage", ""]
+    lines += _coverage_table(summary, meta.get("layout", {}))
     first = min(summary.configs) if summary.configs else "l00h00q"
-    where = f'"{repo_id}"' if repo_id else '"<path or repo id>"'
     revision = f', revision="{branch}"' if branch else ""
-    lines += ["", "## Loading", "", "```python", "from datasets import load_dataset", "",
-              f'ds = load_dataset({where}, "{first}"{revision}, split="train")', "```", ""]
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{where}", "{first}"{revision}, split="train")',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _model_section(meta: dict[str, Any]) -> list[str]:
+    model = meta.get("model", {})
+    lines = [
+        "## Model",
+        "",
+        f"- Name: `{model.get('name') or '(random weights: ' + str(model.get('slug')) + ')'}`",
+        f"- Revision: `{model.get('revision') or 'main'}`",
+        f"- dtype: {model.get('dtype')}, attention backend: {meta.get('attn_implementation')}",
+    ]
+    if model.get("random_init") or not model.get("name"):
+        lines.append(f"- Random weights (seed {model.get('seed')})")
+    if model.get("config_overrides"):
+        lines.append(f"- Config overrides: {_inline(model['config_overrides'])}")
+    return [*lines, ""]
+
+
+def _source_section(meta: dict[str, Any]) -> list[str]:
+    dataset = meta.get("dataset", {})
+    tokenizer = meta.get("tokenizer", {})
+    source = f"`{dataset.get('path')}`" + (f" (config `{dataset['name']}`)" if dataset.get("name") else "")
+    lines = [
+        "## Source data",
+        "",
+        f"- Dataset: {source}, split `{dataset.get('split')}`, text column `{dataset.get('text_column')}`, "
+        f"ids from `{dataset.get('id_column') or 'row index'}`",
+    ]
+    if dataset.get("max_samples") is not None:
+        lines.append(f"- First {dataset['max_samples']} rows")
+    if int(dataset.get("num_shards") or 1) > 1:
+        lines.append(f"- Shard {dataset.get('shard_index')} of {dataset.get('num_shards')}")
+    tokenizer_name = f"`{tokenizer['name']}`" if tokenizer.get("name") else "the model's own"
+    lines += [
+        f"- Tokenizer: {tokenizer_name}, max_length {meta.get('max_length')}",
+        f"- Last run: {meta.get('examples', 0)} examples, {meta.get('tokens', 0)} tokens"
+        + (f", {meta['skipped_empty']} empty texts skipped" if meta.get("skipped_empty") else ""),
+        "",
+    ]
+    return lines
+
+
+def _sampling_section(meta: dict[str, Any]) -> list[str]:
+    sampler = dict(meta.get("sampler", {}))
+    capture = meta.get("capture", {})
+    name = sampler.pop("name", None)
+    params = ", ".join(f"{k}={v}" for k, v in sampler.items()) or "no parameters"
+    pre = capture.get("pre_rope")
+    kinds = [
+        k for k, on in (("queries", capture.get("queries", True)), ("keys", capture.get("keys", True))) if on
+    ]
+    lines = [
+        "## Sampling",
+        "",
+        f"- Vectors: {' and '.join(kinds)}, {'pre' if pre else 'post'}-RoPE "
+        f"({'after any q/k norm, before the rotation' if pre else 'as the attention sees them'}), float32",
+        f"- Sampler: `{name}` with {params}",
+        f"- Head sampling: {_head_sampling(capture)}",
+        f"- Layers requested: {_ranges(capture['layers']) if capture.get('layers') else 'all'}; query heads "
+        f"requested: {_ranges(capture['heads']) if capture.get('heads') else 'all'}"
+        + ("; sliding-window layers skipped" if capture.get("full_attention_only") else ""),
+        "",
+    ]
+    return lines
+
+
+def _layout_section(layout: dict[str, Any]) -> list[str]:
+    """Every field the layout records, whatever a model family adds (rope, NoPE or cross-attention layers)."""
+    lines = ["## Layer layout", ""]
+    num_layers = layout.get("num_layers")
+    first = [k for k in LAYOUT_FIRST if k in layout]
+    for key in [*first, *(k for k in layout if k not in first)]:
+        value = layout[key]
+        lines.append(f"- {key.replace('_', ' ').capitalize()}: {_layout_value(key, value, num_layers)}")
+    return [*lines, ""]
+
+
+def _layout_value(key: str, value: Any, num_layers: Any) -> str:
+    """``*_layers`` fields list layer indices; other lists with one entry per layer are per-layer values."""
+    if value is None or value == [] or value == {}:
+        return "none"
+    if isinstance(value, list | tuple) and all(v is None for v in value):
+        return "none"
+    if isinstance(value, dict):
+        return _inline(value)
+    if isinstance(value, list | tuple):
+        if key.endswith("_layers") and all(isinstance(v, int) for v in value):
+            return f"layers {_ranges(list(value))}"
+        if len(value) == num_layers:
+            return _per_layer(list(value))
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _per_layer(values: list[Any]) -> str:
+    """A per-layer list (e.g. sliding windows, None = full attention) grouped by value."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for layer, value in enumerate(values):
+        groups["none" if value is None else str(value)].append(layer)
+    return "; ".join(f"{value}: layers {_ranges(layers)}" for value, layers in groups.items())
+
+
+def _inline(mapping: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in mapping.items())
 
 
 def _head_sampling(capture: dict[str, Any]) -> str:
     sampling = capture.get("head_sampling") or {}
     if sampling.get("count"):
-        return f"{sampling['count']} query heads sampled with seed {sampling.get('seed')} (their key heads kept)"
+        return (
+            f"{sampling['count']} query heads sampled with seed {sampling.get('seed')} (their key heads kept)"
+        )
     return "all allowed heads"
 
 
-def _sliding(layout: dict[str, Any]) -> str:
-    windows = layout.get("sliding_windows") or []
-    sliding = [f"{i} ({w})" for i, w in enumerate(windows) if w]
-    return ", ".join(sliding) if sliding else "none"
+def _coverage_table(summary: DiskSummary, layout: dict[str, Any]) -> list[str]:
+    """Layers x heads on disk: which query and key heads each captured layer has."""
+    layers = sorted({layer for layer, _ in summary.coverage})
+    lines = [
+        f"{len(layers)} of {layout.get('num_layers', '?')} layers captured.",
+        "",
+        "| layer | query heads | key heads |",
+        "|---|---|---|",
+    ]
+    for layer in layers:
+        q = summary.coverage.get((layer, "q"), [])
+        k = summary.coverage.get((layer, "k"), [])
+        lines.append(f"| {layer} | {_ranges(q)} | {_ranges(k)} |")
+    return lines
 
 
 def _bucket_table(summary: DiskSummary) -> list[str]:

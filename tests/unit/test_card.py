@@ -1,0 +1,237 @@
+"""The dataset card, rendered from Parquet files written by qk_sniffer.export, read back with load_dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from datasets import load_dataset
+
+from qk_sniffer import card
+from qk_sniffer.export import schema, write_table_atomic
+
+HEAD_DIM = 4
+METADATA = {
+    "model": {
+        "name": "Qwen/Qwen3-8B",
+        "revision": "abc123",
+        "slug": "qwen3-8b",
+        "dtype": "bfloat16",
+        "random_init": False,
+        "seed": 0,
+        "config_overrides": {},
+    },
+    "attn_implementation": "sdpa",
+    "layout": {
+        "model_type": "qwen3",
+        "num_layers": 4,
+        "num_q_heads": 4,
+        "num_kv_heads": 2,
+        "head_dim": HEAD_DIM,
+        "sliding_windows": [None, 4096, None, 4096],
+        "rope": {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0},
+        "nope_layers": [2, 3],
+        "cross_attention_layers": [],
+    },
+    "dataset": {
+        "path": "viktoroo/longbench-pro-128k-plus",
+        "name": None,
+        "split": "test",
+        "text_column": "text",
+        "id_column": "id",
+        "slug": "longbench-pro-128k-plus",
+        "max_samples": None,
+        "num_shards": 1,
+    },
+    "tokenizer": {"name": None, "max_length": 131072},
+    "max_length": 131072,
+    "sampler": {"name": "log_bucket", "base_rate": 2.0, "min_bucket_size": 4},
+    "capture": {
+        "layers": [0, 1],
+        "heads": None,
+        "head_sampling": {"count": 3, "seed": 7},
+        "full_attention_only": False,
+        "pre_rope": False,
+        "queries": True,
+        "keys": True,
+        "token_strings": False,
+    },
+    "examples": 2,
+    "tokens": 300,
+    "skipped_empty": 0,
+    "notes": ["Layers 2-3 apply no rotation (NoPE): pre- and post-RoPE vectors are equal there."],
+}
+# config -> buckets of its rows (one row per bucket entry)
+PARTS = {
+    "l00h00q": [0, 1, 1, 2],
+    "l00h01q": [0, 1],
+    "l00h00k": [0, 1, 2],
+    "l01h02q": [2, 2],
+    "l01h01k": [0],
+}
+
+
+def vectors_for(name: str, n: int) -> np.ndarray:
+    seed = sum(map(ord, name))
+    return np.random.default_rng(seed).standard_normal((n, HEAD_DIM)).astype(np.float32)
+
+
+def write_capture(root: Path, metadata: dict = METADATA) -> None:
+    for name, buckets in PARTS.items():
+        n = len(buckets)
+        vectors = vectors_for(name, n)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(buckets, pa.int32()),
+                pa.array(np.arange(n) // 2, pa.int64()),
+                pa.array(np.arange(n) * 3, pa.int32()),
+                pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), HEAD_DIM),
+                pa.array([None] * n, pa.int32()),
+            ],
+            schema=schema(HEAD_DIM, token_strings=False),
+        )
+        write_table_atomic(table, root / name / "part-000-test-00000.parquet")
+    (root / card.METADATA).write_text(json.dumps(metadata))
+
+
+def split_card(text: str) -> tuple[dict, list[str]]:
+    assert text.startswith("---\n")
+    matter, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(matter), body.splitlines()
+
+
+@pytest.fixture
+def capture(tmp_path):
+    root = tmp_path / "capture"
+    write_capture(root)
+    return root
+
+
+def test_front_matter_lists_every_config_and_the_model(capture):
+    matter, _ = split_card(card.render(capture))
+    assert matter["configs"] == [
+        {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]}
+        for name in sorted(PARTS)
+    ]
+    assert matter["models"] == [{"name": "Qwen/Qwen3-8B", "revision": "abc123"}]
+    assert matter["source_datasets"] == ["viktoroo/longbench-pro-128k-plus"]
+
+
+def test_body_describes_model_source_sampler_layout_and_notes(capture):
+    _, body = split_card(card.render(capture))
+    expected = [
+        "# Query/key vectors of Qwen/Qwen3-8B",
+        "- Name: `Qwen/Qwen3-8B`",
+        "- Revision: `abc123`",
+        "- dtype: bfloat16, attention backend: sdpa",
+        "- Dataset: `viktoroo/longbench-pro-128k-plus`, split `test`, text column `text`, ids from `id`",
+        "- Tokenizer: the model's own, max_length 131072",
+        "- Last run: 2 examples, 300 tokens",
+        "- Vectors: queries and keys, post-RoPE (as the attention sees them), float32",
+        "- Sampler: `log_bucket` with base_rate=2.0, min_bucket_size=4",
+        "- Head sampling: 3 query heads sampled with seed 7 (their key heads kept)",
+        "- Layers requested: 0-1; query heads requested: all",
+        # every layout field, including ones the core layout does not define
+        "- Model type: qwen3",
+        "- Num layers: 4",
+        "- Num q heads: 4",
+        "- Num kv heads: 2",
+        "- Head dim: 4",
+        "- Sliding windows: none: layers 0, 2; 4096: layers 1, 3",
+        "- Rope: rope_type=yarn, rope_theta=1000000.0, factor=4.0",
+        "- Nope layers: layers 2-3",
+        "- Cross attention layers: none",
+        "- Layers 2-3 apply no rotation (NoPE): pre- and post-RoPE vectors are equal there.",
+    ]
+    for line in expected:
+        assert line in body, line
+    layout = body.index("## Layer layout")
+    assert body[layout + 2 : layout + 4] == ["- Model type: qwen3", "- Num layers: 4"]
+    assert "- Random weights (seed 0)" not in body
+
+
+def test_rows_per_bucket_and_coverage_tables_count_what_is_on_disk(capture):
+    _, body = split_card(card.render(capture))
+    rows = body.index("## Rows per bucket (12 rows in 5 configs)")
+    assert body[rows + 2 : rows + 7] == [
+        "| bucket | query rows | key rows |",
+        "|---|---|---|",
+        "| 0 | 2 | 2 |",  # l00h00q, l00h01q | l00h00k, l01h01k
+        "| 1 | 3 | 1 |",
+        "| 2 | 3 | 1 |",
+    ]
+    coverage = body.index("## Coverage")
+    assert body[coverage + 2 : coverage + 8] == [
+        "2 of 4 layers captured.",
+        "",
+        "| layer | query heads | key heads |",
+        "|---|---|---|",
+        "| 0 | 0-1 | 0 |",
+        "| 1 | 2 | 1 |",
+    ]
+
+
+def test_loading_snippet_names_repo_and_derived_branch_or_the_local_dir(capture):
+    _, with_repo = split_card(card.render(capture, "me/qk-captures"))
+    assert (
+        'ds = load_dataset("me/qk-captures", "l00h00k", revision="qwen3-8b-longbench-pro-128k-plus", '
+        'split="train")' in with_repo
+    )
+    _, explicit = split_card(card.render(capture, "me/qk-captures", "my-branch"))
+    assert 'ds = load_dataset("me/qk-captures", "l00h00k", revision="my-branch", split="train")' in explicit
+    _, local = split_card(card.render(capture))
+    assert f'ds = load_dataset("{capture.resolve()}", "l00h00k", split="train")' in local
+
+
+def test_written_card_loads_every_config_with_datasets(capture):
+    card.write_card(capture, "me/qk-captures")
+    assert not list(capture.glob("*.tmp"))
+    for name, buckets in PARTS.items():
+        ds = load_dataset(str(capture), name, split="train")
+        assert ds["bucket"] == buckets
+        np.testing.assert_array_equal(
+            np.array(ds["vector"], dtype=np.float32), vectors_for(name, len(buckets))
+        )
+
+
+def test_card_is_regenerated_from_disk_when_files_change(capture):
+    card.write_card(capture)
+    write_table_atomic(
+        pa.Table.from_arrays(
+            [
+                pa.array([5], pa.int32()),
+                pa.array([9], pa.int64()),
+                pa.array([40], pa.int32()),
+                pa.FixedSizeListArray.from_arrays(pa.array(np.ones(HEAD_DIM, np.float32)), HEAD_DIM),
+                pa.array([None], pa.int32()),
+            ],
+            schema=schema(HEAD_DIM, token_strings=False),
+        ),
+        capture / "l03h03q" / "part-001-test-00000.parquet",
+    )
+    card.write_card(capture)
+    matter, body = split_card((capture / card.CARD).read_text())
+    assert [c["config_name"] for c in matter["configs"]] == sorted([*PARTS, "l03h03q"])
+    assert "| 3 | 3 | - |" in body and "3 of 4 layers captured." in body
+    assert load_dataset(str(capture), "l03h03q", split="train")["position"] == [40]
+
+
+def test_random_weight_model_without_notes(tmp_path):
+    meta = {
+        **METADATA,
+        "layout": {**METADATA["layout"], "sliding_windows": [None] * 4},
+        "model": {"name": None, "slug": "embedded-qwen3-tiny", "seed": 3, "dtype": "float32"},
+        "dataset": {"path": "embedded", "split": "train", "text_column": "text"},
+        "notes": [],
+    }
+    write_capture(tmp_path, meta)
+    matter, body = split_card(card.render(tmp_path))
+    assert matter["models"] == [{"name": "embedded-qwen3-tiny", "revision": "main"}]
+    assert "source_datasets" not in matter
+    assert "- Random weights (seed 3)" in body
+    assert "- Sliding windows: none" in body
+    assert "## Notes" not in body
