@@ -1,0 +1,41 @@
+"""qk_sniffer: capture the query/key vectors a Hugging Face decoder model uses in attention.
+
+From the command line: ``python -m qk_sniffer`` (Hydra; see the README). From Python, on a model you
+already loaded::
+
+    import qk_sniffer
+
+    with qk_sniffer.attach(model, tokenizer, sampler="all", layers=[0]) as cap:
+        cap.run(["some text", "another text"])
+    tables = cap.tables()       # {(layer, head, "q" | "k"): pyarrow.Table}
+    cap.write("out")            # Parquet layout + dataset card, as the CLI writes them
+
+``help(qk_sniffer.attach)`` and ``help(qk_sniffer.Capture)`` describe every option.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .api import Capture, attach
+    from .patching import CaptureSessionActiveError
+
+__all__ = ["Capture", "CaptureSessionActiveError", "UserError", "attach"]
+
+# Imported on first use: the CLI composes configs (and `--cfg job` prints them) without loading torch.
+_LAZY = {"attach": "api", "Capture": "api", "CaptureSessionActiveError": "patching"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
