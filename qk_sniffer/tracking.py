@@ -1,16 +1,56 @@
-"""Run tracking: a terminal progress bar, and (optionally) Weights & Biases."""
+"""Run tracking: a terminal progress bar, capture statistics, and (optionally) a Weights & Biases run.
+
+The runner calls one tracker: :meth:`Tracker.batch` after each forward, :meth:`Tracker.rows` with each batch's
+captured blocks, :meth:`Tracker.summary` once the data is exported, :meth:`Tracker.finish` always. The W&B
+run gets one history point per batch and a summary. ``wandb`` is imported only when a run is wanted; when it
+is missing, disabled, or fails, the capture goes on with the progress bar alone: watching a capture must
+never be what breaks it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import netrc
+import os
+import re
 import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
 
 from .capture import Block
-from .config import Config
+from .config import Config, DatasetConfig
 from .data import Batch
+from .errors import UserError
+from .samplers import KINDS
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "offline", "disabled")
+# Older spellings wandb itself still accepts in $WANDB_MODE.
+MODE_ALIASES = {"dryrun": "offline", "run": "online"}
+DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+# Bucket columns in charts and the norm heatmap; finer samplers (e.g. `all` with bucket_size=1) are folded
+# into equal ranges of buckets so a table stays readable and under W&B's row limits.
+MAX_CHART_BUCKETS = 64
+MAX_GROUP_CHARS = 128
+SECRET_PREFIXES = ("hf_", "sk-", "ghp_", "gho_", "github_pat_", "wandb_", "api_")
+LONG_OPAQUE = re.compile(r"[A-Za-z0-9_\-]{32,}")
 
 
 class Tracker(Protocol):
+    def watch_writer(self, writer: Any) -> None: ...
+
     def batch(self, batch: Batch, step: dict[str, float], wall_s: float, buffer_bytes: int) -> None: ...
 
     def rows(self, blocks: list[Block]) -> None: ...
@@ -20,26 +60,483 @@ class Tracker(Protocol):
     def finish(self) -> None: ...
 
 
-class ProgressTracker:
-    """A tqdm bar with tokens/s; silent when stderr is not a terminal."""
+# ------------------------------------------------------------------------------------------ mode and naming
 
-    def __init__(self, enabled: bool) -> None:
-        from tqdm import tqdm
 
-        self._bar = tqdm(unit="tok", unit_scale=True, disable=not (enabled and sys.stderr.isatty()))
+def choose_mode(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """(mode, note): ``wandb.mode``, else $WANDB_MODE, else online with an API key; online without a key
+    becomes offline with a note, so a run never stops at a login prompt."""
+    if explicit is not None:
+        if explicit not in MODES:
+            raise UserError(f"wandb.mode={explicit!r} is unknown; choose one of {', '.join(MODES)} (or null)")
+        mode = explicit
+    elif environ.get("WANDB_MODE"):
+        value = environ["WANDB_MODE"]
+        mode = MODE_ALIASES.get(value, value)
+        if mode not in MODES:
+            raise UserError(f"WANDB_MODE={value!r} is unknown; choose one of {', '.join(MODES)}")
+    else:
+        mode = "online"
+    if mode == "online" and not has_api_key(environ):
+        return "offline", (
+            "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`"
+        )
+    return mode, None
+
+
+def has_api_key(environ: Mapping[str, str]) -> bool:
+    """A key in the environment or in the netrc file wandb itself reads; never asks for one."""
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST).hostname
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def run_name(cfg: Config, metadata: dict[str, Any]) -> str:
+    """``wandb.name``, else ``<model>-<sampler>-<dataset>`` from the same slugs the Hub branch uses."""
+    if cfg.wandb.name:
+        return str(cfg.wandb.name)
+    model = cfg.model.slug or _last_part(cfg.model.name) or metadata["layout"].get("model_type") or "model"
+    dataset = cfg.dataset.slug or _last_part(cfg.dataset.path) or "dataset"
+    return f"{model}-{metadata['sampler']['name']}-{dataset}"
+
+
+def _last_part(value: str | None) -> str:
+    return value.rstrip("/").split("/")[-1] if value else ""
+
+
+def _hydra_config() -> Any | None:
+    """Hydra's runtime config when this process runs under ``@hydra.main`` (not under ``compose``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_group(hydra: Any | None) -> str | None:
+    """In a multirun, the sweep dir: every job of one sweep lands in one W&B group."""
+    from hydra.types import RunMode
+
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hydra.sweep.dir))
+    if sweep_dir.is_absolute() and sweep_dir.is_relative_to(Path.cwd()):
+        sweep_dir = sweep_dir.relative_to(Path.cwd())
+    return str(sweep_dir)[-MAX_GROUP_CHARS:]
+
+
+def wandb_dir(hydra: Any | None, environ: Mapping[str, str]) -> str | None:
+    """$WANDB_DIR, else the Hydra run (or sweep job) dir, next to its config and log. Never output.dir:
+    that dir is the dataset (everything in it is pushed to the Hub) and must stay claimable."""
+    if environ.get("WANDB_DIR"):
+        return environ["WANDB_DIR"]
+    if hydra is not None:
+        return str(hydra.runtime.output_dir)
+    return None  # wandb's own default: ./wandb
+
+
+def run_config(cfg: Config, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config W&B shows and filters on; secrets never reach it."""
+    selection = metadata.get("selection", {})
+    config = {
+        "model": metadata["model"],
+        "layout": metadata["layout"],
+        "dataset": metadata["dataset"],
+        "tokenizer": metadata["tokenizer"],
+        "sampler": metadata["sampler"],
+        "capture": metadata["capture"],
+        "inference": _plain(cfg.inference),
+        "output": _plain(cfg.output),
+        "captured_heads": {kind: sum(len(h) for h in selection.get(kind, {}).values()) for kind in KINDS},
+    }
+    stripped = strip_secrets(config)
+    assert isinstance(stripped, dict)
+    return stripped
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else asdict(node)
+
+
+def strip_secrets(node: Any) -> Any:
+    """Drop every key naming a token whose value looks like a credential, at any depth."""
+    if isinstance(node, dict):
+        return {
+            key: strip_secrets(value)
+            for key, value in node.items()
+            if not ("token" in str(key).lower() and looks_secret(value))
+        }
+    if isinstance(node, list):
+        return [strip_secrets(value) for value in node]
+    return node
+
+
+def looks_secret(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(SECRET_PREFIXES) or bool(LONG_OPAQUE.fullmatch(value))
+    )
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+@dataclass
+class CaptureStats:
+    """Rows and summed Q/K vector L2 norms per (layer, kind), indexed by bucket, from each batch's blocks.
+
+    Computed as the rows arrive (one vectorised pass over vectors already on the host), so the statistics
+    need no second read of the exported data."""
+
+    norm_sums: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    counts: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+
+    def add(self, blocks: list[Block]) -> dict[str, int]:
+        """Accumulate; returns this batch's rows by kind (a row = one head's vector at one position)."""
+        rows = dict.fromkeys(KINDS, 0)
+        for block in blocks:
+            n_heads, n_rows = block.vectors.shape[:2]
+            if n_heads == 0 or n_rows == 0:
+                continue
+            # (K,) norms summed over heads: every head of a (layer, kind) shares the row plan.
+            norms = np.linalg.norm(block.vectors, axis=-1).sum(axis=0, dtype=np.float64)
+            buckets = np.asarray(block.plan.buckets, dtype=np.int64)
+            key = (block.layer, block.kind)
+            _add_into(self.norm_sums, key, np.bincount(buckets, weights=norms))
+            _add_into(self.counts, key, np.bincount(buckets).astype(np.float64) * n_heads)
+            rows[block.kind] += n_heads * n_rows
+        return rows
+
+    def bucket_groups(self) -> tuple[int, list[str]]:
+        """(width, labels): buckets folded into at most MAX_CHART_BUCKETS equal ranges."""
+        size = max((len(c) for c in self.counts.values()), default=0)
+        width = max(1, math.ceil(size / MAX_CHART_BUCKETS))
+        groups = math.ceil(size / width)
+        labels = [str(g) if width == 1 else f"{g * width}-{(g + 1) * width - 1}" for g in range(groups)]
+        return width, labels
+
+    def folded(self, store: dict[tuple[int, str], np.ndarray], key: tuple[int, str]) -> np.ndarray:
+        width, labels = self.bucket_groups()
+        values = np.zeros(len(labels) * width)
+        values[: len(store[key])] = store[key]
+        return values.reshape(len(labels), width).sum(axis=1)
+
+    def rows_per_layer_kind(self) -> dict[str, int]:
+        return {_layer_kind(*key): int(self.counts[key].sum()) for key in sorted(self.counts)}
+
+    def rows_per_bucket(self) -> dict[str, dict[str, int]]:
+        _, labels = self.bucket_groups()
+        out: dict[str, dict[str, int]] = {}
+        for key in sorted(self.counts):
+            per_kind = out.setdefault(key[1], dict.fromkeys(labels, 0))
+            for label, count in zip(labels, self.folded(self.counts, key), strict=True):
+                per_kind[label] += int(count)
+        return out
+
+    def mean_norms(self) -> dict[str, dict[str, float]]:
+        """(layer, kind) -> bucket -> mean L2 norm, only where rows were captured."""
+        _, labels = self.bucket_groups()
+        out = {}
+        for key in sorted(self.counts):
+            sums, counts = self.folded(self.norm_sums, key), self.folded(self.counts, key)
+            out[_layer_kind(*key)] = {
+                label: float(s / c) for label, s, c in zip(labels, sums, counts, strict=True) if c > 0
+            }
+        return out
+
+
+def _add_into(store: dict[tuple[int, str], np.ndarray], key: tuple[int, str], values: np.ndarray) -> None:
+    old = store.get(key)
+    if old is None:
+        store[key] = values.astype(np.float64)
+        return
+    if len(old) < len(values):
+        old = np.pad(old, (0, len(values) - len(old)))
+    old[: len(values)] += values
+    store[key] = old
+
+
+def _layer_kind(layer: int, kind: str) -> str:
+    return f"l{layer:02d}{kind}"
+
+
+def expected_examples(dataset: DatasetConfig) -> int | None:
+    """Examples this shard will see when the config alone says so (for the bar's ETA); else None."""
+    limit = dataset.num_examples if dataset.path == "synthetic" else dataset.max_samples
+    if limit is None:
+        return None
+    return len(range(dataset.shard_index, limit, dataset.num_shards))
+
+
+def gpu_memory() -> dict[str, float]:
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    gib = float(2**30)
+    return {
+        "gpu/memory_allocated_gib": torch.cuda.memory_allocated() / gib,
+        "gpu/max_memory_allocated_gib": torch.cuda.max_memory_allocated() / gib,
+        "gpu/memory_reserved_gib": torch.cuda.memory_reserved() / gib,
+    }
+
+
+# ------------------------------------------------------------------------------------------ progress bar
+
+
+class ProgressBar:
+    """A tqdm bar over examples, with tokens/s and an ETA when the example count is known; silent unless
+    stderr is a terminal. Started at the first batch, so model loading does not skew the rate."""
+
+    def __init__(self, enabled: bool, total_examples: int | None) -> None:
+        self._enabled = enabled and sys.stderr.isatty()
+        self._total = total_examples
+        self._bar: Any = None
+        self._tokens = 0
+        self._started = 0.0
+
+    def update(self, batch: Batch, wall_s: float) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self._total, unit="ex", desc="capture", dynamic_ncols=True)
+            self._started = time.perf_counter() - wall_s
+        self._tokens += batch.num_tokens
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        self._bar.set_postfix_str(f"{self._tokens / elapsed:,.0f} tok/s", refresh=False)
+        self._bar.update(len(batch.examples))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ------------------------------------------------------------------------------------------ W&B run
+
+
+class WandbSink:
+    """One W&B run. A batch's point is logged once both its timings and its rows have arrived (the runner
+    collects a batch's rows while the next forward runs), so every history point is one whole batch."""
+
+    def __init__(self, run: Any) -> None:
+        self.run: Any = run
+        self._timings: deque[dict[str, float]] = deque()
+        self._rows: deque[dict[str, int]] = deque()
+        self._step = 0
+        self._total_rows = 0
+
+    def batch(self, metrics: dict[str, float]) -> None:
+        self._timings.append(metrics)
+        self._drain()
+
+    def rows(self, by_kind: dict[str, int]) -> None:
+        self._rows.append(by_kind)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._timings and self._rows:
+            self._log_point(self._timings.popleft(), self._rows.popleft())
+
+    def _log_point(self, metrics: dict[str, float], by_kind: dict[str, int]) -> None:
+        batch_rows = sum(by_kind.values())
+        self._total_rows += batch_rows
+        point = {**metrics, **{f"rows/{kind}": n for kind, n in by_kind.items()}}
+        point.update({"rows/batch": batch_rows, "rows/cumulative": self._total_rows})
+        self._call(lambda run: run.log(point, step=self._step))
+        self._step += 1
+
+    def flush(self) -> None:
+        """Points still missing their rows (a failed batch) are logged with none."""
+        while self._timings:
+            self._log_point(self._timings.popleft(), self._rows.popleft() if self._rows else {})
+
+    def close(self, summary: dict[str, Any], charts: dict[str, Any]) -> None:
+        self.flush()
+        # Same step as the last batch: W&B merges these into that point instead of adding one.
+        self._call(lambda run: run.log(charts, step=max(self._step - 1, 0)))
+        self._call(lambda run: run.summary.update(summary))
+
+    def finish(self, failed: bool) -> None:
+        """A run that never reached its summary is marked failed in W&B."""
+        self.flush()
+        self._call(lambda run: run.finish(exit_code=1 if failed else 0))
+        self.run = None
+
+    def _call(self, action: Callable[[Any], Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            action(self.run)
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
+            log.warning("W&B logging failed (%s); the capture goes on without W&B", exc)
+            run, self.run = self.run, None
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+
+
+def start_wandb(cfg: Config, metadata: dict[str, Any], mode: str, note: str | None) -> WandbSink | None:
+    """A W&B run for this job, or None (wandb missing or failing to start: noted, never fatal)."""
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed: W&B tracking is off for this run (pip install wandb)")
+        return None
+    if note:
+        log.warning(note)
+    hydra = _hydra_config()
+    try:
+        run = wandb.init(
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            name=run_name(cfg, metadata),
+            group=cfg.wandb.group or sweep_group(hydra),
+            tags=[str(tag) for tag in cfg.wandb.tags],
+            job_type="capture",
+            config=run_config(cfg, metadata),
+            dir=wandb_dir(hydra, os.environ),
+            # Never "online" without credentials (see choose_mode), so wandb has nothing to prompt for.
+            mode=mode,  # type: ignore[arg-type] # one of MODES
+        )
+    except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
+        log.warning("could not start W&B (%s); the capture goes on without it", exc)
+        return None
+    return WandbSink(run)
+
+
+# ------------------------------------------------------------------------------------------ the tracker
+
+
+class RunTracker:
+    """The progress bar always; statistics and the W&B run when one is open."""
+
+    def __init__(self, cfg: Config, progress: ProgressBar, sink: WandbSink | None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.sink = sink
+        self.stats = CaptureStats()
+        self._writer: Any = None
+        self._write_s = 0.0
+        self._tokens = 0
+        self._examples = 0
+        self._summarized = False
+
+    def watch_writer(self, writer: Any) -> None:
+        """The Parquet writer whose background ``write_seconds`` feed the per-batch time split."""
+        self._writer = writer
 
     def batch(self, batch: Batch, step: dict[str, float], wall_s: float, buffer_bytes: int) -> None:
-        self._bar.update(batch.num_tokens)
+        self.progress.update(batch, wall_s)
+        if self.sink is None:
+            return
+        self._tokens += batch.num_tokens
+        self._examples += len(batch.examples)
+        write_total = float(getattr(self._writer, "write_seconds", 0.0))
+        write_s, self._write_s = write_total - self._write_s, write_total
+        lengths = np.array([e.length for e in batch.examples], dtype=np.int64)
+        wall = max(wall_s, 1e-9)
+        metrics = {
+            "tokens_per_s": batch.num_tokens / wall,
+            "examples_per_s": len(batch.examples) / wall,
+            "tokens/cumulative": self._tokens,
+            "examples/cumulative": self._examples,
+            "seq_len/mean": float(lengths.mean()) if len(lengths) else 0.0,
+            "seq_len/min": int(lengths.min()) if len(lengths) else 0,
+            "seq_len/max": int(lengths.max()) if len(lengths) else 0,
+            "seq_len/padded": int(batch.input_ids.shape[-1]),
+            "time/batch_s": wall_s,
+            "time/forward_s": step.get("forward_s", 0.0),
+            # Choosing the rows and uploading their indices, before the forward; the gathers themselves run
+            # inside the forward's attention calls and are part of forward_s.
+            "time/capture_plan_s": step.get("plan_s", 0.0),
+            "time/host_copy_s": step.get("host_copy_s", 0.0),
+            # Seconds the background writer spent since the previous batch (it overlaps the forward).
+            "time/write_s": write_s,
+            "buffer/host_mib": buffer_bytes / 2**20,
+            **gpu_memory(),
+        }
+        self.sink.batch(metrics)
 
     def rows(self, blocks: list[Block]) -> None:
-        pass
+        if self.sink is not None:
+            self.sink.rows(self.stats.add(blocks))
 
     def summary(self, result: Any, bytes_written: int) -> None:
-        pass
+        if self.sink is None:
+            return
+        summary: dict[str, Any] = {
+            "rows": int(result.rows),
+            "examples": int(result.examples),
+            "tokens": int(result.tokens),
+            "bytes_written": int(bytes_written),
+            "output_dir": str(result.output_dir),
+            **{f"phase/{name}": float(seconds) for name, seconds in result.phases.items()},
+            "rows_per_layer_kind": self.stats.rows_per_layer_kind(),
+            "rows_per_bucket": self.stats.rows_per_bucket(),
+            "mean_norm": self.stats.mean_norms(),
+        }
+        url = dataset_url(self.cfg)
+        if url:
+            summary["dataset_url"] = url
+        self.sink.close(summary, self._charts())
+        self._summarized = True
+
+    def _charts(self) -> dict[str, Any]:
+        """Tables and the rows-per-bucket bar chart (wandb is importable: a sink exists)."""
+        import wandb
+
+        _, labels = self.stats.bucket_groups()
+        per_bucket = self.stats.rows_per_bucket()
+        bucket_rows = wandb.Table(
+            columns=["bucket", "rows", *(f"{kind}_rows" for kind in KINDS)],
+            data=[
+                [
+                    label,
+                    sum(per_bucket.get(k, {}).get(label, 0) for k in KINDS),
+                    *(per_bucket.get(k, {}).get(label, 0) for k in KINDS),
+                ]
+                for label in labels
+            ],
+        )
+        norms = self.stats.mean_norms()
+        rows = self.stats.rows_per_layer_kind()
+        long = wandb.Table(columns=["layer", "kind", "bucket", "mean_norm"])
+        for key in sorted(self.stats.counts):
+            for label, value in norms[_layer_kind(*key)].items():
+                long.add_data(key[0], key[1], label, value)
+        # One row per (layer, kind), one column per bucket: the position-effect heatmap at a glance.
+        heatmap = wandb.Table(
+            columns=["layer_kind", "rows", *labels],
+            data=[[name, rows[name], *(per.get(label) for label in labels)] for name, per in norms.items()],
+        )
+        return {
+            "charts/rows_per_bucket": wandb.plot.bar(bucket_rows, "bucket", "rows", title="Rows per bucket"),
+            "tables/rows_per_bucket": bucket_rows,
+            "tables/mean_norm": long,
+            "tables/mean_norm_heatmap": heatmap,
+        }
 
     def finish(self) -> None:
-        self._bar.close()
+        self.progress.close()
+        if self.sink is not None:
+            self.sink.finish(failed=not self._summarized)
+
+
+def dataset_url(cfg: Config) -> str | None:
+    """The pushed branch on the Hub; None when nothing is pushed."""
+    hub_cfg = cfg.output.hub
+    if not (hub_cfg.push and hub_cfg.repo_id):
+        return None
+    from .hub import branch_name
+
+    return f"https://huggingface.co/datasets/{hub_cfg.repo_id}/tree/{branch_name(cfg)}"
 
 
 def make_tracker(cfg: Config, metadata: dict[str, Any]) -> Tracker:
-    return ProgressTracker(cfg.tracking.progress)
+    """Raises UserError for a bad ``wandb.mode`` / $WANDB_MODE (before any weights load)."""
+    mode, note = choose_mode(cfg.wandb.mode, os.environ)
+    progress = ProgressBar(cfg.wandb.progress, expected_examples(cfg.dataset))
+    sink = None if mode == "disabled" else start_wandb(cfg, metadata, mode, note)
+    return RunTracker(cfg, progress, sink)

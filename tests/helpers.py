@@ -34,7 +34,7 @@ def save_checkpoint(root: Path, model_type: str, **overrides) -> Path:
 
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=["tracking=disabled", *overrides])
+        return compose(config_name="config", overrides=["wandb=disabled", *overrides])
 
 
 def read_configs(out_dir: Path) -> dict[str, "pq.Table"]:
