@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format bench clean
+.PHONY: help install run test test-fast lint format bench clean test-compat
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,17 @@ format: install ## Apply ruff's fixes and formatting
 
 bench: install ## Capture overhead benchmark (prints a table, then one JSON line)
 	$(PY) -m qk_sniffer.bench $(BENCH_ARGS)
+
+# The transformers releases at both ends of pyproject's range; each is installed on its own (no deps) into
+# $(VENV)/compat/ and put in front of the venv's copy, then the architecture and exactness tests run against it.
+TRANSFORMERS_COMPAT ?= 5.23.0 5.24.0
+test-compat: install ## Architecture + exactness tests on the oldest and newest supported transformers
+	@set -e; for v in $(TRANSFORMERS_COMPAT); do \
+	  $(PIP) install --quiet --no-deps --target $(VENV)/compat/transformers-$$v "transformers==$$v"; \
+	  echo "== transformers $$v"; \
+	  PYTHONPATH=$(VENV)/compat/transformers-$$v $(PY) -m pytest -q -p no:cacheprovider \
+	    tests/integration/test_architectures.py tests/integration/test_exactness.py $(PYTEST_ARGS); \
+	done
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

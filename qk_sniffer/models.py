@@ -5,11 +5,23 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from omegaconf import OmegaConf
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+)
 
+from . import families
 from .config import DTYPES, ModelConfig
 from .errors import UserError
 
@@ -29,11 +41,30 @@ class ModelLayout:
     head_dim: int
     # Window per layer; None for full-attention layers.
     sliding_windows: tuple[int | None, ...]
+    # The config's RoPE parameters as written (keyed by layer type for families such as Gemma 3).
     rope: dict[str, Any] = field(default_factory=dict)
+    # The rotation of the full-attention layers (or of every layer): type, base and scaling parameters.
+    rope_type: str | None = None
+    rope_theta: float | None = None
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+    # Families that rotate sliding and full layers differently (Gemma 3): layer type -> its RoPE parameters.
+    rope_by_layer_type: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Fraction of head_dim that is rotated (GLM: 0.5); the rest passes through unchanged.
+    partial_rotary_factor: float = 1.0
+    # Layers that apply no rotation (SmolLM3, Cohere2): there pre-RoPE == post-RoPE.
+    nope_layers: tuple[int, ...] = ()
+    # Layers that attend to image features instead of the text (Mllama): never captured.
+    cross_attention_layers: tuple[int, ...] = ()
 
     @property
     def group_size(self) -> int:
         return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def self_attention_layers(self) -> tuple[int, ...]:
+        """The layers that can be captured: every layer except cross-attention ones."""
+        cross = set(self.cross_attention_layers)
+        return tuple(layer for layer in range(self.num_layers) if layer not in cross)
 
     def is_sliding(self, layer: int) -> bool:
         return self.sliding_windows[layer] is not None
@@ -48,22 +79,57 @@ def text_config(config: PretrainedConfig) -> PretrainedConfig:
     return getter() if getter is not None else config
 
 
+def is_wrapper(config: PretrainedConfig) -> bool:
+    """A vision-language (or other multimodal) config whose text decoder has its own sub-config."""
+    return text_config(config) is not config
+
+
 def layout_from_config(config: PretrainedConfig) -> ModelLayout:
+    """The head layout, windows and RoPE of ``config``'s text decoder.
+
+    Raises a UserError, before any weight is loaded, for a family whose attention bypasses the registry.
+    """
+    check_family(config)
     cfg = text_config(config)
     n_layers = int(cfg.num_hidden_layers)
     n_q = int(cfg.num_attention_heads)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_q)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q)
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    by_type = {k: dict(v) for k, v in rope.items() if isinstance(v, dict)}
+    main = by_type.get("full_attention") or (next(iter(by_type.values())) if by_type else rope)
+    theta = main.get("rope_theta", getattr(cfg, "rope_theta", None))
+    partial = main.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None))
+    return ModelLayout(
+        model_type=cfg.model_type,
+        num_layers=n_layers,
+        num_q_heads=n_q,
+        num_kv_heads=n_kv,
+        head_dim=head_dim,
+        sliding_windows=_sliding_windows(cfg, n_layers),
+        rope=rope,
+        rope_type=main.get("rope_type", main.get("type")) if (main or theta) else None,
+        rope_theta=float(theta) if theta is not None else None,
+        rope_scaling={k: v for k, v in main.items() if k not in _ROPE_BASICS},
+        rope_by_layer_type=by_type,
+        partial_rotary_factor=float(partial) if partial is not None else 1.0,
+        nope_layers=families.nope_layers(cfg),
+        cross_attention_layers=families.cross_attention_layers(cfg),
+    )
+
+
+# Keys that describe the rotation itself rather than its scaling (``type`` is the legacy spelling).
+_ROPE_BASICS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
+
+
+def _sliding_windows(cfg: PretrainedConfig, n_layers: int) -> tuple[int | None, ...]:
     window = getattr(cfg, "sliding_window", None)
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types:
-        windows = tuple(window if (window and "sliding" in str(t)) else None for t in layer_types)
-    elif window and getattr(cfg, "use_sliding_window", True):
-        windows = tuple(window for _ in range(n_layers))
-    else:
-        windows = tuple(None for _ in range(n_layers))
-    rope = dict(getattr(cfg, "rope_parameters", None) or {})
-    return ModelLayout(cfg.model_type, n_layers, n_q, n_kv, head_dim, windows, rope)
+        return tuple(window if (window and "sliding" in str(t)) else None for t in layer_types[:n_layers])
+    if window and getattr(cfg, "use_sliding_window", True):
+        return tuple(window for _ in range(n_layers))
+    return tuple(None for _ in range(n_layers))
 
 
 def apply_config_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
@@ -91,11 +157,79 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_attn_implementation(device: torch.device) -> str | None:
-    """flash_attention_2 when installed on CUDA; otherwise let transformers pick (sdpa, else eager)."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
+# What a model class can run, in the order of model.attn_implementation's documented choices.
+_BACKEND_FLAGS = (
+    ("sdpa", "_supports_sdpa"),
+    ("flash_attention_2", "_supports_flash_attn"),
+    ("flash_attention_3", "_supports_flash_attn"),
+    ("flex_attention", "_supports_flex_attn"),
+)
+
+
+def model_class_for(config: PretrainedConfig) -> type[PreTrainedModel] | None:
+    """The transformers class that loads this config with its LM head; None for remote-code models.
+
+    Multimodal wrappers (Mistral 3, Mllama, Gemma 3 4B+) are loaded as the image-text-to-text model their
+    checkpoint was saved as, so their weights map one to one; their text decoder is found one level down.
+    """
+    if getattr(config, "auto_map", None):
+        return None
+    causal, image_text = MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+    for mapping in (image_text, causal) if is_wrapper(config) else (causal, image_text):
+        if type(config) in mapping:
+            return cast("type[PreTrainedModel]", mapping[type(config)])
     return None
+
+
+def check_family(config: PretrainedConfig) -> None:
+    """Refuse, before any weight loads, a family whose attention we could not see."""
+    if getattr(config, "auto_map", None):
+        return  # remote code: checked on the loaded model (check_capturable)
+    cls = model_class_for(config)
+    if cls is None:
+        raise families.unsupported_family_error(
+            config.model_type, type(config).__name__, "transformers has no causal-LM class for it"
+        )
+    if not families.routes_attention(cls):
+        raise families.unsupported_family_error(
+            config.model_type,
+            cls.__name__,
+            "its attention does not go through the AttentionInterface registry",
+        )
+
+
+def backends_of(model_class: type[PreTrainedModel]) -> tuple[str, ...]:
+    return ("eager",) + tuple(name for name, flag in _BACKEND_FLAGS if getattr(model_class, flag, False))
+
+
+def choose_attn_implementation(
+    requested: str | None, config: PretrainedConfig, device: torch.device
+) -> str | None:
+    """The backend to load with: ``requested`` if the family can run it, else an error naming what it can.
+
+    With nothing requested: flash_attention_2 when flash_attn is installed and the device is CUDA, else sdpa,
+    else eager (Gemma 2's softcapping and GPT-OSS's sinks have no sdpa path).
+    """
+    cls = model_class_for(config)
+    if cls is None:  # remote code declares its own support; let transformers decide
+        return requested
+    can = backends_of(cls)
+    flash_installed = importlib.util.find_spec("flash_attn") is not None
+    if requested is None:
+        if device.type == "cuda" and flash_installed and "flash_attention_2" in can:
+            return "flash_attention_2"
+        return "sdpa" if "sdpa" in can else "eager"
+    if requested not in can:
+        raise UserError(
+            f"model.attn_implementation={requested!r}: {cls.__name__} ({config.model_type}) cannot run it; "
+            f"it can run: {', '.join(can)} (or null to pick the best of them)"
+        )
+    if requested == "flash_attention_2" and not flash_installed:
+        raise UserError(
+            "model.attn_implementation='flash_attention_2' needs the flash_attn package, which is not "
+            "installed; install it or use null (best available)"
+        )
+    return requested
 
 
 def build_config(cfg: ModelConfig) -> PretrainedConfig:
@@ -110,7 +244,7 @@ def build_config(cfg: ModelConfig) -> PretrainedConfig:
     else:
         if not cfg.architecture:
             raise UserError("model.name is null and model.architecture is empty: nothing to build")
-        arch = dict(cfg.architecture)
+        arch = _plain(cfg.architecture)
         model_type = arch.pop("model_type", None)
         if model_type is None:
             raise UserError("model.architecture needs a model_type (e.g. qwen3)")
@@ -118,20 +252,31 @@ def build_config(cfg: ModelConfig) -> PretrainedConfig:
             config = AutoConfig.for_model(model_type, **arch)
         except ValueError as exc:
             raise UserError(f"model.architecture.model_type={model_type!r}: {exc}") from None
-    apply_config_overrides(config, dict(cfg.config_overrides or {}))
+    apply_config_overrides(config, _plain(cfg.config_overrides or {}))
     return config
+
+
+def _plain(mapping: Any) -> dict[str, Any]:
+    """A plain nested dict: transformers' strict configs refuse OmegaConf nodes (a wrapper's text_config)."""
+    if OmegaConf.is_config(mapping):
+        container = OmegaConf.to_container(mapping, resolve=True)
+        assert isinstance(container, dict)
+        return {str(k): v for k, v in container.items()}
+    return dict(mapping)
 
 
 def load_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
     """Real weights when ``model.name`` is set (and random_init is off), else random weights (fixed seed)."""
     dtype = torch_dtype(cfg.dtype)
     device = resolve_device(cfg.device)
-    attn = cfg.attn_implementation or default_attn_implementation(device)
+    check_family(config)
+    attn = choose_attn_implementation(cfg.attn_implementation, config, device)
+    auto = _auto_class(config, cfg.trust_remote_code)
     if cfg.trust_remote_code:
         log.warning("model.trust_remote_code=true: running code from %s", cfg.name)
     try:
         if cfg.name and not cfg.random_init:
-            model = AutoModelForCausalLM.from_pretrained(
+            model = auto.from_pretrained(
                 cfg.name,
                 config=config,
                 revision=cfg.revision,
@@ -145,14 +290,50 @@ def load_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
         else:
             torch.manual_seed(cfg.seed)
             with torch.device(device):
-                model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-    except ValueError as exc:
-        if "attn_implementation" in str(exc):
+                model = auto.from_config(
+                    config, dtype=dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code
+                )
+    except (ValueError, ImportError) as exc:
+        if "attn" in str(exc) or "attention" in str(exc):
             raise UserError(f"model.attn_implementation={attn!r}: {exc}") from None
         raise
     model.eval()
     model.requires_grad_(False)
+    check_capturable(model)
     return model
+
+
+def _auto_class(config: PretrainedConfig, trust_remote_code: bool) -> Any:
+    cls = model_class_for(config)
+    if (
+        cls is not None
+        and type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+        and (type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING or is_wrapper(config))
+    ):
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
+def check_capturable(model: PreTrainedModel) -> None:
+    """After loading, before any forward: every self-attention layer must have a module our tap can reach."""
+    from .patching import attention_modules  # patching needs nothing from here; keep the import one-way
+
+    model_type = text_config(model.config).model_type
+    if not families.routes_attention(type(model)):
+        raise families.unsupported_family_error(
+            model_type,
+            type(model).__name__,
+            "its attention does not go through the AttentionInterface registry",
+        )
+    layout = layout_from_config(model.config)
+    found = sorted(int(m.layer_idx) for m in attention_modules(backbone_of(model)))  # type: ignore[arg-type]
+    if found != list(layout.self_attention_layers):
+        raise families.unsupported_family_error(
+            model_type,
+            type(model).__name__,
+            f"its config has self-attention layers {list(layout.self_attention_layers)} but attention "
+            f"modules were found for layers {found}",
+        )
 
 
 def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
@@ -160,7 +341,7 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
 
     Vision-language wrappers keep it one level further down (``model.model.language_model``).
     """
-    candidates = [model]
+    candidates: list[torch.nn.Module] = [model]
     for attr in ("model", "language_model", "text_model"):
         nxt = []
         for c in candidates:
@@ -171,7 +352,10 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     for module in reversed(candidates):
         if hasattr(module, "layers") and hasattr(module, "embed_tokens"):
             return module
-    raise UserError(f"cannot find the text decoder layers of {type(model).__name__}")
+    raise UserError(
+        f"model family {text_config(model.config).model_type!r} ({type(model).__name__}): cannot find its "
+        "text decoder (a module with `layers` and `embed_tokens`), so its attention cannot be tapped"
+    )
 
 
 def attention_backend(model: PreTrainedModel) -> str:

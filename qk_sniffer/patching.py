@@ -71,12 +71,23 @@ def delegate_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]
 
 
 def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
-    """Self-attention modules in layer order: those with a ``layer_idx`` and their own q/k projections."""
+    """Self-attention modules in layer order: the ``*Attention`` modules that carry a ``layer_idx``.
+
+    The class-name test keeps out other per-layer modules (MoE blocks, linear-attention mixers) whatever
+    their projections are called (``q_proj``, Phi-3's fused ``qkv_proj``, GPT-2's ``c_attn``); cross-attention
+    modules (Mllama) attend to image features and are left out.
+    """
     found = []
     for module in backbone.modules():
-        if isinstance(getattr(module, "layer_idx", None), int) and hasattr(module, "config"):
-            if any(hasattr(module, p) for p in ("q_proj", "qkv_proj", "query_key_value", "qkv")):
-                found.append(module)
+        name = type(module).__name__
+        if (
+            isinstance(getattr(module, "layer_idx", None), int)
+            and hasattr(module, "config")
+            and name.endswith("Attention")
+            and "CrossAttention" not in name
+            and not getattr(module, "is_cross_attention", False)
+        ):
+            found.append(module)
     return found
 
 
@@ -110,7 +121,7 @@ def attention_tap(
         )
     name = f"qk_sniffer_{delegate}"
     modules = attention_modules(backbone)
-    configs = {id(m.config): m.config for m in modules}
+    configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
@@ -118,8 +129,9 @@ def attention_tap(
     saved_rotary = {mod.__name__: getattr(mod, ROTARY_FUNCTION) for mod in rotary_modules}
     stash = _RotaryStash()
 
-    def tapped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any,
-                         **kwargs: Any) -> Any:
+    def tapped_attention(
+        module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> Any:
         layer = int(module.layer_idx)  # type: ignore[arg-type]
         pre_q, pre_k = stash.take()
         if layers is None or layer in layers:
