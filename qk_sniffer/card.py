@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
+from .ranges import format_ranges
+
 CARD = "README.md"
 METADATA = "qk_sniffer.json"
 CONFIG_DIR = re.compile(r"^l(\d+)h(\d+)([qk])$")
@@ -304,15 +306,4 @@ def _bucket_table(summary: DiskSummary) -> list[str]:
 
 
 def _ranges(values: list[int]) -> str:
-    values = sorted(values)
-    if not values:
-        return "-"
-    parts, start, prev = [], values[0], values[0]
-    for v in values[1:] + [None]:  # type: ignore[list-item]
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(parts)
+    return format_ranges(values) or "-"

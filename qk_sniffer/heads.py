@@ -9,6 +9,7 @@ import numpy as np
 from .config import CaptureConfig
 from .errors import UserError
 from .models import ModelLayout
+from .ranges import format_ranges
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,16 @@ class HeadSelection:
 def check_ranges(capture: CaptureConfig, layout: ModelLayout) -> list[str]:
     """Problems with layer/head numbers against this model, as messages naming the key and the valid range."""
     problems = []
+    cross = set(layout.cross_attention_layers)
     for layer in capture.layers or []:
         if not 0 <= layer < layout.num_layers:
             problems.append(
                 f"capture.layers: layer {layer} is out of range; valid layers are 0..{layout.num_layers - 1}"
+            )
+        elif layer in cross:
+            problems.append(
+                f"capture.layers: layer {layer} is a cross-attention layer (it attends to image features, "
+                f"not the text); self-attention layers are {format_ranges(layout.self_attention_layers)}"
             )
     for head in capture.heads or []:
         if not 0 <= head < layout.num_q_heads:
@@ -55,7 +62,9 @@ def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
     problems = check_ranges(capture, layout)
     if problems:
         raise UserError("\n".join(problems))
-    layers = sorted(set(capture.layers)) if capture.layers is not None else list(range(layout.num_layers))
+    # Cross-attention layers (Mllama) never see text queries against text keys: they are not captured.
+    allowed = layout.self_attention_layers
+    layers = sorted(set(capture.layers)) if capture.layers is not None else list(allowed)
     if capture.full_attention_only:
         layers = [layer for layer in layers if not layout.is_sliding(layer)]
     heads = sorted(set(capture.heads)) if capture.heads is not None else list(range(layout.num_q_heads))

@@ -71,3 +71,12 @@ def test_queries_or_keys_toggle():
 def test_out_of_range_is_a_clear_error(cfg, message):
     with pytest.raises(UserError, match=message):
         select_heads(cfg, LAYOUT)
+
+
+def test_cross_attention_layers_are_never_selected():
+    layout = ModelLayout("mllama", 5, 8, 2, 16, (None,) * 5, cross_attention_layers=(1, 3))
+    assert select_heads(CaptureConfig(), layout).layers == [0, 2, 4]
+    with pytest.raises(UserError, match=r"capture.layers: layer 3 is a cross-attention layer .* are 0, 2, 4"):
+        select_heads(CaptureConfig(layers=[3]), layout)
+    sampled = select_heads(CaptureConfig(head_sampling=HeadSamplingConfig(count=24, seed=0)), layout)
+    assert sampled.layers == [0, 2, 4]
