@@ -120,21 +120,29 @@ class CaptureConfig:
 
 @dataclass
 class HubConfig:
+    # A dataset repo, e.g. "your-name/qk-captures"; created on the first push. Its main branch only explains
+    # the layout: every (model, dataset) capture lives on its own branch.
     repo_id: str | None = None
     # Null: derived from the model and dataset slugs, e.g. "qwen3-8b-longbench-pro-128k-plus".
     branch: str | None = None
+    # Visibility of the repo when the push creates it (an existing repo keeps its own).
     private: bool = False
+    # Push output.dir after the capture (the token comes from HF_TOKEN or a .env file, never from here).
     push: bool = False
 
 
 @dataclass
 class OutputConfig:
-    # Null: "capture" inside the Hydra run directory.
+    # Null: "capture" inside the Hydra run directory (a new dir per run: pass a dir to resume or merge).
     dir: str | None = None
-    # What a second run of the same model does to configs that already hold data.
+    # Configs that already hold rows of another capture recipe (e.g. another sampler): "append" refuses,
+    # "replace" swaps their files for this run's once its rows are complete. Same recipe: both resume/extend.
     mode: str = "append"
+    # Commit (flush to Parquet and record in the manifest) at least every this many completed examples.
     flush_every_examples: int = 64
+    # Host buffer cap; past it the buffer is flushed. Peak memory is about twice this above a small run.
     max_buffer_mb: int = 512
+    # Merge each config's part files into one at the end (also: python -m qk_sniffer.compact output.dir=...).
     compact: bool = False
     hub: HubConfig = field(default_factory=HubConfig)
 
@@ -161,15 +169,18 @@ class Config:
     sampler: Any = MISSING
     capture: CaptureConfig = MISSING
     output: OutputConfig = MISSING
-    tracking: TrackingConfig = MISSING
+    wandb: TrackingConfig = MISSING
 
 
 @dataclass
 class BenchConfig:
     """Settings only the benchmark reads (``python -m qk_sniffer.bench``)."""
 
+    # Timed (plain, capture) pairs, after ``warmup`` untimed ones; medians are reported.
     repeats: int = 5
     warmup: int = 1
+    # false: run every layer even when capturing, to see the tap's own cost without the early stop.
+    early_stop: bool = True
 
 
 @dataclass
@@ -186,7 +197,10 @@ def register_configs() -> None:
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)
     cs.store(group="output", name="output_schema", node=OutputConfig)
-    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    cs.store(group="wandb", name="wandb_schema", node=TrackingConfig)
     cs.store(group="sampler", name="log_bucket_schema", node=LogBucketSamplerConfig)
     cs.store(group="sampler", name="uniform_schema", node=UniformSamplerConfig)
     cs.store(group="sampler", name="all_schema", node=AllSamplerConfig)
+    # The benchmark's sampler (the original tool's timing setup): a named option, so `sampler=log_bucket`
+    # still composes in the bench without inheriting uniform-only keys.
+    cs.store(group="sampler", name="uniform_8192", node=UniformSamplerConfig(base_rate=1.0, bucket_size=8192))

@@ -2,12 +2,16 @@
 
 Layout: ``<output.dir>/l{LL}h{HH}{q|k}/<part>.parquet``, one dataset config per (layer, head, kind). Each
 part file is written to a temporary name, fsynced and renamed, so a reader (or a resumed run) never sees
-a half-written file under a final name.
+a half-written file under a final name. Once every file of a flush is durable, the writer hands the flush's
+examples to ``on_durable`` (the manifest commit): rows are claimed only after they are on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,9 +23,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .capture import Block
+from .capture import Block, RowPlan
+from .errors import UserError
+from .manifest import fsync_dir
 
 TMP_SUFFIX = ".tmp"
+
+# (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
+ExampleRecord = tuple[int, int, int, tuple[str, ...]]
+# (relative path, rows, bytes) of a file a flush wrote.
+WrittenFile = tuple[str, int, int]
+OnDurable = Callable[[int, list[ExampleRecord], list[WrittenFile]], None]
+
+
+def return_freed_buffers_to_the_os() -> None:
+    """Pin glibc's mmap threshold (it otherwise rises after the first large free, after which freed capture
+    buffers stay in a fragmented heap): with it, peak RSS follows the live buffers, i.e. the buffer cap."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to pin
+            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
+class DiskWriteError(UserError):
+    """Writing to output.dir failed (disk full, permissions): nothing of that flush is claimed."""
 
 
 def config_name(layer: int, head: int, kind: str, layer_width: int = 2, head_width: int = 2) -> str:
@@ -57,13 +81,30 @@ class PendingRows:
         return sum(b.vectors.nbytes + b.plan.positions.nbytes * 4 for b in self.blocks)
 
 
+@dataclass
+class Flush:
+    """What one flush writes: the rows, and the examples whose rows are now all among them."""
+
+    rows: dict[tuple[int, str], PendingRows]
+    examples: list[ExampleRecord]
+
+
 class RowBuffer:
     """Captured blocks on the host, grouped by (layer, kind), until they are flushed to Parquet."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[int, str], PendingRows] = {}
+        self._examples: list[ExampleRecord] = []
         self.nbytes = 0
         self.rows = 0
+
+    @property
+    def num_examples(self) -> int:
+        return len(self._examples)
+
+    def complete(self, examples: Sequence[ExampleRecord]) -> None:
+        """Mark examples whose blocks were all added: they are committed with the next flush."""
+        self._examples.extend(examples)
 
     def add(self, blocks: Sequence[Block]) -> None:
         for block in blocks:
@@ -73,11 +114,49 @@ class RowBuffer:
             self.nbytes += size
             self.rows += block.vectors.shape[0] * block.vectors.shape[1]
 
-    def drain(self) -> dict[tuple[int, str], PendingRows]:
-        rows, self._rows = self._rows, {}
+    def drain(self) -> Flush:
+        flush = Flush(self._rows, self._examples)
+        self._rows, self._examples = {}, []
         self.nbytes = 0
         self.rows = 0
-        return rows
+        return flush
+
+
+def keep_missing(blocks: list[Block], done: Sequence[frozenset[str]], widths: tuple[int, int]) -> list[Block]:
+    """Drop the rows of (example, config) pairs already durable; ``done[r]`` holds the configs of batch row
+    r's example. A resumed or merging run thus writes each (example, config) once."""
+    if not any(done):
+        return blocks
+    out = []
+    for block in blocks:
+        names = [config_name(block.layer, head, block.kind, *widths) for head in block.heads]
+        if not any(name in d for name in names for d in done):
+            out.append(block)
+            continue
+        for i, (head, name) in enumerate(zip(block.heads, names, strict=True)):
+            keep = np.array([name not in d for d in done], dtype=bool)[block.plan.batch_rows]
+            if keep.any():
+                out.append(
+                    Block(
+                        block.layer,
+                        block.kind,
+                        (head,),
+                        np.ascontiguousarray(block.vectors[i : i + 1, keep]),
+                        _subset(block.plan, keep),
+                        block.sliding_window,
+                    )
+                )
+    return out
+
+
+def _subset(plan: RowPlan, keep: np.ndarray) -> RowPlan:
+    return RowPlan(
+        plan.batch_rows[keep],
+        plan.positions[keep],
+        plan.buckets[keep],
+        plan.example_ids[keep],
+        plan.token_ids[keep],
+    )
 
 
 def tables_for(
@@ -114,57 +193,97 @@ def tables_for(
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write, fsync, rename: the final name only ever holds a complete file."""
+    """Write, fsync, rename: the final name only ever holds a complete file (a failed write leaves none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class ParquetWriter:
-    """Writes part files on one background thread so the forward never waits on disk."""
+    """Writes part files on one background thread so the forward never waits on disk.
 
-    def __init__(self, root: Path, part_prefix: str, widths: tuple[int, int],
-                 token_strings: Callable[[np.ndarray], list[str]] | None) -> None:
+    At most ``max_pending`` flushes are queued or being written: a capture that outruns the disk waits
+    instead of piling buffers up in memory (this is what bounds host memory to about twice the buffer).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        part_prefix: str,
+        widths: tuple[int, int],
+        token_strings: Callable[[np.ndarray], list[str]] | None,
+        on_durable: OnDurable | None = None,
+        max_pending: int = 1,
+    ) -> None:
         self.root = root
         self.part_prefix = part_prefix
         self.widths = widths
         self.token_strings = token_strings
+        self.on_durable = on_durable
+        self.max_pending = max_pending
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qk-writer")
-        self._futures: list[Future[list[tuple[str, int, int]]]] = []
+        self._futures: list[Future[list[WrittenFile]]] = []
         self._seq = 0
         self._lock = threading.Lock()
         self.bytes_written = 0
         self.rows_written = 0
+        self.examples_committed = 0
         self.write_seconds = 0.0
         self.files: list[str] = []
 
-    def submit(self, rows: dict[tuple[int, str], PendingRows]) -> Future[list[tuple[str, int, int]]]:
-        """Queue a flush; the future gives (relative path, rows, bytes) of every file it wrote."""
+    def submit(
+        self, rows: dict[tuple[int, str], PendingRows], examples: list[ExampleRecord] | None = None
+    ) -> Future[list[WrittenFile]]:
+        """Queue a flush; the future gives (relative path, rows, bytes) of every file it wrote. Waits first
+        while ``max_pending`` flushes are in flight, and re-raises a failed earlier flush's error."""
+        while len(self._futures) >= self.max_pending:
+            self._futures.pop(0).result()
         seq = self._seq
         self._seq += 1
-        future = self._pool.submit(self._write, rows, seq)
+        future = self._pool.submit(self._write, rows, list(examples or []), seq)
         self._futures.append(future)
         return future
 
-    def _write(self, rows: dict[tuple[int, str], PendingRows], seq: int) -> list[tuple[str, int, int]]:
+    def _write(
+        self, rows: dict[tuple[int, str], PendingRows], examples: list[ExampleRecord], seq: int
+    ) -> list[WrittenFile]:
         start = time.perf_counter()
-        written = []
-        for pending in rows.values():
-            for name, table in tables_for(pending, self.widths, self.token_strings).items():
-                rel = f"{name}/{self.part_prefix}-{seq:05d}.parquet"
-                path = self.root / rel
-                write_table_atomic(table, path)
-                size = path.stat().st_size
-                written.append((rel, table.num_rows, size))
-                with self._lock:
-                    self.bytes_written += size
-                    self.rows_written += table.num_rows
-                    self.files.append(rel)
+        written: list[WrittenFile] = []
+        rel = ""
+        try:
+            while rows:
+                _, pending = rows.popitem()  # let each (layer, kind) go as soon as it is written
+                for name, table in tables_for(pending, self.widths, self.token_strings).items():
+                    rel = f"{name}/{self.part_prefix}-{seq:05d}.parquet"
+                    path = self.root / rel
+                    write_table_atomic(table, path)
+                    written.append((rel, table.num_rows, path.stat().st_size))
+            rel = "(directory entries)"
+            for directory in sorted({w[0].split("/")[0] for w in written}):
+                fsync_dir(self.root / directory)
+            if self.on_durable is not None and (written or examples):
+                rel = "(manifest commit)"
+                self.on_durable(seq, examples, written)
+        except OSError as exc:
+            raise DiskWriteError(
+                f"output.dir={str(self.root)!r}: cannot write {rel}: {exc.strerror or exc} (errno "
+                f"{exc.errno}). The manifest claims only rows already on disk; free space or fix "
+                "permissions, then run the same command again to resume"
+            ) from None
         with self._lock:
+            for rel, n_rows, size in written:
+                self.bytes_written += size
+                self.rows_written += n_rows
+                self.files.append(rel)
+            self.examples_committed += len(examples)
             self.write_seconds += time.perf_counter() - start
         return written
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +18,36 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from . import card, hub
-from .capture import Block
+from .capture import PendingCopy
+from .compact import compact_dir
 from .config import Config
 from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
-from .export import ParquetWriter, RowBuffer, name_widths
+from .errors import UserError
+from .export import (
+    ParquetWriter,
+    RowBuffer,
+    config_name,
+    keep_missing,
+    name_widths,
+    return_freed_buffers_to_the_os,
+)
 from .heads import HeadSelection, select_heads
+from .manifest import Manifest, ResumeFilter, committer, recipe_difference, recipe_id, recipe_of, write_recipe
 from .models import ModelLayout, build_config, layout_from_config, load_model
-from .outdir import claim_output_dir
-from .samplers import Sampler, build_sampler
+from .outdir import (
+    RunInfo,
+    RunLease,
+    check_no_overlap,
+    check_recipe,
+    claim_output_dir,
+    clean_dead_runs,
+    finish_deletions,
+    live_runs,
+    maintenance_lock,
+    record_model,
+    take_over,
+)
+from .samplers import KINDS, Sampler, build_sampler
 from .session import CaptureSession
 from .tokenization import encoder, load_tokenizer, pad_id, token_strings
 from .tracking import Tracker, make_tracker
@@ -39,6 +65,8 @@ class RunResult:
     skipped_empty: int
     files: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    # Examples skipped because their rows were already durable in output.dir (resume / merge).
+    resumed_examples: int = 0
 
 
 def resolve_output_dir(cfg: Config) -> Path:
@@ -59,13 +87,21 @@ def run(cfg: Config) -> RunResult:
     validate(cfg, layout)
     selection = select_heads(cfg.capture, layout)
     sampler = build_sampler(cfg.sampler)
+    widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
+    configs = config_names(selection, widths)
     out_dir = resolve_output_dir(cfg)
     metadata = run_metadata(cfg, layout, selection, sampler)
     claim_output_dir(out_dir, metadata, mode=cfg.output.mode)
+    # What is already durable for this recipe: rerunning a command resumes it; other layers merge in.
+    recipe = recipe_of(metadata)
+    rid = recipe_id(recipe)
+    manifest = Manifest(out_dir)
+    taken = check_recipe(out_dir, manifest, recipe, rid, configs, cfg.output.mode)
+    resume = ResumeFilter(manifest.done(rid), configs, out_dir)
     hub.preflight(cfg.output.hub)
     tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
     stats = DataStats()
-    examples = _examples(cfg, tokenizer, stats, int(model_config.get_text_config().vocab_size))
+    examples = resume.filter(_examples(cfg, tokenizer, stats, int(model_config.get_text_config().vocab_size)))
     first_batches = _peek(batches(examples, cfg.inference.batch_size, pad_id(tokenizer), stats))
 
     tracker = make_tracker(cfg, metadata)
@@ -75,35 +111,63 @@ def run(cfg: Config) -> RunResult:
         model = load_model(cfg.model, model_config)
         phases["load_s"] = time.perf_counter() - t0
         metadata["attn_implementation"] = str(model.config.get_text_config()._attn_implementation)
-        widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
-        writer = ParquetWriter(
-            out_dir, f"part-{cfg.dataset.shard_index:03d}-{uuid.uuid4().hex[:8]}", widths,
-            token_strings(tokenizer) if (cfg.capture.token_strings and tokenizer is not None) else None,
-        )
-        # 3. Capture.
-        t0 = time.perf_counter()
-        with CaptureSession(model, selection, sampler, pre_rope=cfg.capture.pre_rope) as session:
-            _capture_loop(cfg, session, first_batches, writer, tracker)
-        writer.close()
-        phases["capture_s"] = time.perf_counter() - t0
-        # 4. Export: metadata and card from what is on disk.
-        t0 = time.perf_counter()
-        metadata.update(examples=stats.examples, tokens=stats.tokens, skipped_empty=stats.skipped_empty)
-        _write_metadata(out_dir, metadata)
-        card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
-        phases["export_s"] = time.perf_counter() - t0
+        run_id = uuid.uuid4().hex[:12]
+        shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
+        with _lease(out_dir, metadata, recipe, RunInfo(run_id, rid, shard, configs)) as lease:
+            writer = ParquetWriter(
+                out_dir,
+                f"part-{shard[0]:03d}-{run_id}",
+                widths,
+                token_strings(tokenizer) if (cfg.capture.token_strings and tokenizer is not None) else None,
+                on_durable=committer(out_dir, rid, run_id, shard[0]),
+            )
+            tracker.watch_writer(writer)
+            # 3. Capture.
+            t0 = time.perf_counter()
+            with (
+                CaptureSession(model, selection, sampler, pre_rope=cfg.capture.pre_rope) as session,
+                StopSignals() as stop,
+            ):
+                try:
+                    _capture_loop(cfg, session, first_batches, writer, tracker, resume, widths, stop)
+                finally:
+                    writer.close()  # commits every flush already queued, also when capture failed
+            phases["capture_s"] = time.perf_counter() - t0
+            if stop.signum is not None:
+                raise RunInterrupted(stop.signum, out_dir, writer.examples_committed)
+            # 4. Export: metadata and card from what is on disk (every shard's, whoever finishes last).
+            t0 = time.perf_counter()
+            with maintenance_lock(out_dir):
+                finish_deletions(out_dir)
+                clean_dead_runs(out_dir)
+                if taken:
+                    _take_over(out_dir, rid, taken, run_id)
+                if cfg.output.compact:
+                    compact_dir(out_dir, lease.info.run)
+                _write_metadata(out_dir, final_metadata(out_dir, metadata, rid, stats))
+                card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
+            phases["export_s"] = time.perf_counter() - t0
         # 5. Publish (only with output.hub.push=true).
         t0 = time.perf_counter()
         hub.publish(cfg, out_dir)
         phases["push_s"] = time.perf_counter() - t0
-        result = RunResult(out_dir, writer.rows_written, stats.examples, stats.tokens, stats.skipped_empty,
-                           phases=phases)
+        result = RunResult(
+            out_dir,
+            writer.rows_written,
+            stats.examples,
+            stats.tokens,
+            stats.skipped_empty,
+            phases=phases,
+            resumed_examples=resume.skipped,
+        )
         phases["total_s"] = time.perf_counter() - t_start
         tracker.summary(result, writer.bytes_written)
     finally:
         tracker.finish()
     if stats.skipped_empty:
         log.warning("skipped %d empty or null texts", stats.skipped_empty)
+    if resume.skipped:
+        log.info("resumed: %d examples were already durable in %s and were skipped", resume.skipped, out_dir)
     return result
 
 
@@ -126,38 +190,197 @@ def _peek(it: Iterator[Batch]) -> Iterator[Batch]:
     return chained()
 
 
-def _capture_loop(cfg: Config, session: CaptureSession, batch_iter: Iterator[Batch], writer: ParquetWriter,
-                  tracker: Tracker) -> None:
+def _capture_loop(
+    cfg: Config,
+    session: CaptureSession,
+    batch_iter: Iterator[Batch],
+    writer: ParquetWriter,
+    tracker: Tracker,
+    resume: ResumeFilter,
+    widths: tuple[int, int],
+    stop: StopSignals,
+) -> None:
+    return_freed_buffers_to_the_os()
     buffer = RowBuffer()
-    cap_bytes = cfg.output.max_buffer_mb * 1024 * 1024
-    examples_since_flush = 0
-    pending = None
+    # Flush at half the cap: the half being written and the half filling up stay within the cap together.
+    flush_bytes = cfg.output.max_buffer_mb * 1024 * 1024 // 2
+    pending: tuple[PendingCopy, Batch] | None = None
     for batch in batch_iter:
         t0 = time.perf_counter()
         copy = session.forward(batch)
         # The previous batch's copy finished while this forward was queued; collect it now.
         if pending is not None:
-            _collect(pending.result(), buffer, tracker)
-        pending = copy
-        examples_since_flush += len(batch.examples)
-        if buffer.nbytes >= cap_bytes or examples_since_flush >= cfg.output.flush_every_examples:
-            writer.submit(buffer.drain())
-            examples_since_flush = 0
+            _collect(*pending, buffer, tracker, resume, widths)
+        pending = (copy, batch)
+        if buffer.nbytes >= flush_bytes or buffer.num_examples >= cfg.output.flush_every_examples:
+            flush = buffer.drain()
+            writer.submit(flush.rows, flush.examples)
         tracker.batch(batch, session.timings.last, time.perf_counter() - t0, buffer.nbytes)
+        if stop.signum is not None:
+            break
     if pending is not None:
-        _collect(pending.result(), buffer, tracker)
-    writer.submit(buffer.drain())
+        _collect(*pending, buffer, tracker, resume, widths)
+    flush = buffer.drain()
+    writer.submit(flush.rows, flush.examples)
 
 
-def _collect(blocks: list[Block], buffer: RowBuffer, tracker: Tracker) -> None:
+def _collect(
+    copy: PendingCopy,
+    batch: Batch,
+    buffer: RowBuffer,
+    tracker: Tracker,
+    resume: ResumeFilter,
+    widths: tuple[int, int],
+) -> None:
+    blocks = keep_missing(copy.result(), [resume.done_for(e.index) for e in batch.examples], widths)
     tracker.rows(blocks)
     buffer.add(blocks)
+    buffer.complete([(e.index, e.example_id, e.length, resume.todo(e.index)) for e in batch.examples])
 
 
-def run_metadata(cfg: Config, layout: ModelLayout, selection: HeadSelection, sampler: Sampler) -> dict[str, Any]:
+def config_names(selection: HeadSelection, widths: tuple[int, int]) -> list[str]:
+    """The dataset configs this run writes, one per captured (layer, head, kind)."""
+    return sorted(
+        config_name(layer, head, kind, *widths)
+        for layer in selection.layers
+        for kind in KINDS
+        for head in selection.heads(layer, kind)
+    )
+
+
+class RunInterrupted(UserError):
+    """SIGINT/SIGTERM: everything complete was committed; the same command resumes."""
+
+    def __init__(self, signum: int, out_dir: Path, committed: int) -> None:
+        self.signum = signum
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name}: the {committed} examples this run completed are "
+            f"saved and recorded in output.dir={str(out_dir)!r}; run the same command again to resume "
+            "(completed examples are skipped)"
+        )
+
+
+class StopSignals:
+    """During capture, SIGINT/SIGTERM ask the loop to stop after the current batch, so everything complete
+    is flushed and committed before exiting. A second signal stops at once (committed rows stay valid)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python only allows handlers there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning(
+            "%s received: finishing the current batch and committing what is complete (send it again "
+            "to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+@contextmanager
+def _lease(
+    out_dir: Path, metadata: dict[str, Any], recipe: dict[str, Any], info: RunInfo
+) -> Iterator[RunLease]:
+    """Create the dir, record its model and recipe, register this run, and clear killed runs' leftovers."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record_model(out_dir, metadata)
+        write_recipe(out_dir, recipe)
+    except OSError as exc:
+        raise UserError(f"output.dir={str(out_dir)!r} cannot be written: {exc.strerror or exc}") from None
+    with RunLease(out_dir, info) as lease:
+        check_no_overlap(out_dir, info)
+        with maintenance_lock(out_dir):
+            finish_deletions(out_dir)
+            clean_dead_runs(out_dir)
+        yield lease
+
+
+def _take_over(out_dir: Path, rid: str, taken: list[str], run_id: str) -> None:
+    busy = [
+        r.run for r in live_runs(out_dir, exclude=run_id) if r.recipe != rid and set(r.configs) & set(taken)
+    ]
+    if busy:
+        log.warning(
+            "output.mode=replace: runs %s of another recipe still write these configs; the old rows "
+            "stay until this command is run again after they end",
+            ", ".join(busy),
+        )
+        return
+    removed = take_over(out_dir, rid, taken)
+    log.info(
+        "output.mode=replace: %d configs now hold only this recipe's rows (%d old files deleted)",
+        len(taken),
+        removed,
+    )
+
+
+def final_metadata(out_dir: Path, metadata: dict[str, Any], rid: str, stats: DataStats) -> dict[str, Any]:
+    """This run's metadata, with totals and recipes read from the manifest (so they cover every shard and
+    every earlier run merged into the dir)."""
+    manifest = Manifest(out_dir)
+    meta = dict(metadata)
+    meta["examples"], meta["tokens"] = manifest.totals(rid)
+    # The dir is the union of every shard's rows, not this shard's: shard fields describe the runs instead.
+    dataset = dict(meta.get("dataset", {}))
+    num_shards = dataset.pop("num_shards", 1)
+    dataset.pop("shard_index", None)
+    meta["dataset"] = dataset
+    if num_shards and num_shards > 1:
+        meta["sharded_runs"] = {"num_shards": num_shards}
+    meta["skipped_empty"] = stats.skipped_empty
+    by_recipe: dict[str, list[str]] = {}
+    for config, rids in manifest.recipes_by_config().items():
+        for r in rids:
+            by_recipe.setdefault(r, []).append(config)
+    meta["recipes"] = [
+        {
+            "id": r,
+            "configs": sorted(cs),
+            "examples": manifest.totals(r)[0],
+            "tokens": manifest.totals(r)[1],
+            "recipe": manifest.recipes.get(r),
+        }
+        for r, cs in sorted(by_recipe.items())
+    ]
+    notes = list(meta.get("notes", []))
+    for r, cs in sorted(by_recipe.items()):
+        if r != rid:
+            diff = "; ".join(recipe_difference(manifest.recipes.get(r, {}), manifest.recipes.get(rid, {})))
+            shown = ", ".join(sorted(cs)[:4]) + (", ..." if len(cs) > 4 else "")
+            notes.append(
+                f"{len(cs)} configs ({shown}) were captured with another recipe (theirs -> the "
+                f"latest run's: {diff}); see `recipes` in {card.METADATA}"
+            )
+    if notes:
+        meta["notes"] = notes
+    return meta
+
+
+def run_metadata(
+    cfg: Config, layout: ModelLayout, selection: HeadSelection, sampler: Sampler
+) -> dict[str, Any]:
     """What the card and later runs need to know about this run (no secrets: tokens never reach cfg)."""
-    model = OmegaConf.to_container(OmegaConf.structured(cfg.model) if not OmegaConf.is_config(cfg.model)
-                                   else cfg.model, resolve=True)
+    model = OmegaConf.to_container(
+        OmegaConf.structured(cfg.model) if not OmegaConf.is_config(cfg.model) else cfg.model, resolve=True
+    )
     assert isinstance(model, dict)
     model.pop("architecture", None)
     return {
@@ -168,8 +391,10 @@ def run_metadata(cfg: Config, layout: ModelLayout, selection: HeadSelection, sam
         "max_length": cfg.tokenizer.max_length,
         "sampler": {"name": sampler.name, **sampler.params()},
         "capture": _plain(cfg.capture),
-        "selection": {"q": {str(k): list(v) for k, v in selection.q_heads.items()},
-                      "k": {str(k): list(v) for k, v in selection.k_heads.items()}},
+        "selection": {
+            "q": {str(k): list(v) for k, v in selection.q_heads.items()},
+            "k": {str(k): list(v) for k, v in selection.k_heads.items()},
+        },
     }
 
 

@@ -1,0 +1,119 @@
+"""Output dir as a dataset: runs of one model merge; other recipes and other models are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import compose_cfg, read_configs
+
+from qk_sniffer.card import METADATA
+from qk_sniffer.compact import compact
+from qk_sniffer.errors import UserError
+from qk_sniffer.manifest import Manifest
+from qk_sniffer.runner import run
+
+
+def rows(out_dir: Path) -> list[tuple]:
+    out = []
+    for name, table in read_configs(out_dir).items():
+        data = table.to_pydict()
+        out += [
+            (name, e, p, tuple(v))
+            for e, p, v in zip(data["example_id"], data["position"], data["vector"], strict=True)
+        ]
+    return sorted(out)
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def capture(out_dir: Path, *overrides: str):
+    return run(compose_cfg([f"output.dir={out_dir}", "output.flush_every_examples=3", *overrides]))
+
+
+def test_two_runs_with_different_layers_merge_into_one_loadable_dataset(tmp_path):
+    merged, both = tmp_path / "merged", tmp_path / "both"
+    capture(merged, "capture.layers=[0]")
+    second = capture(merged, "capture.layers=[2]")
+    capture(both, "capture.layers=[0,2]")
+    # Same rows as one run over both layers, none twice; the second run skipped nothing it had to write.
+    assert rows(merged) == rows(both)
+    assert second.resumed_examples == 0
+    readme = (merged / "README.md").read_text()
+    assert "config_name: l00h00q" in readme and "config_name: l02h03q" in readme
+    meta = json.loads((merged / METADATA).read_text())
+    assert meta["examples"] == json.loads((both / METADATA).read_text())["examples"] > 0
+    from datasets import load_dataset
+
+    for name in ("l00h01q", "l02h01k"):
+        ds = load_dataset(str(merged), name, split="train")
+        assert ds.num_rows == read_configs(merged)[name].num_rows > 0
+
+
+def test_rerun_with_overlapping_layers_writes_only_the_missing_configs(tmp_path):
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    capture(out, "capture.layers=[0,1]")
+    again = capture(out, "capture.layers=[1,2]")
+    capture(ref, "capture.layers=[0,1,2]")
+    assert rows(out) == rows(ref)
+    assert again.rows == sum(t.num_rows for n, t in read_configs(ref).items() if n.startswith("l02"))
+
+
+def test_a_different_model_is_refused_and_the_dir_left_untouched(tmp_path):
+    out = tmp_path / "out"
+    capture(out, "capture.layers=[0]")
+    before = tree(out)
+    with pytest.raises(
+        UserError, match=r"holds a capture of a different model .*seed: 0 -> 1.*another output.dir"
+    ):
+        capture(out, "capture.layers=[0]", "model.seed=1")
+    assert tree(out) == before
+
+
+def test_a_different_recipe_for_a_config_on_disk_is_refused_naming_what_differs(tmp_path):
+    out = tmp_path / "out"
+    capture(out, "capture.layers=[0]")
+    before = tree(out)
+    with pytest.raises(UserError) as err:
+        capture(out, "capture.layers=[0]", "sampler.base_rate=0.5")
+    assert (
+        "configs l00h00k, l00h00q, l00h01k, l00h01q and 2 more already hold rows captured with a different "
+        "recipe (on disk -> this run: sampler.base_rate: 1.0 -> 0.5). Use output.mode=replace"
+        in str(err.value)
+    )
+    assert tree(out) == before
+    # The same recipe change on configs not yet on disk merges (the card notes the second recipe).
+    capture(out, "capture.layers=[1]", "sampler.base_rate=0.5")
+    meta = json.loads((out / METADATA).read_text())
+    assert len(meta["recipes"]) == 2 and "sampler.base_rate: 1.0 -> 0.5" in meta["notes"][-1]
+
+
+def test_replace_swaps_the_configs_for_the_new_recipe_and_keeps_the_rest(tmp_path):
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    capture(out, "capture.layers=[0,1]")
+    layer1_before = {k: v for k, v in read_configs(out).items() if k.startswith("l01")}
+    capture(out, "capture.layers=[0]", "sampler.base_rate=0.5", "output.mode=replace")
+    capture(ref, "capture.layers=[0]", "sampler.base_rate=0.5")
+    after = read_configs(out)
+    assert {k: v for k, v in after.items() if k.startswith("l00")} == read_configs(ref)
+    assert {k: v for k, v in after.items() if k.startswith("l01")} == layer1_before
+    manifest = Manifest(out)
+    assert all((out / p).exists() for p in manifest.referenced())
+    assert {p.relative_to(out).as_posix() for p in out.glob("l*/*.parquet")} == manifest.referenced()
+
+
+def test_compaction_leaves_one_file_per_config_and_the_same_rows(tmp_path):
+    out = tmp_path / "out"
+    capture(out, "capture.layers=[0]")
+    capture(out, "capture.layers=[1]", "sampler.base_rate=0.5")
+    before = rows(out)
+    assert len(list((out / "l00h00q").glob("*.parquet"))) > 1
+    assert compact(out) == 12
+    assert rows(out) == before
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in out.glob("l*"))
+    # Still resumable after compaction: the same command finds every example durable.
+    assert capture(out, "capture.layers=[0]").rows == 0
+    assert rows(out) == before

@@ -1,0 +1,82 @@
+"""SIGTERM/SIGINT stop cleanly and resumably; write failures are clear and never over-claimed."""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pytest
+from helpers import compose_cfg, read_configs, save_checkpoint
+from test_merge import rows
+from test_resume import cli_args, corpus, start, wait_for_commits
+
+from qk_sniffer import export
+from qk_sniffer.errors import UserError
+from qk_sniffer.manifest import Manifest
+from qk_sniffer.runner import run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_commits_what_is_complete_exits_non_zero_and_resumes(tmp_path, sig):
+    checkpoint = save_checkpoint(tmp_path, "qwen3")
+    data = corpus(tmp_path / "docs.jsonl")
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    args = cli_args(checkpoint, data, out)
+
+    proc = start(args, tmp_path)
+    wait_for_commits(out, proc, 2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert f"interrupted by {sig.name}" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    # Everything on disk is committed: no temp files, no part file the manifest does not name.
+    manifest = Manifest(out)
+    assert not list(out.rglob("*.tmp"))
+    assert {p.relative_to(out).as_posix() for p in out.glob("l*/*")} == manifest.referenced()
+    assert 0 < len(manifest.done(manifest.commits[0].recipe)) < 160
+
+    run(compose_cfg(args))
+    run(compose_cfg([a.replace(str(out), str(ref)) for a in args]))
+    assert rows(out) == rows(ref)
+
+
+def test_disk_full_is_a_clear_error_and_the_manifest_claims_only_files_on_disk(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_write = export.write_table_atomic
+    calls = {"n": 0}
+
+    def fill_up(table, path):
+        calls["n"] += 1
+        if calls["n"] > 30:  # the third flush (12 configs per flush) finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(table, path)
+
+    monkeypatch.setattr(export, "write_table_atomic", fill_up)
+    overrides = [f"output.dir={out}", "capture.layers=[0,1]", "output.flush_every_examples=2"]
+    with pytest.raises(UserError) as err:
+        run(compose_cfg(overrides))
+    message = str(err.value)
+    assert message.startswith(f"output.dir={str(out)!r}: cannot write l0")
+    assert "No space left on device (errno 28)" in message and "run the same command again" in message
+    manifest = Manifest(out)
+    assert len(manifest.commits) == 2
+    assert all((out / p).exists() for p in manifest.referenced())
+    # Space is back: the same command resumes, and the dir ends as if nothing had happened.
+    monkeypatch.setattr(export, "write_table_atomic", real_write)
+    run(compose_cfg(overrides))
+    ref = tmp_path / "ref"
+    run(compose_cfg([o.replace(str(out), str(ref)) for o in overrides]))
+    assert rows(out) == rows(ref)
+    assert {p.relative_to(out).as_posix() for p in out.glob("l*/*")} == Manifest(out).referenced()
+    assert set(read_configs(out)) == set(read_configs(ref))
+
+
+def test_an_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match=r"output.dir=.*exists and is not a directory"):
+        run(compose_cfg([f"output.dir={blocker}"]))
+    with pytest.raises(UserError, match=r"output.dir=.*cannot be created: .* is not a directory"):
+        run(compose_cfg([f"output.dir={blocker}/sub"]))
+    assert blocker.read_text() == "not a directory"
