@@ -17,6 +17,8 @@ def main(cfg: DictConfig) -> None:
 
     with report_user_errors():
         result = run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
+    if result.resumed_examples:
+        print(f"qk_sniffer: resumed: {result.resumed_examples} examples were already saved and were skipped")
     print(f"qk_sniffer: wrote {result.rows} rows from {result.examples} examples to {result.output_dir}")
 
 

@@ -199,7 +199,7 @@ def _source_section(meta: dict[str, Any]) -> list[str]:
     tokenizer_name = f"`{tokenizer['name']}`" if tokenizer.get("name") else "the model's own"
     lines += [
         f"- Tokenizer: {tokenizer_name}, max_length {meta.get('max_length')}",
-        f"- Last run: {meta.get('examples', 0)} examples, {meta.get('tokens', 0)} tokens"
+        f"- Captured: {meta.get('examples', 0)} examples, {meta.get('tokens', 0)} tokens"
         + (f", {meta['skipped_empty']} empty texts skipped" if meta.get("skipped_empty") else ""),
         "",
     ]

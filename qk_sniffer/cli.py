@@ -11,14 +11,13 @@ from .errors import UserError
 
 # conf/ sits next to the package in the repository (installs are editable, see the Makefile).
 CONFIG_DIR = (Path(__file__).resolve().parent.parent / "conf").resolve()
-EXIT_USER_ERROR = 2
 
 
 @contextmanager
 def report_user_errors() -> Iterator[None]:
-    """A UserError becomes one message on stderr and exit code 2, without a traceback."""
+    """A UserError becomes one message on stderr and its exit code (2; 128+N for signal N), no traceback."""
     try:
         yield
     except UserError as exc:
         print(f"qk_sniffer: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(exc.exit_code)

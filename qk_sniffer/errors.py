@@ -3,3 +3,5 @@
 
 class UserError(Exception):
     """Bad input or environment. The CLI prints the message alone and exits non-zero, without a traceback."""
+
+    exit_code = 2

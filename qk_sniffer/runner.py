@@ -253,6 +253,8 @@ class RunInterrupted(UserError):
 
     def __init__(self, signum: int, out_dir: Path, committed: int) -> None:
         self.signum = signum
+        # The shell convention for "ended by signal N", so schedulers see an interrupt, not a bad input.
+        self.exit_code = 128 + signum
         super().__init__(
             f"interrupted by {signal.Signals(signum).name}: the {committed} examples this run completed are "
             f"saved and recorded in output.dir={str(out_dir)!r}; run the same command again to resume "

@@ -130,7 +130,7 @@ def test_body_describes_model_source_sampler_layout_and_notes(capture):
         "- dtype: bfloat16, attention backend: sdpa",
         "- Dataset: `viktoroo/longbench-pro-128k-plus`, split `test`, text column `text`, ids from `id`",
         "- Tokenizer: the model's own, max_length 131072",
-        "- Last run: 2 examples, 300 tokens",
+        "- Captured: 2 examples, 300 tokens",
         "- Vectors: queries and keys, post-RoPE (as the attention sees them), float32",
         "- Sampler: `log_bucket` with base_rate=2.0, min_bucket_size=4",
         "- Head sampling: 3 query heads sampled with seed 7 (their key heads kept)",
