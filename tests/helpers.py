@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from conftest import REPO, tiny_model
 from hydra import compose, initialize_config_dir
 from transformers import PreTrainedTokenizerFast
 
-from conftest import REPO, tiny_model
 from qk_sniffer.cli import CONFIG_DIR
 from qk_sniffer.config import register_configs
 from qk_sniffer.data import EMBEDDED_TOKENIZER
@@ -37,7 +37,7 @@ def compose_cfg(overrides: list[str]):
         return compose(config_name="config", overrides=["wandb=disabled", *overrides])
 
 
-def read_configs(out_dir: Path) -> dict[str, "pq.Table"]:
+def read_configs(out_dir: Path) -> dict[str, pq.Table]:
     tables = {}
     for directory in sorted(p for p in out_dir.iterdir() if p.is_dir()):
         parts = sorted(directory.glob("*.parquet"))
@@ -48,8 +48,14 @@ def read_configs(out_dir: Path) -> dict[str, "pq.Table"]:
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
     full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "qk_sniffer", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "qk_sniffer", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -59,4 +65,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-__all__ = ["REPO", "compose_cfg", "embedded_tokenizer", "read_configs", "run_cli", "save_checkpoint", "write_jsonl"]
+__all__ = [
+    "REPO",
+    "compose_cfg",
+    "embedded_tokenizer",
+    "read_configs",
+    "run_cli",
+    "save_checkpoint",
+    "write_jsonl",
+]
