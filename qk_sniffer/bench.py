@@ -37,11 +37,11 @@ from .cli import CONFIG_DIR, report_user_errors
 from .config import BenchAppConfig, register_configs
 from .data import Batch, DataStats, batches, synthetic_examples
 from .errors import UserError
-from .heads import HeadSelection, select_heads
-from .models import attention_backend, backbone_of, build_config, layout_from_config, load_model, text_config
-from .samplers import Sampler, build_sampler
+from .heads import HeadSelection
+from .models import attention_backend, backbone_of, layout_from_config, load_model, text_config
+from .plan import plan_capture
+from .samplers import Sampler
 from .session import CaptureSession, to_device
-from .validate import validate
 
 register_configs()
 
@@ -77,12 +77,8 @@ def check_bench(cfg: BenchAppConfig) -> None:
 def prepare(cfg: BenchAppConfig) -> BenchSetup:
     """Check the config, build batches and the model (everything checkable is checked before weights)."""
     check_bench(cfg)
-    validate(cfg)
-    model_config = build_config(cfg.model)
-    layout = layout_from_config(model_config)
-    validate(cfg, layout)
-    selection = select_heads(cfg.capture, layout)
-    sampler = build_sampler(cfg.sampler)
+    plan = plan_capture(cfg)
+    model_config, selection, sampler = plan.model_config, plan.selection, plan.sampler
     vocab_size = int(text_config(model_config).vocab_size)
     data = list(
         batches(synthetic_examples(cfg.dataset, vocab_size), cfg.inference.batch_size, 0, DataStats())

@@ -31,9 +31,9 @@ from .export import (
     name_widths,
     return_freed_buffers_to_the_os,
 )
-from .heads import HeadSelection, select_heads
+from .heads import HeadSelection
 from .manifest import Manifest, ResumeFilter, committer, recipe_difference, recipe_id, recipe_of, write_recipe
-from .models import ModelLayout, build_config, layout_from_config, load_model
+from .models import ModelLayout, load_model
 from .outdir import (
     RunInfo,
     RunLease,
@@ -47,11 +47,11 @@ from .outdir import (
     record_model,
     take_over,
 )
-from .samplers import KINDS, Sampler, build_sampler
+from .plan import plan_capture
+from .samplers import KINDS, Sampler
 from .session import CaptureSession
 from .tokenization import encoder, load_tokenizer, pad_id, token_strings
 from .tracking import Tracker, make_tracker
-from .validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,8 @@ def run(cfg: Config) -> RunResult:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     # 1. Check everything that needs no weights: config values, layer/head ranges, output dir, dataset.
-    validate(cfg)
-    model_config = build_config(cfg.model)
-    layout = layout_from_config(model_config)
-    validate(cfg, layout)
-    selection = select_heads(cfg.capture, layout)
-    sampler = build_sampler(cfg.sampler)
+    plan = plan_capture(cfg)
+    model_config, layout, selection, sampler = plan.model_config, plan.layout, plan.selection, plan.sampler
     widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
     configs = config_names(selection, widths)
     out_dir = resolve_output_dir(cfg)

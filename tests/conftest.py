@@ -20,39 +20,21 @@ REPO = Path(__file__).resolve().parent.parent
 # Tiny models spend more time synchronising threads than computing; one thread is faster and steadier.
 torch.set_num_threads(1)
 
+_SHAPE = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+)
 TINY = {
-    "llama": dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-    ),
-    "qwen3": dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-    ),
-    # Sliding window (8) much shorter than the texts used in tests.
-    "mistral": dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=512,
-        sliding_window=8,
-    ),
+    "llama": _SHAPE,
+    "qwen3": _SHAPE,
+    # One KV head, and a sliding window (8) much shorter than the texts used in tests.
+    "mistral": {**_SHAPE, "num_key_value_heads": 1, "sliding_window": 8},
 }
 
 

@@ -1,0 +1,33 @@
+"""What a run will capture, worked out from the config alone (no weights loaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+from .config import Config
+from .heads import HeadSelection, select_heads
+from .models import ModelLayout, build_config, layout_from_config
+from .samplers import Sampler, build_sampler
+from .validate import validate
+
+
+@dataclass(frozen=True)
+class CapturePlan:
+    model_config: PretrainedConfig
+    layout: ModelLayout
+    selection: HeadSelection
+    sampler: Sampler
+
+
+def plan_capture(cfg: Config) -> CapturePlan:
+    """Check the config values, then read the model's layout from its config and check layers/heads.
+
+    Every problem is a UserError raised before any weight is loaded.
+    """
+    validate(cfg)
+    model_config = build_config(cfg.model)
+    layout = layout_from_config(model_config)
+    validate(cfg, layout)
+    return CapturePlan(model_config, layout, select_heads(cfg.capture, layout), build_sampler(cfg.sampler))
