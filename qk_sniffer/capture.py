@@ -138,8 +138,10 @@ class BatchCapture:
         self.head_dims: dict[tuple[int, str], int] = {}
         self._pieces: list[tuple[int, str, torch.Tensor]] = []
         self._tokens = batch.input_ids.cpu().numpy()
-        # Host seconds spent in plan_layer (inside the forward's attention calls).
+        # Host seconds inside the forward's attention calls: planning rows (plan_seconds), and the whole
+        # capture hook, planning plus launching the gathers (hook_seconds).
         self.plan_seconds = 0.0
+        self.hook_seconds = 0.0
 
     def plan_layer(self, layer: int, device: torch.device) -> None:
         """Sample this layer's rows for every kind it captures and upload their indices in one copy."""
@@ -168,6 +170,11 @@ class BatchCapture:
     def __call__(self, layer: int, query: torch.Tensor, key: torch.Tensor, window: int | None) -> None:
         if not (self.selection.heads(layer, "q") or self.selection.heads(layer, "k")):
             return
+        start = time.perf_counter()
+        self._gather(layer, query, key, window)
+        self.hook_seconds += time.perf_counter() - start
+
+    def _gather(self, layer: int, query: torch.Tensor, key: torch.Tensor, window: int | None) -> None:
         self.windows[layer] = window
         self.plan_layer(layer, query.device)
         for kind, states in (("q", query), ("k", key)):

@@ -104,7 +104,12 @@ class CaptureSession:
         t1 = time.perf_counter()
         pending = capture.start_copy()
         t2 = time.perf_counter()
-        step = {"plan_s": capture.plan_seconds, "forward_s": t1 - t0, "host_copy_s": t2 - t1}
+        step = {
+            "plan_s": capture.plan_seconds,
+            "hook_s": capture.hook_seconds,
+            "forward_s": t1 - t0,
+            "host_copy_s": t2 - t1,
+        }
         self.timings.plan += step["plan_s"]
         self.timings.forward += step["forward_s"]
         self.timings.host_copy += step["host_copy_s"]

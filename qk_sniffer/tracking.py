@@ -448,8 +448,9 @@ class RunTracker:
             "seq_len/padded": int(batch.input_ids.shape[-1]),
             "time/batch_s": wall_s,
             "time/forward_s": step.get("forward_s", 0.0),
-            # Choosing the rows and uploading their indices, before the forward; the gathers themselves run
-            # inside the forward's attention calls and are part of forward_s.
+            # Host time inside the forward's attention calls (both are part of forward_s): the whole capture
+            # hook (choosing rows, uploading their indices, launching the gathers) and its planning share.
+            "time/capture_hook_s": step.get("hook_s", 0.0),
             "time/capture_plan_s": step.get("plan_s", 0.0),
             "time/host_copy_s": step.get("host_copy_s", 0.0),
             # Seconds the background writer spent since the previous batch (it overlaps the forward).

@@ -174,6 +174,9 @@ def test_offline_run_log_holds_config_one_point_per_batch_and_the_exported_rows(
     assert all(p["rows/batch"] == p["rows/q"] + p["rows/k"] for p in wb.history)
     assert wb.history[-1]["rows/cumulative"] == disk["rows"]
     assert all(p["time/forward_s"] > 0 for p in wb.history)
+    # The hook runs inside the forward, and planning inside the hook.
+    assert all(0 < p["time/capture_hook_s"] <= p["time/forward_s"] for p in wb.history)
+    assert all(p["time/capture_plan_s"] <= p["time/capture_hook_s"] for p in wb.history)
 
     assert wb.summary["rows"] == disk["rows"] > 0
     assert wb.summary["examples"] == 5
