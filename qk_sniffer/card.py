@@ -22,6 +22,19 @@ CARD = "README.md"
 METADATA = "qk_sniffer.json"
 CONFIG_DIR = re.compile(r"^l(\d+)h(\d+)([qk])$")
 # The shape first; whatever else the layout records follows in its own order.
+# Readable names for the layout fields whose key alone would puzzle a reader; others are shown by key.
+LAYOUT_LABELS = {
+    "num_q_heads": "Query heads",
+    "num_kv_heads": "Key/value heads",
+    "rope": "RoPE parameters as configured",
+    "rope_type": "RoPE type",
+    "rope_theta": "RoPE theta",
+    "rope_scaling": "RoPE scaling",
+    "rope_by_layer_type": "RoPE by layer type",
+    "nope_layers": "Layers without rotation (pre-RoPE == post-RoPE)",
+    "cross_attention_layers": "Cross-attention layers (not captured)",
+    "partial_rotary_factor": "Rotated fraction of head_dim",
+}
 LAYOUT_FIRST = ("model_type", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "sliding_windows")
 LOCAL_DATASETS = (None, "embedded", "synthetic", "json", "csv", "parquet", "text", "arrow")
 
@@ -237,7 +250,8 @@ def _layout_section(layout: dict[str, Any]) -> list[str]:
     first = [k for k in LAYOUT_FIRST if k in layout]
     for key in [*first, *(k for k in layout if k not in first)]:
         value = layout[key]
-        lines.append(f"- {key.replace('_', ' ').capitalize()}: {_layout_value(key, value, num_layers)}")
+        label = LAYOUT_LABELS.get(key, key.replace("_", " ").capitalize())
+        lines.append(f"- {label}: {_layout_value(key, value, num_layers)}")
     return [*lines, ""]
 
 
@@ -262,7 +276,7 @@ def _per_layer(values: list[Any]) -> str:
     """A per-layer list (e.g. sliding windows, None = full attention) grouped by value."""
     groups: dict[str, list[int]] = defaultdict(list)
     for layer, value in enumerate(values):
-        groups["none" if value is None else str(value)].append(layer)
+        groups["full attention" if value is None else str(value)].append(layer)
     return "; ".join(f"{value}: layers {_ranges(layers)}" for value, layers in groups.items())
 
 

@@ -138,13 +138,13 @@ def test_body_describes_model_source_sampler_layout_and_notes(capture):
         # every layout field, including ones the core layout does not define
         "- Model type: qwen3",
         "- Num layers: 4",
-        "- Num q heads: 4",
-        "- Num kv heads: 2",
+        "- Query heads: 4",
+        "- Key/value heads: 2",
         "- Head dim: 4",
-        "- Sliding windows: none: layers 0, 2; 4096: layers 1, 3",
-        "- Rope: rope_type=yarn, rope_theta=1000000.0, factor=4.0",
-        "- Nope layers: layers 2-3",
-        "- Cross attention layers: none",
+        "- Sliding windows: full attention: layers 0, 2; 4096: layers 1, 3",
+        "- RoPE parameters as configured: rope_type=yarn, rope_theta=1000000.0, factor=4.0",
+        "- Layers without rotation (pre-RoPE == post-RoPE): layers 2-3",
+        "- Cross-attention layers (not captured): none",
         "- Layers 2-3 apply no rotation (NoPE): pre- and post-RoPE vectors are equal there.",
     ]
     for line in expected:
