@@ -20,7 +20,6 @@ Only one capture may be attached at a time in a process; a second one raises
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -45,9 +44,9 @@ from .data import DataStats, Example, batches, stable_id
 from .errors import UserError
 from .export import ParquetWriter, PendingRows, config_name, name_widths, schema, tables_for
 from .heads import HeadSelection, select_heads
+from .metadata import run_metadata, write_metadata
 from .models import ModelLayout, attention_backend, layout_from_config, text_config
 from .outdir import claim_output_dir
-from .runner import run_metadata
 from .samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .session import CaptureSession
 from .tokenization import encoder, pad_id
@@ -256,10 +255,7 @@ class Capture:
         finally:
             writer.close()
         root.mkdir(parents=True, exist_ok=True)
-        path = root / card.METADATA
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-        tmp.replace(path)
+        write_metadata(root, metadata)
         card.write_card(root, repo_id, branch)
         self._written.add(root)
         return root

@@ -1,10 +1,12 @@
 """Hugging Face Hub publishing: one dataset repo, one branch per (model, dataset), ``main`` kept clean.
 
 The push is a three-way sync between the output dir, the branch, and what the last sync of this dir knew
-(``SYNC_STATE``): a part file on the branch that this dir never saw is pulled (another machine captured it),
-one this dir once had and no longer holds is stale (``output.mode=replace`` removed it) and is deleted,
-and everything goes up as ONE commit pinned to the branch head it was computed from, so a concurrent push
-fails instead of silently dropping data.
+(``SYNC_STATE``): a part file or shared manifest file (model, recipes, commits) on the branch that this dir
+never saw is pulled (another machine captured it), one this dir once had and no longer holds is stale
+(``output.mode=replace`` or compaction removed it) and is deleted, and everything goes up as ONE commit
+pinned to the branch head it was computed from, so a concurrent push fails instead of silently dropping
+data. With push on, a run also pulls before it reads its manifest (``pull_before_run``), so a second
+machine resumes where the branch stands and its recipe check sees the branch's configs.
 
 ``huggingface_hub`` is imported lazily; ``API_FACTORY`` builds the client and is the seam tests use to
 put a recording stand-in in place of ``HfApi``. The token is passed to the client and nowhere else: it is
@@ -13,13 +15,16 @@ redacted from every message this module produces.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shlex
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,10 @@ from typing import Any
 from . import card
 from .config import Config, HubConfig
 from .errors import UserError
+from .manifest import Manifest, recipe_difference, recipe_id, recipe_of
+from .outdir import check_recipe, drop_superseded, maintenance_lock, model_identity, recorded_identity
+
+log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
 # Local record of the last successful sync (which repo, branch and files); never pushed.
@@ -234,6 +243,11 @@ def describe(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------------------- push
 
+# The manifest files that travel with the parts (see manifest.py); runs/, trash/, locks and temp files are
+# this machine's own and never leave it.
+SHARED_MANIFEST = re.compile(r"^\.qk_sniffer/(?:model\.json|recipes/[^/]+\.json|commits/[^/]+/[^/]+\.json)$")
+MODEL_FILE = ".qk_sniffer/model.json"
+
 
 @dataclass
 class PushPlan:
@@ -246,10 +260,73 @@ class PushPlan:
     deleted: list[str]
 
 
+@dataclass
+class SyncState:
+    """What the last sync of this dir with its branch saw: the files both sides held, and the content
+    digest of each manifest file (commits are rewritten in place by replace, so a name is not enough)."""
+
+    files: set[str]
+    digests: dict[str, str]
+
+
 def publish(cfg: Config, out_dir: Path) -> None:
     """After the card is written: push ``out_dir`` to its branch when ``output.hub.push`` is on."""
     if cfg.output.hub.push:
         push_dir(cfg.output.hub, out_dir)
+
+
+def pull_before_run(
+    cfg: Config, out_dir: Path, metadata: dict[str, Any], recipe: dict[str, Any], configs: list[str]
+) -> list[str]:
+    """With push on, before the run reads its manifest: bring in what the branch holds that this dir has
+    never seen (another machine's parts and commits), so the run skips the examples done there and checks
+    its recipe against their configs. Refusals (another model on the branch; another recipe for these
+    configs without output.mode=replace) leave the dir as it was. Returns the paths pulled."""
+    hub_cfg = cfg.output.hub
+    if not (hub_cfg.push and hub_cfg.repo_id):
+        return []
+    repo_id, branch, mode = hub_cfg.repo_id, branch_name(cfg), cfg.output.mode
+    rid = recipe_id(recipe)
+    place = f"output.hub.branch={branch!r} of {repo_id}"
+
+    def check(merged: Manifest) -> None:
+        # The dir's own conflict first, worded as the run would word it; then the branch's.
+        check_recipe(out_dir, Manifest(out_dir), recipe, rid, configs, mode)
+        check_recipe(
+            out_dir,
+            merged,
+            recipe,
+            rid,
+            configs,
+            mode,
+            place=place,
+            held="on the branch",
+            alternative="output.hub.branch",
+        )
+
+    token = _token_or_fail(repo_id)
+    with _scratch(out_dir):
+        try:
+            api = API_FACTORY(token)
+            parent = _branch_head(api, repo_id, branch)
+            if parent is None:
+                return []
+            remote = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=parent))
+            _check_same_model(api, repo_id, branch, parent, remote, out_dir, model_identity(metadata))
+            state = _read_sync_state(out_dir, repo_id, branch)
+            pulled = _pull(api, repo_id, parent, remote, state, out_dir, check)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(
+                f"{place}: cannot pull before the capture: {_redact(describe(exc), token)}"
+            ) from None
+    if pulled:
+        state.files |= set(pulled)
+        state.digests |= {f: _digest(out_dir / f) for f in pulled if SHARED_MANIFEST.match(f)}
+        _write_sync_state(out_dir, repo_id, branch, state)
+        log.info("pulled %d files from %s@%s before the capture", len(pulled), repo_id, branch)
+    return pulled
 
 
 def push_dir(hub: HubConfig, out_dir: Path) -> PushPlan:
@@ -264,15 +341,14 @@ def push_dir(hub: HubConfig, out_dir: Path) -> PushPlan:
     token = None
     try:
         token = _token_or_fail(hub.repo_id)
-        return _push(API_FACTORY(token), hub, out_dir, branch, metadata)
+        with _scratch(out_dir):
+            return _push(API_FACTORY(token), hub, out_dir, branch, metadata)
     except Exception as exc:
         reason = _redact(describe(exc), token)
         raise PushError(
             f"pushing {str(out_dir)!r} to {hub.repo_id}@{branch} failed: {reason}. The captured data is kept "
             f"in {str(out_dir)!r}; retry the push alone with:\n  {retry}"
         ) from None
-    finally:
-        shutil.rmtree(out_dir / PULL_DIR, ignore_errors=True)
 
 
 def read_capture(out_dir: Path) -> dict[str, Any]:
@@ -303,17 +379,19 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
     api.create_branch(repo_id, branch=branch, repo_type=REPO_TYPE, exist_ok=True)
     parent = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=branch).sha
     remote = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=parent))
-    known = _known_files(out_dir, repo_id, branch)
+    state = _read_sync_state(out_dir, repo_id, branch)
+    _check_same_model(api, repo_id, branch, parent, remote, out_dir, model_identity(metadata))
+    place = f"output.hub.branch={branch!r} of {repo_id}"
+    pulled = _pull(api, repo_id, parent, remote, state, out_dir, _refuse_new_mixes(out_dir, place))
+    with maintenance_lock(out_dir):
+        if pulled:
+            metadata = _refresh_metadata(out_dir, metadata)
+        card.write_card(out_dir, repo_id, branch)
     local = set(local_files(out_dir))
-    # Part files are written once under unique names: a path the branch has is the same file.
-    pull = sorted(f for f in remote - local - known if PART_FILE.match(f))
-    stale = sorted(f for f in (remote & known) - local if _ours(f))
-    _check_same_model(api, repo_id, branch, parent, remote, out_dir, metadata)
-    if pull:
-        _pull(api, repo_id, parent, pull, out_dir)
-    card.write_card(out_dir, repo_id, branch)
-    local = set(local_files(out_dir))
-    add = sorted(f for f in local if not (PART_FILE.match(f) and f in remote))
+    # Deleted here since the last sync (replace, compaction): delete on the branch too.
+    stale = sorted(f for f in (remote & state.files) - local if _shared(f))
+    digests = {f: _digest(out_dir / f) for f in local if SHARED_MANIFEST.match(f)}
+    add = sorted(f for f in local if _needs_upload(f, remote, state, digests))
     operations: list[Any] = [CommitOperationAdd(f, str(out_dir / f)) for f in add]
     operations += [CommitOperationDelete(f) for f in stale]
     api.create_commit(
@@ -324,39 +402,88 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
         revision=branch,
         parent_commit=parent,
     )
-    _write_sync_state(out_dir, repo_id, branch, sorted(local))
-    return PushPlan(branch, parent, pull, add, stale)
+    _write_sync_state(out_dir, repo_id, branch, SyncState(local, digests))
+    return PushPlan(branch, parent, pulled, add, stale)
+
+
+def _needs_upload(rel: str, remote: set[str], state: SyncState, digests: dict[str, str]) -> bool:
+    # Part files are written once under unique names: a path the branch has is the same file.
+    if PART_FILE.match(rel):
+        return rel not in remote
+    if rel in digests:  # a manifest file: unless this dir changed it since it last synced it
+        return rel not in remote or state.digests.get(rel) != digests[rel]
+    return True  # the card and qk_sniffer.json are regenerated by every push
 
 
 def local_files(out_dir: Path) -> list[str]:
-    """Every file the dataset consists of: not hidden (sync state, scratch), not half-written."""
+    """Every file that travels: the dataset (not hidden) and the shared manifest, never a half-written file,
+    the sync state, the pull scratch dir or this machine's runs, trash and locks."""
     files = []
     for path in out_dir.rglob("*"):
         rel = path.relative_to(out_dir).as_posix()
-        if path.is_file() and _ours(rel) and not rel.endswith(".tmp"):
+        if path.is_file() and _shared(rel):
             files.append(rel)
     return sorted(files)
 
 
-def _ours(rel: str) -> bool:
-    return not any(part.startswith(".") for part in rel.split("/"))
+def _shared(rel: str) -> bool:
+    if rel.endswith(".tmp"):
+        return False
+    return bool(SHARED_MANIFEST.match(rel)) or not any(part.startswith(".") for part in rel.split("/"))
 
 
-def _known_files(out_dir: Path, repo_id: str, branch: str) -> set[str]:
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_sync_state(out_dir: Path, repo_id: str, branch: str) -> SyncState:
     path = out_dir / SYNC_STATE
     if not path.exists():
-        return set()
+        return SyncState(set(), {})
     state = json.loads(path.read_text())
     if state.get("repo_id") != repo_id or state.get("branch") != branch:
-        return set()
-    return set(state.get("files", []))
+        return SyncState(set(), {})
+    return SyncState(set(state.get("files", [])), dict(state.get("digests", {})))
 
 
-def _write_sync_state(out_dir: Path, repo_id: str, branch: str, files: list[str]) -> None:
+def _write_sync_state(out_dir: Path, repo_id: str, branch: str, state: SyncState) -> None:
     path = out_dir / SYNC_STATE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"repo_id": repo_id, "branch": branch, "files": files}, indent=1))
+    data = {"repo_id": repo_id, "branch": branch, "files": sorted(state.files), "digests": state.digests}
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
+
+
+def _branch_head(api: Any, repo_id: str, branch: str) -> str | None:
+    """The branch's head commit, or None when the repo or the branch does not exist yet."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return str(api.repo_info(repo_id, repo_type=REPO_TYPE, revision=branch).sha)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+
+
+@contextmanager
+def _scratch(out_dir: Path) -> Iterator[Path]:
+    """The download dir inside ``out_dir``; afterwards it is removed, and so are the directories it made
+    (up to ``out_dir`` itself) while they are empty: a refused pull into a new dir leaves no dir behind."""
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        yield out_dir / PULL_DIR
+    finally:
+        shutil.rmtree(out_dir / PULL_DIR, ignore_errors=True)
+        for directory in created:
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty: something was pulled into it
+
+
+def _download(api: Any, repo_id: str, revision: str, files: list[str], scratch: Path) -> None:
+    api.snapshot_download(
+        repo_id, repo_type=REPO_TYPE, revision=revision, local_dir=str(scratch), allow_patterns=files
+    )
 
 
 def _check_same_model(
@@ -366,35 +493,100 @@ def _check_same_model(
     parent: str,
     remote: set[str],
     out_dir: Path,
-    metadata: dict[str, Any],
+    identity: dict[str, Any],
 ) -> None:
-    """A branch holds one model: refuse to mix another model's vectors into it."""
-    if card.METADATA not in remote:
+    """A branch holds one model: refuse to mix another model's vectors into it. The branch's identity is
+    its ``.qk_sniffer/model.json`` (or, for a branch pushed before the manifest travelled, the one its
+    ``qk_sniffer.json`` gives), read the way a local dir's is."""
+    recorded = [f for f in (MODEL_FILE, card.METADATA) if f in remote][:1]
+    if not recorded:
         return
-    from .outdir import model_identity
-
     scratch = out_dir / PULL_DIR
-    api.snapshot_download(
-        repo_id, repo_type=REPO_TYPE, revision=parent, local_dir=str(scratch), allow_patterns=[card.METADATA]
-    )
-    theirs = model_identity(json.loads((scratch / card.METADATA).read_text()))
-    if theirs != model_identity(metadata):
+    _download(api, repo_id, parent, recorded, scratch)
+    theirs = recorded_identity(scratch)
+    if theirs is not None and theirs != identity:
         raise UserError(
             f"output.hub.branch={branch!r} of {repo_id} holds a capture of a different model "
             f"({theirs.get('name')!r}); choose another output.hub.branch"
         )
 
 
-def _pull(api: Any, repo_id: str, revision: str, files: list[str], out_dir: Path) -> None:
-    """Download into the scratch dir, then move each file into place whole."""
+def _pull(
+    api: Any,
+    repo_id: str,
+    revision: str,
+    remote: set[str],
+    state: SyncState,
+    out_dir: Path,
+    check: Callable[[Manifest], None],
+) -> list[str]:
+    """Bring in the part and manifest files the branch holds that this dir has never seen. The manifest
+    files come first, into the scratch dir, so that ``check`` sees the merged manifest before anything in
+    ``out_dir`` changes; every file must arrive before any is moved into place."""
+    local = set(local_files(out_dir))
+    new = sorted(f for f in remote - local - state.files if PART_FILE.match(f) or SHARED_MANIFEST.match(f))
+    if not new:
+        return []
     scratch = out_dir / PULL_DIR
-    api.snapshot_download(
-        repo_id, repo_type=REPO_TYPE, revision=revision, local_dir=str(scratch), allow_patterns=files
+    manifest_files = [f for f in new if SHARED_MANIFEST.match(f)]
+    if manifest_files:
+        _download(api, repo_id, revision, manifest_files, scratch)
+    check(Manifest(out_dir, incoming=scratch, remote=remote))
+    parts = [f for f in new if PART_FILE.match(f)]
+    if parts:
+        _download(api, repo_id, revision, parts, scratch)
+    missing = [f for f in new if not (scratch / f).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UserError(f"the download of {missing[0]}{more} from the branch failed; nothing was pulled")
+    # Parts, then model and recipes, then commits: a commit appears only once every file it names is here.
+    order = sorted(
+        new, key=lambda f: (f.startswith(".qk_sniffer/commits/"), bool(SHARED_MANIFEST.match(f)), f)
     )
-    for rel in files:
-        target = out_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(scratch / rel, target)
+    with maintenance_lock(out_dir):
+        for rel in order:
+            target = out_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch / rel, target)
+        drop_superseded(out_dir)  # another machine compacted what this dir still held
+    return new
+
+
+def _refuse_new_mixes(out_dir: Path, place: str) -> Callable[[Manifest], None]:
+    """At push time: refuse a pull that would give a config rows of two recipes (the branch got another
+    recipe's rows for a config since this dir's capture, e.g. another machine's output.mode=replace)."""
+
+    def check(merged: Manifest) -> None:
+        own = Manifest(out_dir)
+        before = own.mixed_configs()
+        new = {c: rids for c, rids in merged.mixed_configs().items() if c not in before}
+        if not new:
+            return
+        config = sorted(new)[0]
+        ours = own.recipes_by_config().get(config, set())
+        theirs = sorted(new[config] - ours)
+        diff = recipe_difference(merged.recipes.get(theirs[0], {}), merged.recipes.get(min(ours), {}))
+        shown = ", ".join(sorted(new)[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+        what = "; ".join(diff) or f"recipe {theirs[0]}"
+        raise UserError(
+            f"{place}: configs {shown} hold rows captured there with a different recipe than in "
+            f"output.dir={str(out_dir)!r} (the branch -> this dir: {what}); "
+            "run the capture again with output.mode=replace to replace them, or push to another "
+            "output.hub.branch"
+        )
+
+    return check
+
+
+def _refresh_metadata(out_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """``qk_sniffer.json`` with totals and recipes recomputed from the merged manifest, written in place."""
+    from .data import DataStats
+    from .metadata import final_metadata, write_metadata
+
+    stats = DataStats(skipped_empty=int(metadata.get("skipped_empty") or 0))
+    refreshed = final_metadata(out_dir, metadata, recipe_id(recipe_of(metadata)), stats)
+    write_metadata(out_dir, refreshed)
+    return refreshed
 
 
 def _commit_message(metadata: dict[str, Any], added: list[str], deleted: list[str]) -> str:

@@ -5,7 +5,7 @@ dtype, dataset identity, tokenizer and max_length, sampler and its parameters, p
 What it leaves out only chooses *which* rows get written: layers/heads, max_samples, shards, batch size,
 device. Two runs with the same recipe therefore write identical rows for the same (example, config).
 
-State lives under ``<output.dir>/.qk_sniffer/`` (hidden, so never part of the dataset or a Hub push)::
+State lives under ``<output.dir>/.qk_sniffer/`` (hidden, so never part of the dataset's configs)::
 
     model.json                  identity of the one model this dir belongs to (see outdir.model_identity)
     recipes/<rid>.json          a recipe, by id (a hash of its canonical JSON)
@@ -16,6 +16,11 @@ State lives under ``<output.dir>/.qk_sniffer/`` (hidden, so never part of the da
 
 A commit is written (temp file, fsync, rename, fsync dir) only after every file it names is durable, so the
 manifest never claims rows that are not on disk; part files no commit names are a killed run's leftovers.
+
+``model.json``, the recipes and the commits travel with the part files on a Hub push/pull (hub.py); runs
+and trash are this machine's own. Commit names carry the shard and run id, so commits from several machines
+sit side by side; a commit is trusted only while every file it names is on disk (a pull that brought the
+commit but not all its parts, or a hand-deleted file, must not make the manifest claim missing rows).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,20 +192,40 @@ def write_recipe(root: Path, recipe: dict[str, Any]) -> str:
 
 
 class Manifest:
-    """Every commit and recipe of one output dir, as read at one moment."""
+    """Every commit and recipe of one output dir, as read at one moment.
 
-    def __init__(self, root: Path) -> None:
+    ``commits``: the live ones (trusted, not superseded); ``superseded``: replaced whole by a trusted commit;
+    ``untrusted``: the rest, naming a file that is not on disk. ``incoming`` reads a second dir's
+    ``.qk_sniffer`` as well and ``remote`` counts those paths as present: together they show the manifest a
+    pull would produce before anything is downloaded into ``root``."""
+
+    def __init__(self, root: Path, *, incoming: Path | None = None, remote: Collection[str] = ()) -> None:
         self.root = root
         self.recipes: dict[str, dict[str, Any]] = {}
-        self.all_commits: list[Commit] = []
-        state = state_dir(root)
-        for path in sorted((state / "recipes").glob("*.json")):
-            self.recipes[path.stem] = json.loads(path.read_text())
-        for path in sorted((state / "commits").glob("*/*.json")):
-            self.all_commits.append(Commit.from_json(json.loads(path.read_text())))
-        superseded = {(c.recipe, s) for c in self.all_commits for s in c.supersedes}
+        by_key: dict[tuple[str, str], Commit] = {}
+        for base in [root] if incoming is None else [incoming, root]:  # the dir's own files win
+            state = state_dir(base)
+            for path in sorted((state / "recipes").glob("*.json")):
+                self.recipes[path.stem] = json.loads(path.read_text())
+            for path in sorted((state / "commits").glob("*/*.json")):
+                commit = Commit.from_json(json.loads(path.read_text()))
+                by_key[(commit.recipe, commit.name)] = commit
+        self.all_commits = [by_key[k] for k in sorted(by_key)]
+        bases = [root] if incoming is None else [root, incoming]
+        remote = set(remote)
+
+        def on_disk(commit: Commit) -> bool:
+            return all(p in remote or any((b / p).is_file() for b in bases) for p in commit.paths())
+
+        trusted = {(c.recipe, c.name) for c in self.all_commits if on_disk(c)}
+        # Only a trusted commit may supersede: a compaction whose merged file is missing replaces nothing.
+        superseded = {
+            (c.recipe, s) for c in self.all_commits if (c.recipe, c.name) in trusted for s in c.supersedes
+        }
         self.superseded = [c for c in self.all_commits if (c.recipe, c.name) in superseded]
-        self.commits = [c for c in self.all_commits if (c.recipe, c.name) not in superseded]
+        live = [c for c in self.all_commits if (c.recipe, c.name) not in superseded]
+        self.commits = [c for c in live if (c.recipe, c.name) in trusted]
+        self.untrusted = [c for c in live if (c.recipe, c.name) not in trusted]
 
     def of_recipe(self, rid: str) -> list[Commit]:
         return [c for c in self.commits if c.recipe == rid]
@@ -225,6 +250,14 @@ class Manifest:
     def referenced(self) -> set[str]:
         """Relative paths of every part file a live commit names."""
         return {p for c in self.commits for p in c.paths()}
+
+    def named(self) -> set[str]:
+        """Relative paths of every part file any commit on disk names (live, superseded or untrusted)."""
+        return {p for c in self.all_commits for p in c.paths()}
+
+    def mixed_configs(self) -> dict[str, set[str]]:
+        """Configs whose live rows come from more than one recipe."""
+        return {c: rids for c, rids in self.recipes_by_config().items() if len(rids) > 1}
 
     def totals(self, rid: str) -> tuple[int, int]:
         """(examples, tokens) durable under ``rid`` for at least one config."""

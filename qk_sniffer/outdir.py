@@ -60,7 +60,7 @@ def plain_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _recorded_identity(root: Path) -> dict[str, Any] | None:
+def recorded_identity(root: Path) -> dict[str, Any] | None:
     """The identity recorded before the first row (a run killed before its card still has it)."""
     path = state_dir(root) / MODEL_FILE
     if path.exists():
@@ -76,7 +76,7 @@ def claim_output_dir(root: Path, metadata: dict[str, Any], mode: str) -> None:
     if root.exists() and not root.is_dir():
         raise UserError(f"output.dir={str(root)!r} exists and is not a directory")
     if root.exists() and any(root.iterdir()):
-        old = _recorded_identity(root)
+        old = recorded_identity(root)
         if old is None:
             raise UserError(
                 f"output.dir={str(root)!r} is not empty and holds no qk-sniffer capture; choose an empty or "
@@ -104,10 +104,20 @@ def claim_output_dir(root: Path, metadata: dict[str, Any], mode: str) -> None:
 
 
 def check_recipe(
-    root: Path, manifest: Manifest, recipe: dict[str, Any], rid: str, configs: list[str], mode: str
+    root: Path,
+    manifest: Manifest,
+    recipe: dict[str, Any],
+    rid: str,
+    configs: list[str],
+    mode: str,
+    *,
+    place: str | None = None,
+    held: str = "on disk",
+    alternative: str = "output.dir",
 ) -> list[str]:
     """Refuse to mix rows of another recipe into a config (unless mode=replace). Returns the configs this
-    run takes over from other recipes (only with mode=replace)."""
+    run takes over from other recipes (only with mode=replace). ``place``/``held``/``alternative`` word the
+    refusal when the rows are on a Hub branch rather than in the dir."""
     owners = manifest.recipes_by_config()
     taken = sorted(c for c in configs if owners.get(c, set()) - {rid})
     if taken and mode != "replace":
@@ -115,10 +125,10 @@ def check_recipe(
         diff = recipe_difference(manifest.recipes.get(other, {}), recipe)
         shown = ", ".join(taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
         raise UserError(
-            f"output.dir={str(root)!r}: configs {shown} already hold rows captured with a different recipe "
-            f"(on disk -> this run: {'; '.join(diff) or 'recipe ' + other}). Use output.mode=replace to "
-            "replace those configs (their old files are deleted once the new rows are complete), or another "
-            "output.dir"
+            f"{place or f'output.dir={str(root)!r}'}: configs {shown} already hold rows captured with a "
+            f"different recipe ({held} -> this run: {'; '.join(diff) or 'recipe ' + other}). Use "
+            "output.mode=replace to replace those configs (their old files are deleted once the new rows are "
+            f"complete), or another {alternative}"
         )
     return taken
 
@@ -167,6 +177,16 @@ def finish_deletions(root: Path) -> None:
             if (recipe, name) in disposable:
                 safe_unlink(root, str(commit_path(root, recipe, name).relative_to(root)))
         plan.unlink()
+
+
+def drop_superseded(root: Path) -> None:
+    """Finish a compaction another machine did (its commit arrived by a pull): the commits it supersedes
+    and their files go, as the compacting run would have done here. Call with the maintenance lock held."""
+    manifest = Manifest(root)
+    if manifest.superseded:
+        files = [p for c in manifest.superseded for p in c.paths()]
+        plan_deletion(root, files, [(c.recipe, c.name) for c in manifest.superseded])
+        finish_deletions(root)
 
 
 def take_over(root: Path, rid: str, configs: list[str]) -> int:
@@ -263,11 +283,11 @@ def live_runs(root: Path, exclude: str | None = None) -> list[RunInfo]:
 
 def clean_dead_runs(root: Path) -> int:
     """Delete the part files (and temp files) of killed runs that no commit names; unregister those runs.
-    Returns how many files went. Files of live runs, and files no run of this tool registered (pulled
-    from the Hub, written by the Python API), are never touched."""
+    Returns how many files went. Files of live runs, files any commit names (also one pulled from the Hub
+    whose other parts are missing), and files no run of this machine registered (pulled from the Hub,
+    written by the Python API) are never touched: a run's own files carry its id as their third field."""
     removed = 0
-    manifest = Manifest(root)
-    referenced = manifest.referenced()
+    named = Manifest(root).named()
     for path in sorted((state_dir(root) / "runs").glob("*.lock")):
         with _open_existing(path) as f:
             if f is None:
@@ -277,9 +297,9 @@ def clean_dead_runs(root: Path) -> int:
             except BlockingIOError:
                 continue  # alive
             run = path.stem
-            for part in sorted(root.glob(f"l*h*/part-*{run}*")):
+            for part in sorted(root.glob(f"l*h*/part-*-{run}-*")):
                 rel = part.relative_to(root).as_posix()
-                if CONFIG_DIR.match(part.parent.name) and rel not in referenced:
+                if CONFIG_DIR.match(part.parent.name) and part_run(part.name) == run and rel not in named:
                     safe_unlink(root, rel)
                     removed += 1
             path.unlink(missing_ok=True)
@@ -290,6 +310,12 @@ def clean_dead_runs(root: Path) -> int:
             "removed %d part files left by an interrupted run (their rows were never committed)", removed
         )
     return removed
+
+
+def part_run(name: str) -> str | None:
+    """The run that wrote a part file: ``part-<shard>-<run>-<seq>.parquet`` or ``part-compact-<run>-...``."""
+    fields = name.split("-")
+    return fields[2] if len(fields) > 3 and fields[0] == "part" else None
 
 
 @contextmanager

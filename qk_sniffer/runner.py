@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -11,11 +10,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from . import card, hub
 from .capture import PendingCopy
@@ -32,8 +29,9 @@ from .export import (
     return_freed_buffers_to_the_os,
 )
 from .heads import HeadSelection
-from .manifest import Manifest, ResumeFilter, committer, recipe_difference, recipe_id, recipe_of, write_recipe
-from .models import ModelLayout, load_model
+from .manifest import Manifest, ResumeFilter, committer, recipe_id, recipe_of, write_recipe
+from .metadata import final_metadata, run_metadata, write_metadata
+from .models import load_model
 from .outdir import (
     RunInfo,
     RunLease,
@@ -48,7 +46,7 @@ from .outdir import (
     take_over,
 )
 from .plan import plan_capture
-from .samplers import KINDS, Sampler
+from .samplers import KINDS
 from .session import CaptureSession
 from .tokenization import encoder, load_tokenizer, pad_id, token_strings
 from .tracking import Tracker, make_tracker
@@ -91,10 +89,12 @@ def run(cfg: Config) -> RunResult:
     # What is already durable for this recipe: rerunning a command resumes it; other layers merge in.
     recipe = recipe_of(metadata)
     rid = recipe_id(recipe)
+    hub.preflight(cfg.output.hub)
+    # With push on, another machine's examples on the branch join the manifest before it is read.
+    hub.pull_before_run(cfg, out_dir, metadata, recipe, configs)
     manifest = Manifest(out_dir)
     taken = check_recipe(out_dir, manifest, recipe, rid, configs, cfg.output.mode)
     resume = ResumeFilter(manifest.done(rid), configs, out_dir)
-    hub.preflight(cfg.output.hub)
     tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
     stats = DataStats()
     examples = resume.filter(_examples(cfg, tokenizer, stats, int(model_config.get_text_config().vocab_size)))
@@ -140,7 +140,7 @@ def run(cfg: Config) -> RunResult:
                     _take_over(out_dir, rid, taken, run_id)
                 if cfg.output.compact:
                     compact_dir(out_dir, lease.info.run)
-                _write_metadata(out_dir, final_metadata(out_dir, metadata, rid, stats))
+                write_metadata(out_dir, final_metadata(out_dir, metadata, rid, stats))
                 card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
             phases["export_s"] = time.perf_counter() - t0
         # 5. Publish (only with output.hub.push=true).
@@ -328,80 +328,3 @@ def _take_over(out_dir: Path, rid: str, taken: list[str], run_id: str) -> None:
         len(taken),
         removed,
     )
-
-
-def final_metadata(out_dir: Path, metadata: dict[str, Any], rid: str, stats: DataStats) -> dict[str, Any]:
-    """This run's metadata, with totals and recipes read from the manifest (so they cover every shard and
-    every earlier run merged into the dir)."""
-    manifest = Manifest(out_dir)
-    meta = dict(metadata)
-    meta["examples"], meta["tokens"] = manifest.totals(rid)
-    # The dir is the union of every shard's rows, not this shard's: shard fields describe the runs instead.
-    dataset = dict(meta.get("dataset", {}))
-    num_shards = dataset.pop("num_shards", 1)
-    dataset.pop("shard_index", None)
-    meta["dataset"] = dataset
-    if num_shards and num_shards > 1:
-        meta["sharded_runs"] = {"num_shards": num_shards}
-    meta["skipped_empty"] = stats.skipped_empty
-    by_recipe: dict[str, list[str]] = {}
-    for config, rids in manifest.recipes_by_config().items():
-        for r in rids:
-            by_recipe.setdefault(r, []).append(config)
-    meta["recipes"] = [
-        {
-            "id": r,
-            "configs": sorted(cs),
-            "examples": manifest.totals(r)[0],
-            "tokens": manifest.totals(r)[1],
-            "recipe": manifest.recipes.get(r),
-        }
-        for r, cs in sorted(by_recipe.items())
-    ]
-    notes = list(meta.get("notes", []))
-    for r, cs in sorted(by_recipe.items()):
-        if r != rid:
-            diff = "; ".join(recipe_difference(manifest.recipes.get(r, {}), manifest.recipes.get(rid, {})))
-            shown = ", ".join(sorted(cs)[:4]) + (", ..." if len(cs) > 4 else "")
-            notes.append(
-                f"{len(cs)} configs ({shown}) were captured with another recipe (theirs -> the "
-                f"latest run's: {diff}); see `recipes` in {card.METADATA}"
-            )
-    if notes:
-        meta["notes"] = notes
-    return meta
-
-
-def run_metadata(
-    cfg: Config, layout: ModelLayout, selection: HeadSelection, sampler: Sampler
-) -> dict[str, Any]:
-    """What the card and later runs need to know about this run (no secrets: tokens never reach cfg)."""
-    model = OmegaConf.to_container(
-        OmegaConf.structured(cfg.model) if not OmegaConf.is_config(cfg.model) else cfg.model, resolve=True
-    )
-    assert isinstance(model, dict)
-    model.pop("architecture", None)
-    return {
-        "model": model,
-        "layout": asdict(layout),
-        "dataset": _plain(cfg.dataset),
-        "tokenizer": _plain(cfg.tokenizer),
-        "max_length": cfg.tokenizer.max_length,
-        "sampler": {"name": sampler.name, **sampler.params()},
-        "capture": _plain(cfg.capture),
-        "selection": {
-            "q": {str(k): list(v) for k, v in selection.q_heads.items()},
-            "k": {str(k): list(v) for k, v in selection.k_heads.items()},
-        },
-    }
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else asdict(node)
-
-
-def _write_metadata(out_dir: Path, metadata: dict[str, Any]) -> None:
-    path = out_dir / card.METADATA
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)

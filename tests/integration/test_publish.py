@@ -17,7 +17,7 @@ import pytest
 import yaml
 from datasets import load_dataset
 from helpers import compose_cfg, read_configs
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from omegaconf import OmegaConf
 
 from qk_sniffer import hub, publish, runner
@@ -49,6 +49,7 @@ class FakeHub:
         self.tokens: list[str] = []
         self.fail: dict[str, Exception] = {}
         self.whoami_delay = 0.0
+        self.lost_in_download: set[str] = set()  # paths snapshot_download silently fails to deliver
 
     def factory(self, token: str) -> FakeApi:
         self.tokens.append(token)
@@ -106,12 +107,22 @@ class FakeApi:
 
     def repo_info(self, repo_id, *, repo_type, revision):
         self._record("repo_info", repo_id, revision)
+        if repo_id not in self.hub.branches:
+            raise http_error(
+                RepositoryNotFoundError, 404, f"404 Client Error: Repository Not Found for {repo_id}"
+            )
+        if revision not in self.hub.branches[repo_id]:
+            raise http_error(
+                RevisionNotFoundError, 404, f"404 Client Error: Revision Not Found for {revision}"
+            )
         return SimpleNamespace(sha=self.hub.branches[repo_id][revision])
 
     def snapshot_download(self, repo_id, *, repo_type, revision, local_dir, allow_patterns):
         self._record("snapshot_download", repo_id, revision, sorted(allow_patterns))
         for path, data in self.hub.tree(repo_id, revision).items():
-            if any(fnmatch.fnmatch(path, p) for p in allow_patterns):
+            if path not in self.hub.lost_in_download and any(
+                fnmatch.fnmatch(path, p) for p in allow_patterns
+            ):
                 target = Path(local_dir) / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
@@ -293,6 +304,7 @@ def test_first_push_creates_repo_main_readme_branch_and_one_commit(fake, tmp_pat
     assert names == [
         "whoami",
         "auth_check",
+        "repo_info",  # before the capture: nothing to pull, the repo does not exist yet
         "create_repo",
         "list_repo_files",
         "create_commit",
@@ -301,12 +313,20 @@ def test_first_push_creates_repo_main_readme_branch_and_one_commit(fake, tmp_pat
         "list_repo_files",
         "create_commit",
     ]
-    assert fake.calls[2] == ("create_repo", REPO, "dataset", True, True)
-    assert fake.calls[3] == ("list_repo_files", REPO, "main")
-    assert fake.calls[4][1:3] == ("main", [("add", "README.md")])
-    assert fake.calls[5] == ("create_branch", REPO, BRANCH, True)
+    assert fake.calls[2] == ("repo_info", REPO, BRANCH)
+    assert fake.calls[3] == ("create_repo", REPO, "dataset", True, True)
+    assert fake.calls[4] == ("list_repo_files", REPO, "main")
+    assert fake.calls[5][1:3] == ("main", [("add", "README.md")])
+    assert fake.calls[6] == ("create_branch", REPO, BRANCH, True)
     local = files_with_bytes(out)
-    data_files = sorted(f for f in local if not f.startswith("."))
+    # The dataset and the shareable manifest travel; the sync state and this machine's locks do not.
+    data_files = sorted(
+        f
+        for f in local
+        if not f.startswith(".") or f.startswith((".qk_sniffer/commits/", ".qk_sniffer/recipes/"))
+    )
+    data_files = sorted([*data_files, ".qk_sniffer/model.json"])
+    assert {f for f in local if f not in data_files} == {hub.SYNC_STATE, ".qk_sniffer/maintenance.lock"}
     (branch_commit,) = fake.commit_ops(BRANCH)
     assert branch_commit == [("add", f) for f in data_files]
     assert fake.commits[fake.calls[-1][4]] == fake.tree(REPO, "main")  # pinned to the head it was built on
@@ -325,14 +345,24 @@ def test_second_machine_pulls_the_branch_so_the_card_covers_both(fake, tmp_path)
     first, second = tmp_path / "machine-a", tmp_path / "machine-b"
     run_capture(first, "capture.layers=[0]", *push_overrides())
     run_capture(second, "capture.layers=[1]", *push_overrides())
-    pulled = [c for c in fake.calls if c[0] == "snapshot_download"]
+    downloads = [c[3] for c in fake.calls if c[0] == "snapshot_download"]
     first_parts = sorted(f for f in files_with_bytes(first) if f.endswith(".parquet"))
-    assert pulled[-1][3] == first_parts
-    # main got its README once; the second commit adds only the new parts plus card and metadata
+    first_manifest = sorted(f for f in files_with_bytes(first) if hub.SHARED_MANIFEST.match(f))
+    # before its capture: the branch's model identity, then its manifest, then the parts it names
+    assert downloads[:3] == [[".qk_sniffer/model.json"], first_manifest, first_parts]
+    assert downloads[3:] == [[".qk_sniffer/model.json"]]  # its push: the same check, nothing new to pull
+    # main got its README once; the second commit adds only the new parts and commits plus card and metadata
     assert len(fake.commit_ops("main")) == 1
     second_commit = fake.commit_ops(BRANCH)[1]
     own_parts = sorted(f for f in files_with_bytes(second) if f.startswith("l01") and f.endswith(".parquet"))
-    assert second_commit == [("add", f) for f in sorted([*own_parts, CARD, METADATA])]
+    own_commits = sorted(
+        f
+        for f in files_with_bytes(second)
+        if f.startswith(".qk_sniffer/commits/") and f not in first_manifest
+    )
+    assert own_commits and second_commit == [
+        ("add", f) for f in sorted([*own_parts, *own_commits, CARD, METADATA])
+    ]
     remote = fake.tree(REPO, BRANCH)
     assert set(first_parts) | set(own_parts) <= set(remote)
     matter = card_matter(remote[CARD].decode())
