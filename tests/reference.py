@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from qk_sniffer.models import backbone_of
@@ -82,3 +83,37 @@ def eager_reference(model: torch.nn.Module, input_ids: list[int]) -> Reference:
         for cfg, impl in saved_impl.values():
             cfg._attn_implementation_internal = impl
     return ref
+
+
+TOLERANCE = 1e-4  # float32, absolute, per vector component
+
+
+def check_table(
+    table,
+    refs: dict[int, Reference],
+    lengths: dict[int, int],
+    layer: int,
+    head: int,
+    kind: str,
+    pre_rope: bool,
+    label: str = "",
+) -> float:
+    """Assert every row of one (layer, head, kind) table equals the eager reference; return the worst error.
+
+    ``refs``/``lengths`` are keyed by example id. A row at a position outside its example (padding) fails.
+    """
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    ids = table.column("example_id").to_pylist()
+    positions = table.column("position").to_pylist()
+    worst = 0.0
+    for row, (ex, pos) in enumerate(zip(ids, positions, strict=True)):
+        assert 0 <= pos < lengths[ex], f"{label} padding or out-of-range position captured: ex{ex} pos{pos}"
+        ref = refs[ex].layers[layer]
+        if kind == "q":
+            source = ref.q_pre if pre_rope else ref.q_post
+        else:
+            source = ref.k_pre if pre_rope else ref.k_post
+        err = float(np.abs(vectors[row] - source[head, pos].numpy()).max())
+        worst = max(worst, err)
+        assert err <= TOLERANCE, f"{label} {kind} l{layer} h{head} ex{ex} pos{pos}: max abs error {err}"
+    return worst

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from helpers import compose_cfg, embedded_tokenizer, read_configs, save_checkpoint, write_jsonl
-from reference import eager_reference
+from reference import check_table, eager_reference
 from transformers import AutoModelForCausalLM
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
@@ -29,7 +29,6 @@ TEXTS = [
     "sets the pace.",
     "Counting looks simple.",
 ]
-TOL = 1e-4
 
 
 def model_of(model_type: str) -> torch.nn.Module:
@@ -84,15 +83,9 @@ def test_every_vector_matches_eager(model_type, pre_rope):
         assert table.column("position").to_pylist() == [p for x in ids for p in range(len(x))]
         window = 8 if model_type == "mistral" else None
         assert set(table.column("sliding_window").to_pylist()) == {window}
-        vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
-        for row, (ex, pos) in enumerate(
-            zip(table.column("example_id").to_pylist(), table.column("position").to_pylist(), strict=True)
-        ):
-            r = refs[ex].layers[layer]
-            src = {"q": r.q_pre if pre_rope else r.q_post, "k": r.k_pre if pre_rope else r.k_post}[kind]
-            err = float(np.abs(vectors[row] - src[head, pos].numpy()).max())
-            assert err <= TOL, f"{kind} l{layer} h{head} ex{ex} pos{pos}: max abs error {err}"
-            checked += 1
+        lengths = {i: len(x) for i, x in enumerate(ids)}
+        check_table(table, dict(enumerate(refs)), lengths, layer, head, kind, pre_rope)
+        checked += table.num_rows
     n_heads = cfg.num_attention_heads + cfg.num_key_value_heads
     assert checked == added == cap.rows == sum(map(len, ids)) * n_heads * cfg.num_hidden_layers
     if model_type == "mistral":  # texts longer than the 8-token window: the window must hold

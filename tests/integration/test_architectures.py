@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, compose_cfg, embedded_tokenizer, read_configs, write_jsonl
-from reference import Reference, eager_reference
+from reference import TOLERANCE as TOL
+from reference import Reference, check_table, eager_reference
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from qk_sniffer.card import METADATA
@@ -36,7 +37,6 @@ from qk_sniffer.models import (
 from qk_sniffer.patching import attention_modules
 from qk_sniffer.runner import run
 
-TOL = 1e-4
 WINDOW = 6
 TEXTS = [
     "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
@@ -249,29 +249,16 @@ def vectors(table) -> np.ndarray:
 def compare(fr: FamilyRun, pre_rope: bool) -> tuple[int, float]:
     """Every captured row against the eager reference; returns (vectors checked, worst abs error)."""
     cap, layout = fr.captures[pre_rope], fr.layout
+    refs = dict(enumerate(fr.refs))
+    lengths = {i: len(ids) for i, ids in enumerate(TEXT_IDS)}
     checked, worst = 0, 0.0
     for layer in layout.self_attention_layers:
         for kind, n_heads in (("q", layout.num_q_heads), ("k", layout.num_kv_heads)):
             for head in range(n_heads):
                 table = cap.tables[config_name(layer, head, kind)]
-                got = vectors(table)
-                for row, (ex, pos) in enumerate(
-                    zip(
-                        table.column("example_id").to_pylist(),
-                        table.column("position").to_pylist(),
-                        strict=True,
-                    )
-                ):
-                    assert 0 <= pos < len(TEXT_IDS[ex]), "padding or out-of-range position captured"
-                    ref = fr.refs[ex].layers[layer]
-                    src = {
-                        "q": ref.q_pre if pre_rope else ref.q_post,
-                        "k": ref.k_pre if pre_rope else ref.k_post,
-                    }
-                    err = float(np.abs(got[row] - src[kind][head, pos].numpy()).max())
-                    worst = max(worst, err)
-                    assert err <= TOL, f"{fr.model_type} {kind} l{layer} h{head} ex{ex} pos{pos}: error {err}"
-                    checked += 1
+                err = check_table(table, refs, lengths, layer, head, kind, pre_rope, label=fr.model_type)
+                worst = max(worst, err)
+                checked += table.num_rows
     return checked, worst
 
 
