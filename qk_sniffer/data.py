@@ -79,7 +79,7 @@ def load_rows(cfg: DatasetConfig) -> Iterable[dict[str, Any]]:
         ds = datasets.load_dataset(
             path, name=cfg.name, data_files=data_files, split=cfg.split, streaming=cfg.streaming
         )
-    except FileNotFoundError as exc:
+    except OSError as exc:  # missing files, an unreachable Hub (ConnectionError), offline mode
         raise UserError(f"dataset.path={cfg.path!r}: {exc}") from None
     except ValueError as exc:
         raise UserError(f"dataset {cfg.path!r} (split {cfg.split!r}): {exc}") from None
@@ -89,7 +89,15 @@ def load_rows(cfg: DatasetConfig) -> Iterable[dict[str, Any]]:
             raise UserError(
                 f"{key}={column!r} is not a column of the dataset; its columns are: {', '.join(columns)}"
             )
-    return ds  # type: ignore[no-any-return]
+    return _reading_errors_named(ds, cfg.path) if cfg.streaming else ds
+
+
+def _reading_errors_named(rows: Iterable[dict[str, Any]], path: str) -> Iterator[dict[str, Any]]:
+    """A streamed dataset reads (and may fail) while it is iterated: name the dataset, not a traceback."""
+    try:
+        yield from rows
+    except OSError as exc:
+        raise UserError(f"dataset.path={path!r}: reading the stream failed: {exc}") from None
 
 
 def _as_list(data_files: Any) -> list[str]:

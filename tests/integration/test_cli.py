@@ -71,6 +71,12 @@ BAD = {
     "batch size": (["inference.batch_size=0"], 2, ["inference.batch_size must be >= 1"]),
     "zero base rate": (["sampler.base_rate=0"], 2, ["sampler.base_rate must be > 0"]),
     "negative base rate": (["sampler=uniform", "sampler.base_rate=-1"], 2, ["sampler.base_rate must be > 0"]),
+    # Tests run with HF_HUB_OFFLINE=1 (conftest): a Hub dataset cannot be reached.
+    "unreachable dataset": (
+        ["dataset.path=nobody/no-such-dataset"],
+        2,
+        ["dataset.path='nobody/no-such-dataset'"],
+    ),
     "missing data files": (
         ["dataset=local", "dataset.data_files=/nonexistent/docs.jsonl"],
         2,
