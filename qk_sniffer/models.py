@@ -297,6 +297,8 @@ def load_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
         if "attn" in str(exc) or "attention" in str(exc):
             raise UserError(f"model.attn_implementation={attn!r}: {exc}") from None
         raise
+    except OSError as exc:  # weights missing from the dir, unreachable Hub, unknown revision
+        raise UserError(f"model.name={cfg.name!r}: cannot load its weights ({exc})") from None
     model.eval()
     model.requires_grad_(False)
     check_capturable(model)

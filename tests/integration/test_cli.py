@@ -142,3 +142,20 @@ def test_local_files_with_id_column_and_token_strings(tmp_path, docs):
     rows = [r for r in ds if r["example_id"] == stable_id("a")]
     assert [r["position"] for r in rows] == list(range(len(ids)))
     assert [r["token_str"] for r in rows] == tok.convert_ids_to_tokens(ids)
+
+
+def test_checkpoint_without_weights_is_one_message(tmp_path):
+    from helpers import embedded_tokenizer
+    from transformers import AutoConfig
+
+    ckpt = tmp_path / "no-weights"
+    config = AutoConfig.for_model(
+        "llama", num_hidden_layers=2, hidden_size=32, num_attention_heads=2, vocab_size=512
+    )
+    config.save_pretrained(ckpt)
+    embedded_tokenizer().save_pretrained(ckpt)
+    proc = run_cli([f"model.name={ckpt}", f"output.dir={tmp_path}/out"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"qk_sniffer: error: model.name='{ckpt}': cannot load its weights" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not parquet_files(tmp_path)
