@@ -45,7 +45,7 @@ from .outdir import (
     record_model,
     take_over,
 )
-from .plan import plan_capture
+from .plan import CapturePlan, plan_capture
 from .samplers import KINDS
 from .session import CaptureSession
 from .tokenization import encoder, load_tokenizer, pad_id, token_strings
@@ -75,96 +75,144 @@ def resolve_output_dir(cfg: Config) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) / "capture"
 
 
+@dataclass
+class Prepared:
+    """Everything a run settles before it loads weights."""
+
+    plan: CapturePlan
+    widths: tuple[int, int]
+    configs: list[str]
+    out_dir: Path
+    metadata: dict[str, Any]
+    recipe: dict[str, Any]
+    rid: str
+    # Configs on disk that another recipe wrote and this run replaces (output.mode=replace).
+    taken: list[str]
+    resume: ResumeFilter
+    tokenizer: Any
+    stats: DataStats
+    batches: Iterator[Batch]
+
+
 def run(cfg: Config) -> RunResult:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
-    # 1. Check everything that needs no weights: config values, layer/head ranges, output dir, dataset.
-    plan = plan_capture(cfg)
-    model_config, layout, selection, sampler = plan.model_config, plan.layout, plan.selection, plan.sampler
-    widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
-    configs = config_names(selection, widths)
-    out_dir = resolve_output_dir(cfg)
-    metadata = run_metadata(cfg, layout, selection, sampler)
-    claim_output_dir(out_dir, metadata, mode=cfg.output.mode)
-    # What is already durable for this recipe: rerunning a command resumes it; other layers merge in.
-    recipe = recipe_of(metadata)
-    rid = recipe_id(recipe)
-    hub.preflight(cfg.output.hub)
-    # With push on, another machine's examples on the branch join the manifest before it is read.
-    hub.pull_before_run(cfg, out_dir, metadata, recipe, configs)
-    manifest = Manifest(out_dir)
-    taken = check_recipe(out_dir, manifest, recipe, rid, configs, cfg.output.mode)
-    resume = ResumeFilter(manifest.done(rid), configs, out_dir)
-    tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
-    stats = DataStats()
-    examples = resume.filter(_examples(cfg, tokenizer, stats, int(model_config.get_text_config().vocab_size)))
-    first_batches = _peek(batches(examples, cfg.inference.batch_size, pad_id(tokenizer), stats))
-
-    tracker = make_tracker(cfg, metadata)
+    prep = _prepare(cfg)
+    tracker = make_tracker(cfg, prep.metadata)
     try:
-        # 2. Build.
-        t0 = time.perf_counter()
-        model = load_model(cfg.model, model_config)
-        phases["load_s"] = time.perf_counter() - t0
-        metadata["attn_implementation"] = str(model.config.get_text_config()._attn_implementation)
+        with _phase(phases, "load_s"):
+            model = load_model(cfg.model, prep.plan.model_config)
+        prep.metadata["attn_implementation"] = str(model.config.get_text_config()._attn_implementation)
         run_id = uuid.uuid4().hex[:12]
         shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
-        with _lease(out_dir, metadata, recipe, RunInfo(run_id, rid, shard, configs)) as lease:
+        with _lease(prep.out_dir, prep.metadata, prep.recipe, RunInfo(run_id, prep.rid, shard, prep.configs)):
             writer = ParquetWriter(
-                out_dir,
+                prep.out_dir,
                 f"part-{shard[0]:03d}-{run_id}",
-                widths,
-                token_strings(tokenizer) if (cfg.capture.token_strings and tokenizer is not None) else None,
-                on_durable=committer(out_dir, rid, run_id, shard[0]),
+                prep.widths,
+                token_strings(prep.tokenizer) if (cfg.capture.token_strings and prep.tokenizer) else None,
+                on_durable=committer(prep.out_dir, prep.rid, run_id, shard[0]),
             )
             tracker.watch_writer(writer)
-            # 3. Capture.
-            t0 = time.perf_counter()
-            with (
-                CaptureSession(model, selection, sampler, pre_rope=cfg.capture.pre_rope) as session,
-                StopSignals() as stop,
-            ):
-                try:
-                    _capture_loop(cfg, session, first_batches, writer, tracker, resume, widths, stop)
-                finally:
-                    writer.close()  # commits every flush already queued, also when capture failed
-            phases["capture_s"] = time.perf_counter() - t0
-            if stop.signum is not None:
-                raise RunInterrupted(stop.signum, out_dir, writer.examples_committed)
-            # 4. Export: metadata and card from what is on disk (every shard's, whoever finishes last).
-            t0 = time.perf_counter()
-            with maintenance_lock(out_dir):
-                finish_deletions(out_dir)
-                clean_dead_runs(out_dir)
-                if taken:
-                    _take_over(out_dir, rid, taken, run_id)
-                if cfg.output.compact:
-                    compact_dir(out_dir, lease.info.run)
-                write_metadata(out_dir, final_metadata(out_dir, metadata, rid, stats))
-                card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
-            phases["export_s"] = time.perf_counter() - t0
-        # 5. Publish (only with output.hub.push=true).
-        t0 = time.perf_counter()
-        hub.publish(cfg, out_dir)
-        phases["push_s"] = time.perf_counter() - t0
+            with _phase(phases, "capture_s"):
+                signum = _capture(cfg, prep, model, writer, tracker)
+            if signum is not None:
+                raise RunInterrupted(signum, prep.out_dir, writer.examples_committed)
+            with _phase(phases, "export_s"):
+                _export(cfg, prep, run_id)
+        with _phase(phases, "push_s"):
+            hub.publish(cfg, prep.out_dir)  # only with output.hub.push=true
+        stats = prep.stats
         result = RunResult(
-            out_dir,
+            prep.out_dir,
             writer.rows_written,
             stats.examples,
             stats.tokens,
             stats.skipped_empty,
             phases=phases,
-            resumed_examples=resume.skipped,
+            resumed_examples=prep.resume.skipped,
         )
         phases["total_s"] = time.perf_counter() - t_start
         tracker.summary(result, writer.bytes_written)
     finally:
         tracker.finish()
-    if stats.skipped_empty:
-        log.warning("skipped %d empty or null texts", stats.skipped_empty)
-    if resume.skipped:
-        log.info("resumed: %d examples were already durable in %s and were skipped", resume.skipped, out_dir)
+    if result.skipped_empty:
+        log.warning("skipped %d empty or null texts", result.skipped_empty)
+    if result.resumed_examples:
+        log.info(
+            "resumed: %d examples were already durable in %s and were skipped",
+            result.resumed_examples,
+            prep.out_dir,
+        )
     return result
+
+
+def _prepare(cfg: Config) -> Prepared:
+    """Check everything that needs no weights: config values, layer/head ranges, the output dir and what it
+    already holds, the Hub (with push on), and the dataset's first batch."""
+    plan = plan_capture(cfg)
+    layout = plan.layout
+    widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
+    configs = config_names(plan.selection, widths)
+    out_dir = resolve_output_dir(cfg)
+    metadata = run_metadata(cfg, layout, plan.selection, plan.sampler)
+    claim_output_dir(out_dir, metadata, mode=cfg.output.mode)
+    recipe = recipe_of(metadata)
+    rid = recipe_id(recipe)
+    hub.preflight(cfg.output.hub)
+    # With push on, another machine's examples on the branch join the manifest before it is read.
+    hub.pull_before_run(cfg, out_dir, metadata, recipe, configs)
+    # What is already durable for this recipe: rerunning a command resumes it; other layers merge in.
+    manifest = Manifest(out_dir)
+    taken = check_recipe(out_dir, manifest, recipe, rid, configs, cfg.output.mode)
+    resume = ResumeFilter(manifest.done(rid), configs, out_dir)
+    tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
+    stats = DataStats()
+    vocab_size = int(plan.model_config.get_text_config().vocab_size)
+    examples = resume.filter(_examples(cfg, tokenizer, stats, vocab_size))
+    first_batches = _peek(batches(examples, cfg.inference.batch_size, pad_id(tokenizer), stats))
+    return Prepared(
+        plan, widths, configs, out_dir, metadata, recipe, rid, taken, resume, tokenizer, stats, first_batches
+    )
+
+
+def _capture(cfg: Config, prep: Prepared, model: Any, writer: ParquetWriter, tracker: Tracker) -> int | None:
+    """Run every batch through the capture session; returns the signal that stopped it early, if any."""
+    plan = prep.plan
+    with (
+        CaptureSession(model, plan.selection, plan.sampler, pre_rope=cfg.capture.pre_rope) as session,
+        StopSignals() as stop,
+    ):
+        try:
+            _capture_loop(cfg, session, prep.batches, writer, tracker, prep.resume, prep.widths, stop)
+        finally:
+            writer.close()  # commits every flush already queued, also when capture failed
+    return stop.signum
+
+
+def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
+    """Metadata and card from what is on disk (every shard's, whoever finishes last), after the cleanups
+    this run owes the dir: planned deletions, dead runs' leftovers, replaced configs, compaction."""
+    out_dir = prep.out_dir
+    with maintenance_lock(out_dir):
+        finish_deletions(out_dir)
+        clean_dead_runs(out_dir)
+        if prep.taken:
+            _take_over(out_dir, prep.rid, prep.taken, run_id)
+        if cfg.output.compact:
+            compact_dir(out_dir, run_id)
+        write_metadata(out_dir, final_metadata(out_dir, prep.metadata, prep.rid, prep.stats))
+        card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
+
+
+@contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Wall seconds of one step, for the summary."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = time.perf_counter() - start
 
 
 def _examples(cfg: Config, tokenizer: Any, stats: DataStats, vocab_size: int) -> Iterator[Example]:
