@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
+from .durable import atomic_file
 from .ranges import format_ranges
 
 CARD = "README.md"
@@ -124,9 +125,8 @@ def render(root: Path, repo_id: str | None = None, branch: str | None = None) ->
 
 def write_card(root: Path, repo_id: str | None = None, branch: str | None = None) -> Path:
     path = root / CARD
-    tmp = path.with_name(CARD + ".tmp")
-    tmp.write_text(render(root, repo_id, branch))
-    tmp.replace(path)
+    with atomic_file(path, "w") as f:
+        f.write(render(root, repo_id, branch))
     return path
 
 

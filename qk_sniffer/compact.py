@@ -10,7 +10,6 @@ file is a dead run's leftover) or the new one (the old files are deleted by the 
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from .durable import atomic_file, fsync_dir
 from .errors import UserError
-from .manifest import Commit, Manifest, fsync_dir, state_dir, write_commit
+from .manifest import Commit, Manifest, state_dir, write_commit
 from .outdir import RunInfo, RunLease, clean_dead_runs, finish_deletions, maintenance_lock, plan_deletion
 
 
@@ -69,24 +69,16 @@ def compact_dir(root: Path, run_id: str) -> int:
 
 def _merge(parts: list[Path], target: Path) -> int:
     """Stream the row groups of ``parts`` into one file (memory: one row group at a time)."""
-    tmp = target.with_name(target.name + ".tmp")
     rows = 0
-    try:
-        with open(tmp, "wb") as f:
-            writer = pq.ParquetWriter(f, pq.ParquetFile(parts[0]).schema_arrow, compression="zstd")
-            for part in parts:
-                source = pq.ParquetFile(part)
-                for i in range(source.num_row_groups):
-                    table = source.read_row_group(i)
-                    writer.write_table(table)
-                    rows += table.num_rows
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as f:
+        writer = pq.ParquetWriter(f, pq.ParquetFile(parts[0]).schema_arrow, compression="zstd")
+        for part in parts:
+            source = pq.ParquetFile(part)
+            for i in range(source.num_row_groups):
+                table = source.read_row_group(i)
+                writer.write_table(table)
+                rows += table.num_rows
+        writer.close()
     fsync_dir(target.parent)
     return rows
 

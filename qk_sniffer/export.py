@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import sys
 import threading
 import time
@@ -24,10 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .capture import Block, RowPlan
+from .durable import atomic_file, fsync_dir
 from .errors import UserError
-from .manifest import fsync_dir
-
-TMP_SUFFIX = ".tmp"
 
 # (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
 ExampleRecord = tuple[int, int, int, tuple[str, ...]]
@@ -194,17 +191,8 @@ def tables_for(
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write, fsync, rename: the final name only ever holds a complete file (a failed write leaves none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        pq.write_table(table, f, compression="zstd")
 
 
 class ParquetWriter:

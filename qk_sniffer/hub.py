@@ -31,6 +31,7 @@ from typing import Any
 
 from . import card
 from .config import Config, HubConfig
+from .durable import atomic_file
 from .errors import UserError
 from .manifest import Manifest, recipe_difference, recipe_id, recipe_of
 from .outdir import check_recipe, drop_superseded, maintenance_lock, model_identity, recorded_identity
@@ -447,11 +448,9 @@ def _read_sync_state(out_dir: Path, repo_id: str, branch: str) -> SyncState:
 
 
 def _write_sync_state(out_dir: Path, repo_id: str, branch: str, state: SyncState) -> None:
-    path = out_dir / SYNC_STATE
-    tmp = path.with_name(path.name + ".tmp")
     data = {"repo_id": repo_id, "branch": branch, "files": sorted(state.files), "digests": state.digests}
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
+    with atomic_file(out_dir / SYNC_STATE, "w") as f:
+        f.write(json.dumps(data, indent=1, sort_keys=True))
 
 
 def _branch_head(api: Any, repo_id: str, branch: str) -> str | None:

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .durable import atomic_file, fsync_dir
 
 if TYPE_CHECKING:
     from .data import Example
@@ -161,22 +162,9 @@ def commit_path(root: Path, recipe: str, name: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file, fsync, rename, fsync the directory: the final name only ever holds complete JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(path, "w") as f:
         json.dump(data, f, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_commit(root: Path, commit: Commit) -> None:

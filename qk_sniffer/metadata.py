@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from .card import METADATA
 from .config import Config
 from .data import DataStats
+from .durable import atomic_file
 from .heads import HeadSelection
 from .manifest import Manifest, recipe_difference
 from .models import ModelLayout
@@ -51,10 +52,8 @@ def _plain(node: Any) -> Any:
 
 
 def write_metadata(out_dir: Path, metadata: dict[str, Any]) -> None:
-    path = out_dir / METADATA
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    with atomic_file(out_dir / METADATA, "w") as f:
+        f.write(json.dumps(metadata, indent=2, sort_keys=True, default=str))
 
 
 def final_metadata(out_dir: Path, metadata: dict[str, Any], rid: str, stats: DataStats) -> dict[str, Any]:
