@@ -264,20 +264,29 @@ class RunLease:
             self._file = None
 
 
-def live_runs(root: Path, exclude: str | None = None) -> list[RunInfo]:
-    """Runs whose process still holds its lock."""
-    out = []
+def _registered_runs(root: Path, lock: int) -> Iterator[tuple[Path, bool]]:
+    """Each registered run's lock file and whether its process is alive (still holds the lock). For a dead
+    run, the lock taken here (``lock``: shared to look, exclusive to clean up) is held until the caller
+    moves on to the next run."""
     for path in sorted((state_dir(root) / "runs").glob("*.lock")):
-        if path.stem == exclude:
-            continue
         with _open_existing(path) as f:
             if f is None:
                 continue
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(f.fileno(), lock | fcntl.LOCK_NB)
+                alive = False
             except BlockingIOError:
-                data = json.loads(path.read_text())
-                out.append(RunInfo(data["run"], data["recipe"], tuple(data["shard"]), data["configs"]))
+                alive = True
+            yield path, alive
+
+
+def live_runs(root: Path, exclude: str | None = None) -> list[RunInfo]:
+    """Runs whose process still holds its lock."""
+    out = []
+    for path, alive in _registered_runs(root, fcntl.LOCK_SH):
+        if alive and path.stem != exclude:
+            data = json.loads(path.read_text())
+            out.append(RunInfo(data["run"], data["recipe"], tuple(data["shard"]), data["configs"]))
     return out
 
 
@@ -288,21 +297,16 @@ def clean_dead_runs(root: Path) -> int:
     written by the Python API) are never touched: a run's own files carry its id as their third field."""
     removed = 0
     named = Manifest(root).named()
-    for path in sorted((state_dir(root) / "runs").glob("*.lock")):
-        with _open_existing(path) as f:
-            if f is None:
-                continue
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # alive
-            run = path.stem
-            for part in sorted(root.glob(f"l*h*/part-*-{run}-*")):
-                rel = part.relative_to(root).as_posix()
-                if CONFIG_DIR.match(part.parent.name) and part_run(part.name) == run and rel not in named:
-                    safe_unlink(root, rel)
-                    removed += 1
-            path.unlink(missing_ok=True)
+    for path, alive in _registered_runs(root, fcntl.LOCK_EX):
+        if alive:
+            continue
+        run = path.stem
+        for part in sorted(root.glob(f"l*h*/part-*-{run}-*")):
+            rel = part.relative_to(root).as_posix()
+            if CONFIG_DIR.match(part.parent.name) and part_run(part.name) == run and rel not in named:
+                safe_unlink(root, rel)
+                removed += 1
+        path.unlink(missing_ok=True)
     for tmp in sorted(state_dir(root).glob("commits/*/*.json.tmp")):
         safe_unlink(root, tmp.relative_to(root).as_posix())
     if removed:
