@@ -37,6 +37,19 @@ def compose_cfg(overrides: list[str]):
         return compose(config_name="config", overrides=["wandb=disabled", *overrides])
 
 
+def every_row_overrides(ckpt: Path, data: Path, out: Path, pre_rope: bool) -> list[str]:
+    """The exactness-test setting: keep every position, batches of 3 texts of unequal lengths."""
+    return [
+        f"model.name={ckpt}",
+        "sampler=all",
+        "dataset=local",
+        f"dataset.data_files={data}",
+        "inference.batch_size=3",
+        f"capture.pre_rope={str(pre_rope).lower()}",
+        f"output.dir={out}",
+    ]
+
+
 def read_configs(out_dir: Path) -> dict[str, pq.Table]:
     tables = {}
     for directory in sorted(p for p in out_dir.iterdir() if p.is_dir()):
@@ -69,6 +82,7 @@ __all__ = [
     "REPO",
     "compose_cfg",
     "embedded_tokenizer",
+    "every_row_overrides",
     "read_configs",
     "run_cli",
     "save_checkpoint",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, compose_cfg, embedded_tokenizer, read_configs, write_jsonl
+from helpers import REPO, compose_cfg, embedded_tokenizer, every_row_overrides, read_configs, write_jsonl
 from reference import TOLERANCE as TOL
 from reference import Reference, check_table, eager_reference
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
@@ -194,20 +194,7 @@ FIGURES: dict[str, tuple[int, float]] = {}
 def capture(tmp: Path, ckpt: Path, pre_rope: bool, extra: tuple[str, ...] = ()) -> Capture:
     data = write_jsonl(tmp / "docs.jsonl", [{"text": t} for t in TEXTS])
     out = tmp / f"out-{'pre' if pre_rope else 'post'}"
-    result = run(
-        compose_cfg(
-            [
-                f"model.name={ckpt}",
-                "sampler=all",
-                "dataset=local",
-                f"dataset.data_files={data}",
-                "inference.batch_size=3",
-                f"capture.pre_rope={str(pre_rope).lower()}",
-                f"output.dir={out}",
-                *extra,
-            ]
-        )
-    )
+    result = run(compose_cfg([*every_row_overrides(ckpt, data, out, pre_rope), *extra]))
     return Capture(read_configs(out), json.loads((out / METADATA).read_text()), result.rows)
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import compose_cfg, embedded_tokenizer, read_configs, save_checkpoint, write_jsonl
+from helpers import (
+    compose_cfg,
+    embedded_tokenizer,
+    every_row_overrides,
+    read_configs,
+    save_checkpoint,
+    write_jsonl,
+)
 from reference import check_table, eager_reference
 from transformers import AutoModelForCausalLM
 
@@ -47,17 +54,7 @@ def test_every_vector_matches_eager(tmp_path, model_type, pre_rope):
     ckpt = save_checkpoint(tmp_path, model_type)
     data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "out"
-    cfg = compose_cfg(
-        [
-            f"model.name={ckpt}",
-            "sampler=all",
-            "dataset=local",
-            f"dataset.data_files={data}",
-            "inference.batch_size=3",
-            f"capture.pre_rope={str(pre_rope).lower()}",
-            f"output.dir={out}",
-        ]
-    )
+    cfg = compose_cfg(every_row_overrides(ckpt, data, out, pre_rope))
     result = run(cfg)
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32").eval()
     checked, worst = check_exact(out, model, TEXTS, pre_rope)
