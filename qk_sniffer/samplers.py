@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,7 +24,12 @@ _KIND_CODE = {"q": 0, "k": 1}
 
 
 class Sampler(Protocol):
+    """A position sampler. Implementations are frozen dataclasses: hashable, so per-length bucket tables
+    can be cached."""
+
     name: str
+
+    def __hash__(self) -> int: ...
 
     def buckets(self, positions: np.ndarray) -> np.ndarray: ...
 
@@ -41,19 +47,30 @@ def mask_seed(example_id: int, layer: int, kind: str) -> int:
     return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
 
 
+@lru_cache(maxsize=16)
+def _bucket_table(sampler: Sampler, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Positions, buckets (int32) and keep probabilities of a ``length``-token example, and whether every
+    position is kept. They depend on the length alone, so every (layer, kind) of a batch shares one table
+    instead of recomputing it (at 128k tokens and dozens of layers that work adds up)."""
+    positions = np.arange(length, dtype=np.int64)
+    buckets = sampler.buckets(positions)
+    prob = sampler.keep_probability(buckets)
+    table = (positions, buckets.astype(np.int32), prob)
+    for array in table:
+        array.flags.writeable = False  # shared through the cache
+    return (*table, bool(np.all(prob >= 1.0)))
+
+
 def sample_positions(
     sampler: Sampler, example_id: int, layer: int, kind: str, length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Kept positions (int64, ascending) and their buckets (int32) for one example of ``length`` tokens."""
-    positions = np.arange(length, dtype=np.int64)
-    buckets = sampler.buckets(positions)
-    prob = sampler.keep_probability(buckets)
-    if np.all(prob >= 1.0):
-        keep = np.ones(length, dtype=bool)
-    else:
-        draws = np.random.default_rng(mask_seed(example_id, layer, kind)).random(length)
-        keep = draws < prob
-    return positions[keep], buckets[keep].astype(np.int32)
+    positions, buckets, prob, keep_all = _bucket_table(sampler, length)
+    if keep_all:
+        return positions.copy(), buckets.copy()
+    draws = np.random.default_rng(mask_seed(example_id, layer, kind)).random(length)
+    keep = draws < prob
+    return positions[keep], buckets[keep]
 
 
 def _positive_rate(value: float) -> float:
