@@ -40,7 +40,7 @@ from .config import (
     ModelConfig,
     TokenizerConfig,
 )
-from .data import DataStats, Example, batches, stable_id
+from .data import DataStats, Example, batches, make_example, stable_id
 from .errors import UserError
 from .export import ParquetWriter, PendingRows, config_name, name_widths, schema, tables_for
 from .heads import HeadSelection, select_heads
@@ -170,7 +170,8 @@ class Capture:
     ) -> list[Example]:
         """Tokenize and check every input first, so a bad one fails the call before anything is captured."""
         encode = encoder(self.tokenizer) if self.tokenizer is not None else None
-        examples, skipped, truncated = [], 0, 0
+        examples = []
+        counts = DataStats()  # applied to self.stats only once every input passed its checks
         for i, item in enumerate(inputs):
             if isinstance(item, str):
                 if encode is None:
@@ -184,16 +185,12 @@ class Capture:
                         f"inputs[{i}]: token id {bad[0]} is outside the model's vocabulary "
                         f"(0..{self._vocab_size - 1})"
                     )
-            if self.max_length is not None and len(ids) > self.max_length:
-                ids = ids[: self.max_length]
-                truncated += 1
-            if not ids:
-                skipped += 1
-                continue
             example_id = stable_id(example_ids[i]) if example_ids is not None else self._next_index + i
-            examples.append(Example(self._next_index + i, example_id, ids))
-        self.stats.skipped_empty += skipped
-        self.stats.truncated += truncated
+            example = make_example(self._next_index + i, example_id, ids, self.max_length, counts)
+            if example is not None:
+                examples.append(example)
+        self.stats.skipped_empty += counts.skipped_empty
+        self.stats.truncated += counts.truncated
         return examples
 
     def _add(self, blocks: list[Block]) -> None:

@@ -128,18 +128,24 @@ def tokenized_examples(
 ) -> Iterator[Example]:
     for index, row in select_rows(rows, cfg):
         text = row.get(cfg.text_column)
-        if text is None or not str(text).strip():
-            stats.skipped_empty += 1
-            continue
-        ids = encode(str(text))
-        if max_length is not None and len(ids) > max_length:
-            ids = ids[:max_length]
-            stats.truncated += 1
-        if not ids:
-            stats.skipped_empty += 1
-            continue
+        ids = encode(str(text)) if text is not None and str(text).strip() else []
         example_id = stable_id(row[cfg.id_column]) if cfg.id_column else index
-        yield Example(index, example_id, ids)
+        example = make_example(index, example_id, ids, max_length, stats)
+        if example is not None:
+            yield example
+
+
+def make_example(
+    index: int, example_id: int, ids: list[int], max_length: int | None, stats: DataStats
+) -> Example | None:
+    """``ids`` cut to ``max_length`` (counted as truncated); None, counted as skipped, when it is empty."""
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[:max_length]
+        stats.truncated += 1
+    if not ids:
+        stats.skipped_empty += 1
+        return None
+    return Example(index, example_id, ids)
 
 
 def synthetic_examples(cfg: DatasetConfig, vocab_size: int) -> Iterator[Example]:
