@@ -154,15 +154,10 @@ class Capture:
         examples = self._examples(inputs, example_ids)
         self._next_index += len(inputs)
         before = self.rows
-        pending = None
-        for batch in batches(examples, self.batch_size, pad_id(self.tokenizer), self.stats):
-            copy = session.forward(batch)
-            # Collect the previous batch while this one's copy is under way (as the CLI does).
-            if pending is not None:
-                self._add(pending.result())
-            pending = copy
-        if pending is not None:
-            self._add(pending.result())
+        for _, blocks, _ in session.stream(
+            batches(examples, self.batch_size, pad_id(self.tokenizer), self.stats)
+        ):
+            self._add(blocks)
         return self.rows - before
 
     def _examples(

@@ -114,16 +114,9 @@ def plain_pass(setup: BenchSetup) -> None:
 def capture_pass(session: CaptureSession, data: list[Batch]) -> int:
     """Every batch through the capture path, pipelined as the runner does it: batch i's copy is collected
     after batch i+1's forward was queued. Returns the number of vectors captured."""
-    vectors = 0
-    pending = None
-    for batch in data:
-        copy = session.forward(batch)
-        if pending is not None:
-            vectors += sum(b.vectors.shape[0] * b.vectors.shape[1] for b in pending.result())
-        pending = copy
-    if pending is not None:
-        vectors += sum(b.vectors.shape[0] * b.vectors.shape[1] for b in pending.result())
-    return vectors
+    return sum(
+        b.vectors.shape[0] * b.vectors.shape[1] for _, blocks, _ in session.stream(data) for b in blocks
+    )
 
 
 def measure(cfg: BenchAppConfig, setup: BenchSetup) -> tuple[list[float], list[float], int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import card, hub
-from .capture import PendingCopy
+from .capture import Block
 from .compact import compact_dir
 from .config import Config
 from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
@@ -248,35 +248,28 @@ def _capture_loop(
     buffer = RowBuffer()
     # Flush at half the cap: the half being written and the half filling up stay within the cap together.
     flush_bytes = cfg.output.max_buffer_mb * 1024 * 1024 // 2
-    pending: tuple[PendingCopy, Batch] | None = None
-    for batch in batch_iter:
-        t0 = time.perf_counter()
-        copy = session.forward(batch)
-        # The previous batch's copy finished while this forward was queued; collect it now.
-        if pending is not None:
-            _collect(*pending, buffer, tracker, resume, widths)
-        pending = (copy, batch)
+    t0 = time.perf_counter()
+    for batch, blocks, step in session.stream(batch_iter, stop=lambda: stop.signum is not None):
+        _collect(blocks, batch, buffer, tracker, resume, widths)
         if buffer.nbytes >= flush_bytes or buffer.num_examples >= cfg.output.flush_every_examples:
             flush = buffer.drain()
             writer.submit(flush.rows, flush.examples)
-        tracker.batch(batch, session.timings.last, time.perf_counter() - t0, buffer.nbytes)
-        if stop.signum is not None:
-            break
-    if pending is not None:
-        _collect(*pending, buffer, tracker, resume, widths)
+        t1 = time.perf_counter()
+        tracker.batch(batch, step, t1 - t0, buffer.nbytes)
+        t0 = t1
     flush = buffer.drain()
     writer.submit(flush.rows, flush.examples)
 
 
 def _collect(
-    copy: PendingCopy,
+    blocks: list[Block],
     batch: Batch,
     buffer: RowBuffer,
     tracker: Tracker,
     resume: ResumeFilter,
     widths: tuple[int, int],
 ) -> None:
-    blocks = keep_missing(copy.result(), [resume.done_for(e.index) for e in batch.examples], widths)
+    blocks = keep_missing(blocks, [resume.done_for(e.index) for e in batch.examples], widths)
     tracker.rows(blocks)
     buffer.add(blocks)
     buffer.complete([(e.index, e.example_id, e.length, resume.todo(e.index)) for e in batch.examples])

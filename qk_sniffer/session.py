@@ -6,6 +6,7 @@ This is the one capture path. The Hydra runner and the Python API both drive it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -13,12 +14,16 @@ from types import TracebackType
 import torch
 from transformers import PreTrainedModel
 
-from .capture import BatchCapture, PendingCopy
+from .capture import BatchCapture, Block, PendingCopy
 from .data import Batch
 from .heads import HeadSelection
 from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
 from .patching import StopForward, attention_tap
 from .samplers import Sampler
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -116,6 +121,26 @@ class CaptureSession:
         self.timings.batches += 1
         self.timings.last = step
         return pending
+
+    def stream(
+        self, batches: Iterable[Batch], stop: Callable[[], bool] = _never
+    ) -> Iterator[tuple[Batch, list[Block], dict[str, float]]]:
+        """Capture every batch; yield (batch, its blocks, its step timings) one batch late.
+
+        A batch's device-to-host copy is collected only after the next batch's forward was queued, so the
+        device never waits for the host. ``stop`` is asked before each new batch; when it says so, no further
+        batch is read, and the batch already forwarded is still yielded.
+        """
+        pending: tuple[Batch, PendingCopy, dict[str, float]] | None = None
+        remaining = iter(batches)
+        # Asked before the next batch is read, so a stopped run has read only what it captured.
+        while not stop() and (batch := next(remaining, None)) is not None:
+            copy = self.forward(batch)
+            if pending is not None:
+                yield pending[0], pending[1].result(), pending[2]
+            pending = (batch, copy, self.timings.last)
+        if pending is not None:
+            yield pending[0], pending[1].result(), pending[2]
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
