@@ -250,12 +250,12 @@ def _capture_loop(
     flush_bytes = cfg.output.max_buffer_mb * 1024 * 1024 // 2
     t0 = time.perf_counter()
     for batch, blocks, step in session.stream(batch_iter, stop=lambda: stop.signum is not None):
-        _collect(blocks, batch, buffer, tracker, resume, widths)
+        kept = _collect(blocks, batch, buffer, resume, widths)
         if buffer.nbytes >= flush_bytes or buffer.num_examples >= cfg.output.flush_every_examples:
             flush = buffer.drain()
             writer.submit(flush.rows, flush.examples)
         t1 = time.perf_counter()
-        tracker.batch(batch, step, t1 - t0, buffer.nbytes)
+        tracker.batch(batch, kept, step, t1 - t0, buffer.nbytes)
         t0 = t1
     flush = buffer.drain()
     writer.submit(flush.rows, flush.examples)
@@ -265,14 +265,14 @@ def _collect(
     blocks: list[Block],
     batch: Batch,
     buffer: RowBuffer,
-    tracker: Tracker,
     resume: ResumeFilter,
     widths: tuple[int, int],
-) -> None:
+) -> list[Block]:
+    """Buffer the rows of ``batch`` not yet durable in output.dir; returns them."""
     blocks = keep_missing(blocks, [resume.done_for(e.index) for e in batch.examples], widths)
-    tracker.rows(blocks)
     buffer.add(blocks)
     buffer.complete([(e.index, e.example_id, e.length, resume.todo(e.index)) for e in batch.examples])
+    return blocks
 
 
 def config_names(selection: HeadSelection, widths: tuple[int, int]) -> list[str]:

@@ -17,7 +17,6 @@ import os
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,9 +50,9 @@ LONG_OPAQUE = re.compile(r"[A-Za-z0-9_\-]{32,}")
 class Tracker(Protocol):
     def watch_writer(self, writer: Any) -> None: ...
 
-    def batch(self, batch: Batch, step: dict[str, float], wall_s: float, buffer_bytes: int) -> None: ...
-
-    def rows(self, blocks: list[Block]) -> None: ...
+    def batch(
+        self, batch: Batch, blocks: list[Block], step: dict[str, float], wall_s: float, buffer_bytes: int
+    ) -> None: ...
 
     def summary(self, result: Any, bytes_written: int) -> None: ...
 
@@ -318,29 +317,14 @@ class ProgressBar:
 
 
 class WandbSink:
-    """One W&B run. A batch's point is logged once both its timings and its rows have arrived (the runner
-    collects a batch's rows while the next forward runs), so every history point is one whole batch."""
+    """One W&B run: one history point per batch, with its timings and its rows."""
 
     def __init__(self, run: Any) -> None:
         self.run: Any = run
-        self._timings: deque[dict[str, float]] = deque()
-        self._rows: deque[dict[str, int]] = deque()
         self._step = 0
         self._total_rows = 0
 
-    def batch(self, metrics: dict[str, float]) -> None:
-        self._timings.append(metrics)
-        self._drain()
-
-    def rows(self, by_kind: dict[str, int]) -> None:
-        self._rows.append(by_kind)
-        self._drain()
-
-    def _drain(self) -> None:
-        while self._timings and self._rows:
-            self._log_point(self._timings.popleft(), self._rows.popleft())
-
-    def _log_point(self, metrics: dict[str, float], by_kind: dict[str, int]) -> None:
+    def batch(self, metrics: dict[str, float], by_kind: dict[str, int]) -> None:
         batch_rows = sum(by_kind.values())
         self._total_rows += batch_rows
         point = {**metrics, **{f"rows/{kind}": n for kind, n in by_kind.items()}}
@@ -348,20 +332,13 @@ class WandbSink:
         self._call(lambda run: run.log(point, step=self._step))
         self._step += 1
 
-    def flush(self) -> None:
-        """Points still missing their rows (a failed batch) are logged with none."""
-        while self._timings:
-            self._log_point(self._timings.popleft(), self._rows.popleft() if self._rows else {})
-
     def close(self, summary: dict[str, Any], charts: dict[str, Any]) -> None:
-        self.flush()
         # Same step as the last batch: W&B merges these into that point instead of adding one.
         self._call(lambda run: run.log(charts, step=max(self._step - 1, 0)))
         self._call(lambda run: run.summary.update(summary))
 
     def finish(self, failed: bool) -> None:
         """A run that never reached its summary is marked failed in W&B."""
-        self.flush()
         self._call(lambda run: run.finish(exit_code=1 if failed else 0))
         self.run = None
 
@@ -427,7 +404,9 @@ class RunTracker:
         """The Parquet writer whose background ``write_seconds`` feed the per-batch time split."""
         self._writer = writer
 
-    def batch(self, batch: Batch, step: dict[str, float], wall_s: float, buffer_bytes: int) -> None:
+    def batch(
+        self, batch: Batch, blocks: list[Block], step: dict[str, float], wall_s: float, buffer_bytes: int
+    ) -> None:
         self.progress.update(batch, wall_s)
         if self.sink is None:
             return
@@ -458,11 +437,7 @@ class RunTracker:
             "buffer/host_mib": buffer_bytes / 2**20,
             **gpu_memory(),
         }
-        self.sink.batch(metrics)
-
-    def rows(self, blocks: list[Block]) -> None:
-        if self.sink is not None:
-            self.sink.rows(self.stats.add(blocks))
+        self.sink.batch(metrics, self.stats.add(blocks))
 
     def summary(self, result: Any, bytes_written: int) -> None:
         if self.sink is None:
