@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -73,16 +74,22 @@ def sample_positions(
     return positions[keep], buckets[keep]
 
 
-def _positive_rate(value: float) -> float:
-    if not (value > 0):
-        raise UserError(f"sampler.base_rate must be > 0, got {value}")
-    return float(value)
+def parameter_problems(params: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a sampler's settings (only the keys it has), as messages naming the key. Used by
+    the samplers themselves and by the whole-config check, which reports every problem at once."""
+    problems = []
+    if "base_rate" in params and not params["base_rate"] > 0:
+        problems.append(f"sampler.base_rate must be > 0, got {params['base_rate']}")
+    for key in ("bucket_size", "min_bucket_size"):
+        if key in params and params[key] < 1:
+            problems.append(f"sampler.{key} must be >= 1, got {params[key]}")
+    return problems
 
 
-def _positive_int(key: str, value: int) -> int:
-    if int(value) < 1:
-        raise UserError(f"{key} must be >= 1, got {value}")
-    return int(value)
+def _check(sampler: Any) -> None:
+    problems = parameter_problems(asdict(sampler))
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 @SAMPLERS.register("log_bucket")
@@ -95,8 +102,7 @@ class LogBucketSampler:
     name: str = "log_bucket"
 
     def __post_init__(self) -> None:
-        _positive_rate(self.base_rate)
-        _positive_int("sampler.min_bucket_size", self.min_bucket_size)
+        _check(self)
 
     @property
     def min_bucket(self) -> int:
@@ -124,8 +130,7 @@ class UniformSampler:
     name: str = "uniform"
 
     def __post_init__(self) -> None:
-        _positive_rate(self.base_rate)
-        _positive_int("sampler.bucket_size", self.bucket_size)
+        _check(self)
 
     def buckets(self, positions: np.ndarray) -> np.ndarray:
         return positions // self.bucket_size
@@ -146,7 +151,7 @@ class AllSampler:
     name: str = "all"
 
     def __post_init__(self) -> None:
-        _positive_int("sampler.bucket_size", self.bucket_size)
+        _check(self)
 
     def buckets(self, positions: np.ndarray) -> np.ndarray:
         return positions // self.bucket_size

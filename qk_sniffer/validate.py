@@ -8,7 +8,7 @@ from .config import DTYPES, Config
 from .errors import UserError
 from .heads import check_ranges
 from .models import ModelLayout
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, parameter_problems
 
 OUTPUT_MODES = ("append", "replace")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -61,13 +61,7 @@ def _sampler_problems(sampler: Any) -> list[str]:
     name = sampler.get("name")
     if name not in SAMPLERS:
         return [f"sampler={name!r} is unknown; choose one of {', '.join(SAMPLERS.names())}"]
-    problems = []
-    if "base_rate" in sampler and not sampler["base_rate"] > 0:
-        problems.append(f"sampler.base_rate must be > 0, got {sampler['base_rate']}")
-    for key in ("bucket_size", "min_bucket_size"):
-        if key in sampler and sampler[key] < 1:
-            problems.append(f"sampler.{key} must be >= 1, got {sampler[key]}")
-    return problems
+    return parameter_problems(sampler)
 
 
 def validate(cfg: Config, layout: ModelLayout | None = None) -> None:
