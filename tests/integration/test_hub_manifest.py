@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg, save_checkpoint
 from test_merge import rows
-from test_publish import REPO, SECRET, FakeHub, files_with_bytes
+from test_publish import REPO, FakeHub, files_with_bytes, install_stand_in
 from test_resume import corpus
 
 from qk_sniffer import hub, publish
@@ -29,13 +29,7 @@ LOCAL_ONLY = re.compile(r"(^|/)(runs|trash)/|\.lock$|\.tmp$|^\.qk_sniffer_(hub|p
 
 @pytest.fixture
 def stand_in(monkeypatch, tmp_path) -> FakeHub:
-    fake = FakeHub()
-    monkeypatch.setattr(hub, "API_FACTORY", fake.factory)
-    monkeypatch.setenv("HF_TOKEN", SECRET)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.chdir(tmp_path)
-    return fake
+    return install_stand_in(monkeypatch, tmp_path)
 
 
 @pytest.fixture

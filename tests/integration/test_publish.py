@@ -146,6 +146,10 @@ class FakeApi:
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
+    return install_stand_in(monkeypatch, tmp_path)
+
+
+def install_stand_in(monkeypatch, tmp_path) -> FakeHub:
     """The stand-in, a token in HF_TOKEN, online, and no stray .env or saved login."""
     stand_in = FakeHub()
     monkeypatch.setattr(hub, "API_FACTORY", stand_in.factory)
