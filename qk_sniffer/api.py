@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import card, tokenization
+from . import documents, tokenization
 from .capture import Block
 from .config import (
     CaptureConfig,
@@ -42,13 +42,16 @@ from .config import (
 )
 from .data import DataStats, Example, batches, make_example, stable_id
 from .errors import UserError
-from .export import ParquetWriter, PendingRows, config_name, name_widths, schema, tables_for
+from .gather import ExampleRecord, PendingRows, schema, tables_for
 from .heads import HeadSelection, select_heads
-from .metadata import run_metadata, write_metadata
+from .metadata import final_metadata, run_metadata
 from .models import ModelLayout, attention_backend, layout_from_config, text_config
-from .outdir import claim_output_dir
 from .samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .session import CaptureSession
+from .store import RunInfo, Store
+from .store.layout import config_name, name_widths
+from .store.manifest import model_identity, recipe_id, recipe_of
+from .store.writer import PartWriter
 from .tokenization import encoder, pad_id
 
 TableKey = tuple[int, int, str]
@@ -97,6 +100,8 @@ class Capture:
             else None
         )
         self._blocks: dict[tuple[int, str], list[Block]] = {}
+        # Every example captured so far, as a commit records it: written with the rows by :meth:`write`.
+        self._records: list[ExampleRecord] = []
         self._next_index = 0
         self._session: CaptureSession | None = None
         self._written: set[Path] = set()
@@ -154,10 +159,11 @@ class Capture:
         examples = self._examples(inputs, example_ids)
         self._next_index += len(inputs)
         before = self.rows
-        for _, blocks, _ in session.stream(
+        for batch, blocks, _ in session.stream(
             batches(examples, self.batch_size, pad_id(self.tokenizer), self.stats)
         ):
             self._add(blocks)
+            self._records += [(e.index, e.example_id, e.length, ()) for e in batch.examples]
         return self.rows - before
 
     def _examples(
@@ -240,17 +246,43 @@ class Capture:
                 f"out_dir={str(root)!r}: this capture was written there already; rows would repeat"
             )
         metadata = self._metadata(dataset)
-        claim_output_dir(root, metadata, mode="append")
-        writer = ParquetWriter(root, f"part-000-{uuid.uuid4().hex[:8]}", self._widths, self._token_strings)
-        try:
-            writer.submit({key: PendingRows(list(blocks)) for key, blocks in self._blocks.items()})
-        finally:
-            writer.close()
-        root.mkdir(parents=True, exist_ok=True)
-        write_metadata(root, metadata)
-        card.write_card(root, repo_id, branch)
+        store = Store(root)
+        recipe = recipe_of(metadata)
+        rid = recipe_id(recipe)
+        configs = sorted(config_name(layer, head, kind, *self._widths) for layer, head, kind in self._keys())
+        run_id = uuid.uuid4().hex[:12]
+        info = RunInfo(run_id, rid, (0, 1), configs)
+        # Every example completes every config: the commit says so, as a CLI run's commits do.
+        examples = [(i, eid, n, tuple(configs)) for i, eid, n, _ in self._records]
+        with store.registered(info, recipe, model_identity(metadata), "append"):
+            store.new_examples_check(rid, configs, {e[1] for e in examples})
+            writer = PartWriter(root, "api", run_id, store.committer(rid, run_id, "api"))
+            blocks = {key: PendingRows(list(b)) for key, b in self._blocks.items()}
+
+            def tables() -> Any:
+                for pending in blocks.values():
+                    yield from tables_for(pending, self._widths, self._token_strings).items()
+
+            try:
+                writer.submit(tables, examples)
+            finally:
+                writer.close()
+            documents.settle(
+                store,
+                lambda: final_metadata(store, metadata, rid, self.stats),
+                repo_id=repo_id,
+                branch=branch,
+            )
         self._written.add(root)
         return root
+
+    def _keys(self) -> list[TableKey]:
+        return [
+            (layer, head, kind)
+            for layer in self.selection.layers
+            for kind in KINDS
+            for head in self.selection.heads(layer, kind)
+        ]
 
     def _metadata(self, dataset: str | None) -> dict[str, Any]:
         """The run metadata the CLI records, for a model and texts handed over in Python."""

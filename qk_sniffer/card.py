@@ -1,13 +1,14 @@
-"""The dataset card (README.md), regenerated from what is on disk plus the run's recorded metadata.
+"""The dataset card (README.md), regenerated from the store's view plus the run's recorded metadata.
 
 The YAML front matter's ``configs:`` list is what lets ``datasets.load_dataset(<dir or repo>, "l00h00q")``
-find each config's files.
+find each config's files. It names every committed part file explicitly (no glob), so a file that no
+trusted commit names (a killed run's leftover, a compaction's old parts before they are deleted) is never
+part of what ``load_dataset`` returns.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from .durable import atomic_file
 from .ranges import format_ranges
+from .store import DatasetView, Store
+from .store.files import DamagedFile, atomic_file, read_json
+from .store.layout import METADATA, parse_config_name
 
-CARD = "README.md"
-METADATA = "qk_sniffer.json"
-CONFIG_DIR = re.compile(r"^l(\d+)h(\d+)([qk])$")
 # The shape first; whatever else the layout records follows in its own order.
 # Readable names for the layout fields whose key alone would puzzle a reader; others are shown by key.
 LAYOUT_LABELS = {
@@ -53,28 +53,23 @@ class DiskSummary:
         return sum(self.configs.values())
 
 
-def config_dirs(root: Path) -> list[Path]:
-    return (
-        sorted(p for p in root.iterdir() if p.is_dir() and CONFIG_DIR.match(p.name)) if root.exists() else []
-    )
-
-
-def summarize(root: Path) -> DiskSummary:
+def summarize(store: Store, view: DatasetView) -> DiskSummary:
+    """Rows per config, per bucket and coverage, read from the bucket column of the committed files."""
     summary = DiskSummary()
     buckets: dict[str, Counter[int]] = defaultdict(Counter)
-    for directory in config_dirs(root):
-        match = CONFIG_DIR.match(directory.name)
-        assert match is not None
-        layer, head, kind = int(match[1]), int(match[2]), match[3]
+    for config in view.configs:
+        parsed = parse_config_name(config)
+        assert parsed is not None
+        layer, head, kind = parsed
         rows = 0
-        for part in sorted(directory.glob("*.parquet")):
-            column = pq.read_table(part, columns=["bucket"]).column("bucket").to_numpy()
+        for part in view.files[config]:
+            column = pq.read_table(store.root / part.rel, columns=["bucket"]).column("bucket").to_numpy()
             rows += len(column)
             values, counts = _unique(column)
             for value, count in zip(values, counts, strict=True):
                 buckets[kind][int(value)] += int(count)
         if rows:
-            summary.configs[directory.name] = rows
+            summary.configs[config] = rows
             summary.coverage.setdefault((layer, kind), []).append(head)
     summary.rows_per_bucket = dict(buckets)
     return summary
@@ -87,15 +82,23 @@ def _unique(values: Any) -> tuple[Any, Any]:
 
 
 def read_metadata(root: Path) -> dict[str, Any]:
-    path = root / METADATA
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The dir's recorded metadata; {} when there is none or it cannot be read (it is rewritten whole by
+    the next run or push, from the manifest)."""
+    try:
+        data = read_json(root / METADATA)
+    except (FileNotFoundError, DamagedFile):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def front_matter(summary: DiskSummary, metadata: dict[str, Any]) -> dict[str, Any]:
+def front_matter(view: DatasetView, summary: DiskSummary, metadata: dict[str, Any]) -> dict[str, Any]:
     model = metadata.get("model", {})
     matter: dict[str, Any] = {
         "configs": [
-            {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]}
+            {
+                "config_name": name,
+                "data_files": [{"split": "train", "path": [p.rel for p in view.files[name]]}],
+            }
             for name in sorted(summary.configs)
         ],
         "models": [
@@ -108,26 +111,21 @@ def front_matter(summary: DiskSummary, metadata: dict[str, Any]) -> dict[str, An
     return matter
 
 
-def render(root: Path, repo_id: str | None = None, branch: str | None = None) -> str:
-    """The card for what ``root`` holds. With a repo the loading snippet names it and its branch (derived
-    from the model and dataset like the push does, unless given); without one it names the local dir."""
-    summary = summarize(root)
-    metadata = read_metadata(root)
-    if repo_id and not branch:
-        from .config import HubConfig
-        from .hub import branch_for_metadata  # hub imports this module
-
-        branch = branch_for_metadata(HubConfig(repo_id=repo_id), metadata)
-    matter = yaml.safe_dump(front_matter(summary, metadata), sort_keys=False)
-    where = repo_id or str(root.resolve())
+def render(store: Store, repo_id: str | None = None, branch: str | None = None) -> str:
+    """The card for what the dataset holds. With a repo the loading snippet names it and its branch
+    (the caller derives it like the push does); without one it names the local dir."""
+    view = store.view()
+    summary = summarize(store, view)
+    metadata = read_metadata(store.root)
+    matter = yaml.safe_dump(front_matter(view, summary, metadata), sort_keys=False)
+    where = repo_id or str(store.root.resolve())
     return f"---\n{matter}---\n\n{_body(summary, metadata, where, branch if repo_id else None)}"
 
 
-def write_card(root: Path, repo_id: str | None = None, branch: str | None = None) -> Path:
-    path = root / CARD
-    with atomic_file(path, "w") as f:
-        f.write(render(root, repo_id, branch))
-    return path
+def write_card(store: Store, repo_id: str | None = None, branch: str | None = None) -> Path:
+    with atomic_file(store.paths.card, "w") as f:
+        f.write(render(store, repo_id, branch))
+    return store.paths.card
 
 
 def _body(summary: DiskSummary, meta: dict[str, Any], where: str, branch: str | None) -> str:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .store import Store
 
 # conf/ sits next to the package in the repository (installs are editable, see the Makefile).
 CONFIG_DIR = (Path(__file__).resolve().parent.parent / "conf").resolve()
@@ -21,3 +22,16 @@ def report_user_errors() -> Iterator[None]:
     except UserError as exc:
         print(f"qk_sniffer: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+def capture_dir(value: str | None, command: str) -> Store:
+    """The store of an existing capture dir named by ``output.dir``, for the commands that work on one."""
+    if not value:
+        raise UserError(f"output.dir is required: python -m {command} output.dir=PATH")
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"output.dir={value!r} does not exist or is not a directory")
+    store = Store(root)
+    if not store.claimed():
+        store.check_accountable()  # says why: no manifest, a stray qk_sniffer.json, or not a capture
+    return store

@@ -188,11 +188,35 @@ class BenchAppConfig(Config):
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
+@dataclass
+class DirConfig:
+    # The capture directory to work on (required).
+    dir: str | None = None
+
+
+@dataclass
+class CompactAppConfig:
+    """``python -m qk_sniffer.compact``: merge each config's part files into one."""
+
+    output: DirConfig = field(default_factory=DirConfig)
+
+
+@dataclass
+class VerifyAppConfig:
+    """``python -m qk_sniffer.verify``: report what a dir holds and any damage; ``repair=true`` drops the
+    damaged commits (their examples are captured again by the next run) and removes unneeded files."""
+
+    output: DirConfig = field(default_factory=DirConfig)
+    repair: bool = False
+
+
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore. Idempotent."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)
+    cs.store(name="compact_schema", node=CompactAppConfig)
+    cs.store(name="verify_schema", node=VerifyAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)

@@ -29,25 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import card
+from . import card, documents
 from .config import Config, HubConfig
-from .durable import atomic_file
 from .errors import UserError
-from .manifest import Manifest, recipe_difference, recipe_id, recipe_of
-from .outdir import check_recipe, drop_superseded, maintenance_lock, model_identity, recorded_identity
+from .store import RunInfo, Store
+from .store.files import DamagedFile, atomic_file, read_json
+from .store.layout import CARD, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
+from .store.manifest import Manifest, model_identity, recipe_difference, recipe_id
 
 log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
-# Local record of the last successful sync (which repo, branch and files); never pushed.
-SYNC_STATE = ".qk_sniffer_hub.json"
-# Scratch dir for downloads, inside output.dir so that nothing outside it is ever touched.
-PULL_DIR = ".qk_sniffer_pull"
 PREFLIGHT_TIMEOUT_S = 15.0
 TRUTHY = {"1", "true", "yes", "on"}
 BRANCH_SAFE = re.compile(r"[^a-z0-9._-]+")
 VALID_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-PART_FILE = re.compile(r"^(l\d+h\d+[qk])/[^/]+\.parquet$")
 
 
 def _default_api(token: str) -> Any:
@@ -244,11 +240,6 @@ def describe(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------------------- push
 
-# The manifest files that travel with the parts (see manifest.py); runs/, trash/, locks and temp files are
-# this machine's own and never leave it.
-SHARED_MANIFEST = re.compile(r"^\.qk_sniffer/(?:model\.json|recipes/[^/]+\.json|commits/[^/]+/[^/]+\.json)$")
-MODEL_FILE = ".qk_sniffer/model.json"
-
 
 @dataclass
 class PushPlan:
@@ -277,7 +268,7 @@ def publish(cfg: Config, out_dir: Path) -> None:
 
 
 def pull_before_run(
-    cfg: Config, out_dir: Path, metadata: dict[str, Any], recipe: dict[str, Any], configs: list[str]
+    cfg: Config, store: Store, metadata: dict[str, Any], recipe: dict[str, Any], configs: list[str]
 ) -> list[str]:
     """With push on, before the run reads its manifest: bring in what the branch holds that this dir has
     never seen (another machine's parts and commits), so the run skips the examples done there and checks
@@ -287,19 +278,19 @@ def pull_before_run(
     if not (hub_cfg.push and hub_cfg.repo_id):
         return []
     repo_id, branch, mode = hub_cfg.repo_id, branch_name(cfg), cfg.output.mode
-    rid = recipe_id(recipe)
+    out_dir = store.root
+    info = RunInfo("(this run)", recipe_id(recipe), (0, 1), configs)
     place = f"output.hub.branch={branch!r} of {repo_id}"
 
     def check(merged: Manifest) -> None:
         # The dir's own conflict first, worded as the run would word it; then the branch's.
-        check_recipe(out_dir, Manifest(out_dir), recipe, rid, configs, mode)
-        check_recipe(
-            out_dir,
-            merged,
+        if store.claimed():
+            store.check_recipe(recipe, info, mode)
+        store.check_recipe(
             recipe,
-            rid,
-            configs,
+            info,
             mode,
+            manifest=merged,
             place=place,
             held="on the branch",
             alternative="output.hub.branch",
@@ -315,7 +306,7 @@ def pull_before_run(
             remote = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=parent))
             _check_same_model(api, repo_id, branch, parent, remote, out_dir, model_identity(metadata))
             state = _read_sync_state(out_dir, repo_id, branch)
-            pulled = _pull(api, repo_id, parent, remote, state, out_dir, check)
+            pulled = _pull(api, repo_id, parent, remote, state, store, check)
         except UserError:
             raise
         except Exception as exc:
@@ -324,7 +315,7 @@ def pull_before_run(
             ) from None
     if pulled:
         state.files |= set(pulled)
-        state.digests |= {f: _digest(out_dir / f) for f in pulled if SHARED_MANIFEST.match(f)}
+        state.digests |= {f: _digest(out_dir / f) for f in pulled if SHARED_STATE.match(f)}
         _write_sync_state(out_dir, repo_id, branch, state)
         log.info("pulled %d files from %s@%s before the capture", len(pulled), repo_id, branch)
     return pulled
@@ -353,11 +344,17 @@ def push_dir(hub: HubConfig, out_dir: Path) -> PushPlan:
 
 
 def read_capture(out_dir: Path) -> dict[str, Any]:
-    """The capture's metadata; a dir without it is not something to publish."""
+    """The capture's metadata; a dir without it (or without its manifest) is not something to publish."""
+    store = Store(out_dir)
+    if not store.claimed():
+        raise UserError(
+            f"output.dir={str(out_dir)!r} holds no qk-sniffer capture (.qk_sniffer/model.json is missing)"
+        )
     metadata = card.read_metadata(out_dir)
     if not metadata:
         raise UserError(
-            f"output.dir={str(out_dir)!r} holds no qk-sniffer capture ({card.METADATA} is missing)"
+            f"output.dir={str(out_dir)!r}: {METADATA} is missing or damaged; run the capture command again "
+            "(it resumes and rewrites it), then publish"
         )
     return metadata
 
@@ -372,7 +369,7 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
     ]:
         api.create_commit(
             repo_id,
-            [CommitOperationAdd(card.CARD, main_readme(repo_id, branch).encode())],
+            [CommitOperationAdd(CARD, main_readme(repo_id, branch).encode())],
             commit_message="Describe the branch layout",
             repo_type=REPO_TYPE,
             revision="main",
@@ -383,15 +380,21 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
     state = _read_sync_state(out_dir, repo_id, branch)
     _check_same_model(api, repo_id, branch, parent, remote, out_dir, model_identity(metadata))
     place = f"output.hub.branch={branch!r} of {repo_id}"
-    pulled = _pull(api, repo_id, parent, remote, state, out_dir, _refuse_new_mixes(out_dir, place))
-    with maintenance_lock(out_dir):
-        if pulled:
-            metadata = _refresh_metadata(out_dir, metadata)
-        card.write_card(out_dir, repo_id, branch)
-    local = set(local_files(out_dir))
-    # Deleted here since the last sync (replace, compaction): delete on the branch too.
-    stale = sorted(f for f in (remote & state.files) - local if _shared(f))
-    digests = {f: _digest(out_dir / f) for f in local if SHARED_MANIFEST.match(f)}
+    store = Store(out_dir)
+    pulled = _pull(api, repo_id, parent, remote, state, store, _refuse_new_mixes(store, place))
+    with store.maintenance():
+        damage = store.repair()
+        if damage:
+            raise UserError(
+                f"{len(damage)} commits were dropped because a file they name is missing or damaged (first: "
+                f"{damage[0].line()}); run the capture command again to capture those examples again, then "
+                "publish"
+            )
+        documents.settle(store, repo_id=repo_id, branch=branch)
+        local = set(local_files(store))
+    # Deleted here since the last sync (replace, compaction, repair): delete on the branch too.
+    stale = sorted(f for f in (remote & state.files) - local if _travels(f))
+    digests = {f: _digest(out_dir / f) for f in local if SHARED_STATE.match(f)}
     add = sorted(f for f in local if _needs_upload(f, remote, state, digests))
     operations: list[Any] = [CommitOperationAdd(f, str(out_dir / f)) for f in add]
     operations += [CommitOperationDelete(f) for f in stale]
@@ -409,28 +412,32 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
 
 def _needs_upload(rel: str, remote: set[str], state: SyncState, digests: dict[str, str]) -> bool:
     # Part files are written once under unique names: a path the branch has is the same file.
-    if PART_FILE.match(rel):
+    if PART_PATH.match(rel):
         return rel not in remote
     if rel in digests:  # a manifest file: unless this dir changed it since it last synced it
         return rel not in remote or state.digests.get(rel) != digests[rel]
     return True  # the card and qk_sniffer.json are regenerated by every push
 
 
-def local_files(out_dir: Path) -> list[str]:
-    """Every file that travels: the dataset (not hidden) and the shared manifest, never a half-written file,
-    the sync state, the pull scratch dir or this machine's runs, trash and locks."""
-    files = []
-    for path in out_dir.rglob("*"):
-        rel = path.relative_to(out_dir).as_posix()
-        if path.is_file() and _shared(rel):
-            files.append(rel)
+def local_files(store: Store) -> list[str]:
+    """Every file that travels: the dataset's committed parts, its card, metadata and figures, and the
+    shared manifest; never a part file no commit names, a temp file, or this machine's own state."""
+    files = set(store.view().paths())
+    for path in store.paths.state.rglob("*.json"):
+        rel = store.paths.rel(path)
+        if SHARED_STATE.match(rel):
+            files.add(rel)
+    for name in (CARD, METADATA):
+        if (store.root / name).is_file():
+            files.add(name)
+    for path in store.paths.figures.glob("*.png"):
+        files.add(store.paths.rel(path))
     return sorted(files)
 
 
-def _shared(rel: str) -> bool:
-    if rel.endswith(".tmp"):
-        return False
-    return bool(SHARED_MANIFEST.match(rel)) or not any(part.startswith(".") for part in rel.split("/"))
+def _travels(rel: str) -> bool:
+    """Whether a path on the branch is one a push manages (so it may delete it there)."""
+    return bool(PART_PATH.match(rel) or SHARED_STATE.match(rel)) or rel.startswith("figures/")
 
 
 def _digest(path: Path) -> str:
@@ -438,7 +445,7 @@ def _digest(path: Path) -> str:
 
 
 def _read_sync_state(out_dir: Path, repo_id: str, branch: str) -> SyncState:
-    path = out_dir / SYNC_STATE
+    path = out_dir / HUB_SYNC
     if not path.exists():
         return SyncState(set(), {})
     state = json.loads(path.read_text())
@@ -449,7 +456,7 @@ def _read_sync_state(out_dir: Path, repo_id: str, branch: str) -> SyncState:
 
 def _write_sync_state(out_dir: Path, repo_id: str, branch: str, state: SyncState) -> None:
     data = {"repo_id": repo_id, "branch": branch, "files": sorted(state.files), "digests": state.digests}
-    with atomic_file(out_dir / SYNC_STATE, "w") as f:
+    with atomic_file(out_dir / HUB_SYNC, "w") as f:
         f.write(json.dumps(data, indent=1, sort_keys=True))
 
 
@@ -469,9 +476,9 @@ def _scratch(out_dir: Path) -> Iterator[Path]:
     (up to ``out_dir`` itself) while they are empty: a refused pull into a new dir leaves no dir behind."""
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
-        yield out_dir / PULL_DIR
+        yield out_dir / HUB_PULL
     finally:
-        shutil.rmtree(out_dir / PULL_DIR, ignore_errors=True)
+        shutil.rmtree(out_dir / HUB_PULL, ignore_errors=True)
         for directory in created:
             try:
                 directory.rmdir()
@@ -497,17 +504,30 @@ def _check_same_model(
     """A branch holds one model: refuse to mix another model's vectors into it. The branch's identity is
     its ``.qk_sniffer/model.json`` (or, for a branch pushed before the manifest travelled, the one its
     ``qk_sniffer.json`` gives), read the way a local dir's is."""
-    recorded = [f for f in (MODEL_FILE, card.METADATA) if f in remote][:1]
+    model_file = Paths(Path()).rel(Paths(Path()).model)
+    recorded = [f for f in (model_file, METADATA) if f in remote][:1]
     if not recorded:
         return
-    scratch = out_dir / PULL_DIR
+    scratch = out_dir / HUB_PULL
     _download(api, repo_id, parent, recorded, scratch)
-    theirs = recorded_identity(scratch)
+    theirs = _identity_of(scratch / recorded[0])
     if theirs is not None and theirs != identity:
         raise UserError(
             f"output.hub.branch={branch!r} of {repo_id} holds a capture of a different model "
             f"({theirs.get('name')!r}); choose another output.hub.branch"
         )
+
+
+def _identity_of(path: Path) -> dict[str, Any] | None:
+    """The model identity a branch records: its model.json, or (pushed before the manifest travelled) the
+    one its qk_sniffer.json gives."""
+    try:
+        data = read_json(path)
+    except DamagedFile:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return data if path.name != METADATA else model_identity(data)
 
 
 def _pull(
@@ -516,22 +536,23 @@ def _pull(
     revision: str,
     remote: set[str],
     state: SyncState,
-    out_dir: Path,
+    store: Store,
     check: Callable[[Manifest], None],
 ) -> list[str]:
     """Bring in the part and manifest files the branch holds that this dir has never seen. The manifest
     files come first, into the scratch dir, so that ``check`` sees the merged manifest before anything in
     ``out_dir`` changes; every file must arrive before any is moved into place."""
-    local = set(local_files(out_dir))
-    new = sorted(f for f in remote - local - state.files if PART_FILE.match(f) or SHARED_MANIFEST.match(f))
+    out_dir = store.root
+    local = set(local_files(store)) if store.claimed() else set()
+    new = sorted(f for f in remote - local - state.files if PART_PATH.match(f) or SHARED_STATE.match(f))
     if not new:
         return []
-    scratch = out_dir / PULL_DIR
-    manifest_files = [f for f in new if SHARED_MANIFEST.match(f)]
+    scratch = out_dir / HUB_PULL
+    manifest_files = [f for f in new if SHARED_STATE.match(f)]
     if manifest_files:
         _download(api, repo_id, revision, manifest_files, scratch)
     check(Manifest(out_dir, incoming=scratch, remote=remote))
-    parts = [f for f in new if PART_FILE.match(f)]
+    parts = [f for f in new if PART_PATH.match(f)]
     if parts:
         _download(api, repo_id, revision, parts, scratch)
     missing = [f for f in new if not (scratch / f).is_file()]
@@ -539,24 +560,23 @@ def _pull(
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise UserError(f"the download of {missing[0]}{more} from the branch failed; nothing was pulled")
     # Parts, then model and recipes, then commits: a commit appears only once every file it names is here.
-    order = sorted(
-        new, key=lambda f: (f.startswith(".qk_sniffer/commits/"), bool(SHARED_MANIFEST.match(f)), f)
-    )
-    with maintenance_lock(out_dir):
+    order = sorted(new, key=lambda f: (f.startswith(".qk_sniffer/commits/"), bool(SHARED_STATE.match(f)), f))
+    with store.maintenance():
         for rel in order:
             target = out_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(scratch / rel, target)
-        drop_superseded(out_dir)  # another machine compacted what this dir still held
     return new
 
 
-def _refuse_new_mixes(out_dir: Path, place: str) -> Callable[[Manifest], None]:
+def _refuse_new_mixes(store: Store, place: str) -> Callable[[Manifest], None]:
     """At push time: refuse a pull that would give a config rows of two recipes (the branch got another
     recipe's rows for a config since this dir's capture, e.g. another machine's output.mode=replace)."""
 
+    out_dir = store.root
+
     def check(merged: Manifest) -> None:
-        own = Manifest(out_dir)
+        own = store.manifest()
         before = own.mixed_configs()
         new = {c: rids for c, rids in merged.mixed_configs().items() if c not in before}
         if not new:
@@ -577,20 +597,9 @@ def _refuse_new_mixes(out_dir: Path, place: str) -> Callable[[Manifest], None]:
     return check
 
 
-def _refresh_metadata(out_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
-    """``qk_sniffer.json`` with totals and recipes recomputed from the merged manifest, written in place."""
-    from .data import DataStats
-    from .metadata import final_metadata, write_metadata
-
-    stats = DataStats(skipped_empty=int(metadata.get("skipped_empty") or 0))
-    refreshed = final_metadata(out_dir, metadata, recipe_id(recipe_of(metadata)), stats)
-    write_metadata(out_dir, refreshed)
-    return refreshed
-
-
 def _commit_message(metadata: dict[str, Any], added: list[str], deleted: list[str]) -> str:
     model = metadata.get("model", {})
-    parts = sum(1 for f in added if PART_FILE.match(f))
+    parts = sum(1 for f in added if PART_PATH.match(f))
     return f"qk-sniffer: {model.get('name') or model.get('slug')}: +{parts} part files, -{len(deleted)} stale"
 
 

@@ -13,14 +13,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .card import METADATA
 from .config import Config
 from .data import DataStats
-from .durable import atomic_file
 from .heads import HeadSelection
-from .manifest import Manifest, recipe_difference
 from .models import ModelLayout
 from .samplers import Sampler
+from .store import Store
+from .store.files import atomic_file
+from .store.layout import METADATA
+from .store.manifest import recipe_difference, recipe_id, recipe_of
 
 
 def run_metadata(
@@ -56,10 +57,17 @@ def write_metadata(out_dir: Path, metadata: dict[str, Any]) -> None:
         f.write(json.dumps(metadata, indent=2, sort_keys=True, default=str))
 
 
-def final_metadata(out_dir: Path, metadata: dict[str, Any], rid: str, stats: DataStats) -> dict[str, Any]:
+def refreshed_metadata(store: Store, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The dir's recorded metadata with totals and recipes recomputed from the manifest as it is now (after
+    a pull, a repair or a compaction), for a step that has no run of its own."""
+    stats = DataStats(skipped_empty=int(metadata.get("skipped_empty") or 0))
+    return final_metadata(store, metadata, recipe_id(recipe_of(metadata)), stats)
+
+
+def final_metadata(store: Store, metadata: dict[str, Any], rid: str, stats: DataStats) -> dict[str, Any]:
     """This run's metadata, with totals and recipes read from the manifest (so they cover every shard and
     every earlier run merged into the dir)."""
-    manifest = Manifest(out_dir)
+    manifest = store.manifest()
     meta = dict(metadata)
     meta["examples"], meta["tokens"] = manifest.totals(rid)
     # The dir is the union of every shard's rows, not this shard's: shard fields describe the runs instead.

@@ -8,46 +8,32 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import card, hub
+import numpy as np
+
+from . import documents, hub
 from .capture import Block
-from .compact import compact_dir
 from .config import Config
 from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
 from .errors import UserError
-from .export import (
-    ParquetWriter,
-    RowBuffer,
-    config_name,
-    keep_missing,
-    name_widths,
-    return_freed_buffers_to_the_os,
-)
+from .gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from .heads import HeadSelection
-from .manifest import Manifest, ResumeFilter, committer, recipe_id, recipe_of, write_recipe
-from .metadata import final_metadata, run_metadata, write_metadata
+from .metadata import final_metadata, run_metadata
 from .models import load_model
-from .outdir import (
-    RunInfo,
-    RunLease,
-    check_no_overlap,
-    check_recipe,
-    claim_output_dir,
-    clean_dead_runs,
-    finish_deletions,
-    live_runs,
-    maintenance_lock,
-    record_model,
-    take_over,
-)
 from .plan import CapturePlan, plan_capture
 from .samplers import KINDS
 from .session import CaptureSession
+from .store import RunInfo, Store
+from .store.compact import compact_store
+from .store.layout import config_name, name_widths
+from .store.manifest import model_identity, recipe_id, recipe_of
+from .store.resume import ResumeFilter
+from .store.writer import PartWriter
 from .tokenization import encoder, load_tokenizer, pad_id, token_strings
 from .tracking import Tracker, make_tracker
 
@@ -82,7 +68,7 @@ class Prepared:
     plan: CapturePlan
     widths: tuple[int, int]
     configs: list[str]
-    out_dir: Path
+    store: Store
     metadata: dict[str, Any]
     recipe: dict[str, Any]
     rid: str
@@ -92,6 +78,10 @@ class Prepared:
     tokenizer: Any
     stats: DataStats
     batches: Iterator[Batch]
+
+    @property
+    def out_dir(self) -> Path:
+        return self.store.root
 
 
 def run(cfg: Config) -> RunResult:
@@ -105,13 +95,15 @@ def run(cfg: Config) -> RunResult:
         prep.metadata["attn_implementation"] = str(model.config.get_text_config()._attn_implementation)
         run_id = uuid.uuid4().hex[:12]
         shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
-        with _lease(prep.out_dir, prep.metadata, prep.recipe, RunInfo(run_id, prep.rid, shard, prep.configs)):
-            writer = ParquetWriter(
+        info = RunInfo(run_id, prep.rid, shard, prep.configs)
+        identity = model_identity(prep.metadata)
+        with prep.store.registered(info, prep.recipe, identity, cfg.output.mode) as registration:
+            prep.taken = registration.taken
+            writer = PartWriter(
                 prep.out_dir,
-                f"part-{shard[0]:03d}-{run_id}",
-                prep.widths,
-                token_strings(prep.tokenizer) if (cfg.capture.token_strings and prep.tokenizer) else None,
-                on_durable=committer(prep.out_dir, prep.rid, run_id, shard[0]),
+                f"{shard[0]:03d}",
+                run_id,
+                prep.store.committer(prep.rid, run_id, f"{shard[0]:03d}"),
             )
             tracker.watch_writer(writer)
             with _phase(phases, "capture_s"):
@@ -154,29 +146,31 @@ def _prepare(cfg: Config) -> Prepared:
     layout = plan.layout
     widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
     configs = config_names(plan.selection, widths)
-    out_dir = resolve_output_dir(cfg)
+    store = Store(resolve_output_dir(cfg))
     metadata = run_metadata(cfg, layout, plan.selection, plan.sampler)
-    claim_output_dir(out_dir, metadata, mode=cfg.output.mode)
+    store.check_claim(model_identity(metadata))
     recipe = recipe_of(metadata)
     rid = recipe_id(recipe)
     hub.preflight(cfg.output.hub)
     # With push on, another machine's examples on the branch join the manifest before it is read.
-    hub.pull_before_run(cfg, out_dir, metadata, recipe, configs)
+    hub.pull_before_run(cfg, store, metadata, recipe, configs)
+    info = RunInfo("(this run)", rid, (cfg.dataset.shard_index, cfg.dataset.num_shards), configs)
+    taken = store.check_recipe(recipe, info, cfg.output.mode) if store.claimed() else []
+    if store.claimed():
+        store.repair()  # before reading what is done: a dropped commit's examples are captured again
     # What is already durable for this recipe: rerunning a command resumes it; other layers merge in.
-    manifest = Manifest(out_dir)
-    taken = check_recipe(out_dir, manifest, recipe, rid, configs, cfg.output.mode)
-    resume = ResumeFilter(manifest.done(rid), configs, out_dir)
+    resume = ResumeFilter(store.manifest().done(rid), configs, store.root)
     tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
     stats = DataStats()
     vocab_size = int(plan.model_config.get_text_config().vocab_size)
     examples = resume.filter(_examples(cfg, tokenizer, stats, vocab_size))
     first_batches = _peek(batches(examples, cfg.inference.batch_size, pad_id(tokenizer), stats))
     return Prepared(
-        plan, widths, configs, out_dir, metadata, recipe, rid, taken, resume, tokenizer, stats, first_batches
+        plan, widths, configs, store, metadata, recipe, rid, taken, resume, tokenizer, stats, first_batches
     )
 
 
-def _capture(cfg: Config, prep: Prepared, model: Any, writer: ParquetWriter, tracker: Tracker) -> int | None:
+def _capture(cfg: Config, prep: Prepared, model: Any, writer: PartWriter, tracker: Tracker) -> int | None:
     """Run every batch through the capture session; returns the signal that stopped it early, if any."""
     plan = prep.plan
     with (
@@ -184,25 +178,31 @@ def _capture(cfg: Config, prep: Prepared, model: Any, writer: ParquetWriter, tra
         StopSignals() as stop,
     ):
         try:
-            _capture_loop(cfg, session, prep.batches, writer, tracker, prep.resume, prep.widths, stop)
+            tokens = token_strings(prep.tokenizer) if (cfg.capture.token_strings and prep.tokenizer) else None
+            _capture_loop(cfg, session, prep.batches, writer, tracker, prep.resume, prep.widths, tokens, stop)
         finally:
             writer.close()  # commits every flush already queued, also when capture failed
     return stop.signum
 
 
 def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
-    """Metadata and card from what is on disk (every shard's, whoever finishes last), after the cleanups
-    this run owes the dir: planned deletions, dead runs' leftovers, replaced configs, compaction."""
-    out_dir = prep.out_dir
-    with maintenance_lock(out_dir):
-        finish_deletions(out_dir)
-        clean_dead_runs(out_dir)
+    """Metadata and card from what the dataset holds (every shard's, whoever finishes last), after the
+    changes this run owes the dir (replaced configs, compaction); then files that left the dataset go."""
+    store = prep.store
+
+    def change() -> None:
         if prep.taken:
-            _take_over(out_dir, prep.rid, prep.taken, run_id)
+            _take_over(store, prep.rid, prep.taken, run_id)
         if cfg.output.compact:
-            compact_dir(out_dir, run_id)
-        write_metadata(out_dir, final_metadata(out_dir, prep.metadata, prep.rid, prep.stats))
-        card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
+            compact_store(store, run_id)
+
+    documents.settle(
+        store,
+        lambda: final_metadata(store, prep.metadata, prep.rid, prep.stats),
+        repo_id=cfg.output.hub.repo_id,
+        branch=hub.branch_name(cfg) if cfg.output.hub.repo_id else None,
+        change=change,
+    )
 
 
 @contextmanager
@@ -238,10 +238,11 @@ def _capture_loop(
     cfg: Config,
     session: CaptureSession,
     batch_iter: Iterator[Batch],
-    writer: ParquetWriter,
+    writer: PartWriter,
     tracker: Tracker,
     resume: ResumeFilter,
     widths: tuple[int, int],
+    token_strings_of: Callable[[np.ndarray], list[str]] | None,
     stop: StopSignals,
 ) -> None:
     return_freed_buffers_to_the_os()
@@ -253,12 +254,12 @@ def _capture_loop(
         kept = _collect(blocks, batch, buffer, resume, widths)
         if buffer.nbytes >= flush_bytes or buffer.num_examples >= cfg.output.flush_every_examples:
             flush = buffer.drain()
-            writer.submit(flush.rows, flush.examples)
+            writer.submit(flush.tables(widths, token_strings_of), flush.examples)
         t1 = time.perf_counter()
         tracker.batch(batch, kept, step, t1 - t0, buffer.nbytes)
         t0 = t1
     flush = buffer.drain()
-    writer.submit(flush.rows, flush.examples)
+    writer.submit(flush.tables(widths, token_strings_of), flush.examples)
 
 
 def _collect(
@@ -333,39 +334,10 @@ class StopSignals:
         self._previous.clear()
 
 
-@contextmanager
-def _lease(
-    out_dir: Path, metadata: dict[str, Any], recipe: dict[str, Any], info: RunInfo
-) -> Iterator[RunLease]:
-    """Create the dir, record its model and recipe, register this run, and clear killed runs' leftovers."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record_model(out_dir, metadata)
-        write_recipe(out_dir, recipe)
-    except OSError as exc:
-        raise UserError(f"output.dir={str(out_dir)!r} cannot be written: {exc.strerror or exc}") from None
-    with RunLease(out_dir, info) as lease:
-        check_no_overlap(out_dir, info)
-        with maintenance_lock(out_dir):
-            finish_deletions(out_dir)
-            clean_dead_runs(out_dir)
-        yield lease
-
-
-def _take_over(out_dir: Path, rid: str, taken: list[str], run_id: str) -> None:
-    busy = [
-        r.run for r in live_runs(out_dir, exclude=run_id) if r.recipe != rid and set(r.configs) & set(taken)
-    ]
-    if busy:
-        log.warning(
-            "output.mode=replace: runs %s of another recipe still write these configs; the old rows "
-            "stay until this command is run again after they end",
-            ", ".join(busy),
-        )
-        return
-    removed = take_over(out_dir, rid, taken)
+def _take_over(store: Store, rid: str, taken: list[str], run_id: str) -> None:
+    dropped = store.take_over(rid, taken)
     log.info(
-        "output.mode=replace: %d configs now hold only this recipe's rows (%d old files deleted)",
+        "output.mode=replace: %d configs now hold only this recipe's rows (%d old files dropped)",
         len(taken),
-        removed,
+        dropped,
     )

@@ -82,9 +82,28 @@ __all__ = [
     "REPO",
     "compose_cfg",
     "embedded_tokenizer",
+    "loaded_rows",
     "every_row_overrides",
     "read_configs",
     "run_cli",
     "save_checkpoint",
     "write_jsonl",
 ]
+
+
+def loaded_rows(out_dir: Path, cache: Path) -> list[tuple]:
+    """Every row of every config the card lists, as ``datasets.load_dataset`` returns them (what a user
+    gets): (config, example_id, position, vector) sorted, duplicates kept so a doubled row shows."""
+    import yaml
+    from datasets import load_dataset
+
+    text = (out_dir / "README.md").read_text()
+    configs = [c["config_name"] for c in yaml.safe_load(text.split("---", 2)[1])["configs"]]
+    out = []
+    for i, name in enumerate(configs):
+        ds = load_dataset(str(out_dir), name, split="train", cache_dir=str(cache / f"{i}-{name}"))
+        out += [
+            (name, e, p, tuple(v))
+            for e, p, v in zip(ds["example_id"], ds["position"], ds["vector"], strict=True)
+        ]
+    return sorted(out)

@@ -22,9 +22,7 @@ from reference import TOLERANCE as TOL
 from reference import Reference, check_table, eager_reference
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from qk_sniffer.card import METADATA
 from qk_sniffer.errors import UserError
-from qk_sniffer.export import config_name
 from qk_sniffer.families import VERIFIED_FAMILIES
 from qk_sniffer.models import (
     ModelLayout,
@@ -36,6 +34,7 @@ from qk_sniffer.models import (
 )
 from qk_sniffer.patching import attention_modules
 from qk_sniffer.runner import run
+from qk_sniffer.store.layout import METADATA, config_name
 
 WINDOW = 6
 TEXTS = [

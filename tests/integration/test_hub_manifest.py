@@ -16,12 +16,12 @@ from test_publish import REPO, FakeHub, files_with_bytes, install_stand_in
 from test_resume import corpus
 
 from qk_sniffer import hub, publish
-from qk_sniffer.card import METADATA
 from qk_sniffer.compact import compact
 from qk_sniffer.errors import UserError
-from qk_sniffer.manifest import Manifest, recipe_id
-from qk_sniffer.outdir import clean_dead_runs
 from qk_sniffer.runner import run
+from qk_sniffer.store import Store
+from qk_sniffer.store.layout import HUB_SYNC, METADATA
+from qk_sniffer.store.manifest import Manifest, recipe_id
 
 PUSH = ("output.hub.push=true", f"output.hub.repo_id={REPO}")
 LOCAL_ONLY = re.compile(r"(^|/)(runs|trash)/|\.lock$|\.tmp$|^\.qk_sniffer_(hub|pull)")
@@ -63,7 +63,7 @@ def branch_files(fake: FakeHub, branch: str, root: Path) -> Path:
 
 
 def shared(root: Path) -> dict[str, bytes]:
-    return {f: b for f, b in files_with_bytes(root).items() if f in hub.local_files(root)}
+    return {f: b for f, b in files_with_bytes(root).items() if f in hub.local_files(Store(root))}
 
 
 def examples_by_run(root: Path) -> dict[str, set[int]]:
@@ -107,7 +107,7 @@ def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(st
     # A compacts and publishes: it pulls B's commits (its qk_sniffer.json now counts all 8 examples) and
     # deletes its own superseded commits and parts on the branch in the same one commit.
     old_a = sorted(f for f in shared(a) if f.endswith(".parquet") or "/commits/" in f)
-    compact(a)
+    compact(Store(a))
     plan = publish.publish_dir(publish.parse([f"output.dir={a}", f"output.hub.repo_id={REPO}"]))
     assert sorted(plan.deleted) == sorted(f for f in old_a if not (a / f).exists()) and plan.deleted
     assert json.loads((a / METADATA).read_text())["examples"] == 8
@@ -180,7 +180,7 @@ def test_a_pull_whose_parts_do_not_arrive_is_refused_and_such_commits_are_not_tr
     # The same state reached any other way (a pull cut short, a file deleted by hand): the commit naming a
     # missing file is not trusted, so its examples are not "done" and will be captured again.
     pulled = tmp_path / "pulled"
-    shutil.copytree(a, pulled, ignore=shutil.ignore_patterns(hub.SYNC_STATE))
+    shutil.copytree(a, pulled, ignore=shutil.ignore_patterns(HUB_SYNC))
     (pulled / lost).unlink()
     manifest = Manifest(pulled)
     (broken,) = [c for c in manifest.all_commits if lost in c.paths()]
@@ -188,9 +188,10 @@ def test_a_pull_whose_parts_do_not_arrive_is_refused_and_such_commits_are_not_tr
     rid = recipe_id(manifest.recipes[broken.recipe])
     broken_examples = {i for g in broken.groups for i, _, _ in g["examples"]}
     assert set(manifest.done(rid)) == {0, 1, 2, 3} - broken_examples and broken_examples
-    # The rest of its files are not a dead run's leftovers, even with a dead lease of the run that wrote them.
-    survivors = sorted(p for p in broken.paths() if p != lost)
-    (pulled / ".qk_sniffer/runs").mkdir(exist_ok=True)
-    (pulled / f".qk_sniffer/runs/{broken.run}.lock").write_text("{}")
-    assert clean_dead_runs(pulled) == 0
-    assert survivors and all((pulled / p).exists() for p in survivors)
+    # A repair drops that commit (naming the file) and then its other files, which no commit names now.
+    store = Store(pulled)
+    (damage,) = store.repair()
+    assert damage.path == lost and damage.commit == f"{broken.recipe}/{broken.name}"
+    store.collect_garbage()
+    assert not any((pulled / p).exists() for p in broken.paths())
+    assert set(store.manifest().done(rid)) == {0, 1, 2, 3} - broken_examples

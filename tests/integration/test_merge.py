@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg, read_configs
 
-from qk_sniffer.card import METADATA
 from qk_sniffer.compact import compact
 from qk_sniffer.errors import UserError
-from qk_sniffer.manifest import Manifest
 from qk_sniffer.runner import run
+from qk_sniffer.store import Store
+from qk_sniffer.store.layout import METADATA
+from qk_sniffer.store.manifest import Manifest
 
 
 def rows(out_dir: Path) -> list[tuple]:
@@ -111,7 +112,7 @@ def test_compaction_leaves_one_file_per_config_and_the_same_rows(tmp_path):
     capture(out, "capture.layers=[1]", "sampler.base_rate=0.5")
     before = rows(out)
     assert len(list((out / "l00h00q").glob("*.parquet"))) > 1
-    assert compact(out) == 12
+    assert compact(Store(out)) == 12
     assert rows(out) == before
     assert all(len(list(d.glob("*.parquet"))) == 1 for d in out.glob("l*"))
     # Still resumable after compaction: the same command finds every example durable.

@@ -21,8 +21,9 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from omegaconf import OmegaConf
 
 from qk_sniffer import hub, publish, runner
-from qk_sniffer.card import CARD, METADATA
 from qk_sniffer.errors import UserError
+from qk_sniffer.store import Store
+from qk_sniffer.store.layout import CARD, HUB_PULL, HUB_SYNC, METADATA, SHARED_STATE
 
 SECRET = "hf_SeCrEt0123456789abcdefTOKEN"
 REPO = "alice/qk-captures"
@@ -330,7 +331,11 @@ def test_first_push_creates_repo_main_readme_branch_and_one_commit(fake, tmp_pat
         if not f.startswith(".") or f.startswith((".qk_sniffer/commits/", ".qk_sniffer/recipes/"))
     )
     data_files = sorted([*data_files, ".qk_sniffer/model.json"])
-    assert {f for f in local if f not in data_files} == {hub.SYNC_STATE, ".qk_sniffer/maintenance.lock"}
+    assert {f for f in local if f not in data_files} == {
+        HUB_SYNC,
+        ".qk_sniffer/maintenance.lock",
+        ".qk_sniffer/verified.json",
+    }
     (branch_commit,) = fake.commit_ops(BRANCH)
     assert branch_commit == [("add", f) for f in data_files]
     assert fake.commits[fake.calls[-1][4]] == fake.tree(REPO, "main")  # pinned to the head it was built on
@@ -351,7 +356,7 @@ def test_second_machine_pulls_the_branch_so_the_card_covers_both(fake, tmp_path)
     run_capture(second, "capture.layers=[1]", *push_overrides())
     downloads = [c[3] for c in fake.calls if c[0] == "snapshot_download"]
     first_parts = sorted(f for f in files_with_bytes(first) if f.endswith(".parquet"))
-    first_manifest = sorted(f for f in files_with_bytes(first) if hub.SHARED_MANIFEST.match(f))
+    first_manifest = sorted(f for f in files_with_bytes(first) if SHARED_STATE.match(f))
     # before its capture: the branch's model identity, then its manifest, then the parts it names
     assert downloads[:3] == [[".qk_sniffer/model.json"], first_manifest, first_parts]
     assert downloads[3:] == [[".qk_sniffer/model.json"]]  # its push: the same check, nothing new to pull
@@ -380,9 +385,7 @@ def test_stale_files_are_deleted_in_the_same_commit_and_not_pulled_back(fake, tm
     out = tmp_path / "capture"
     run_capture(out, "capture.layers=[0]", *push_overrides())
     removed = sorted(out.glob("l00h01q/*.parquet"))
-    for part in removed:  # what output.mode=replace does to a config's earlier parts
-        part.unlink()
-    (out / "l00h01q").rmdir()
+    Store(out).take_over("another-recipe", ["l00h01q"])  # what output.mode=replace does to a config's parts
     publish.main([f"output.dir={out}", f"output.hub.repo_id={REPO}"])
     last = fake.commit_ops(BRANCH)[-1]
     stale = [f"l00h01q/{p.name}" for p in removed]
@@ -421,7 +424,7 @@ def test_failed_push_keeps_data_and_prints_the_retry_command(fake, tmp_path, cap
     assert message.splitlines()[-1] == f"  {retry}"
     assert "failed: the Hub answered HTTP 500 (500 Server Error: Internal Server Error)." in message
     kept = files_with_bytes(out)
-    assert any(f.endswith(".parquet") for f in kept) and CARD in kept and not (out / hub.PULL_DIR).exists()
+    assert any(f.endswith(".parquet") for f in kept) and CARD in kept and not (out / HUB_PULL).exists()
     # the CLI shows it as one message and exits non-zero
     with pytest.raises(SystemExit) as exit_info:
         publish.main(shlex.split(retry)[3:])

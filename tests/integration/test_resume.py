@@ -13,8 +13,8 @@ from pathlib import Path
 from helpers import compose_cfg, read_configs, save_checkpoint, write_jsonl
 from test_merge import rows
 
-from qk_sniffer.manifest import Manifest
 from qk_sniffer.runner import run
+from qk_sniffer.store.manifest import Manifest
 
 WORDS = [
     "attention",

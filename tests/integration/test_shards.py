@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import yaml
 from helpers import REPO, compose_cfg, read_configs, run_cli
 from test_merge import rows
 
-from qk_sniffer.card import METADATA
 from qk_sniffer.runner import run
+from qk_sniffer.store.layout import METADATA
 
 # batch_size=1: an example's forward is then the same computation in every process, so vectors match bit
 # for bit (with larger batches, other padding widths change kernel shapes and the last bits).
@@ -37,8 +38,16 @@ def test_shard_union_equals_the_single_process_run(tmp_path):
     # The card and metadata written by the last shard cover every shard.
     meta, ref = json.loads((sharded / METADATA).read_text()), json.loads((single / METADATA).read_text())
     assert (meta["examples"], meta["tokens"]) == (ref["examples"], ref["tokens"])
-    card = (sharded / "README.md").read_text().replace(str(sharded), "<dir>")
-    assert card == (single / "README.md").read_text().replace(str(single), "<dir>")
+    # The same card, but for the part files each lists (the sharded dir has one per shard and flush).
+    card = (sharded / "README.md").read_text().replace(str(sharded), "<dir>").split("\n---\n", 1)
+    ref_card = (single / "README.md").read_text().replace(str(single), "<dir>").split("\n---\n", 1)
+    assert card[1] == ref_card[1]
+    listed = {c["config_name"]: c["data_files"][0]["path"] for c in yaml.safe_load(card[0][4:])["configs"]}
+    assert set(listed) == {c["config_name"] for c in yaml.safe_load(ref_card[0][4:])["configs"]}
+    assert all(
+        sorted(p.name for p in (sharded / c).glob("*")) == [f.split("/")[1] for f in fs]
+        for c, fs in listed.items()
+    )
     assert set(read_configs(sharded)) == set(read_configs(single))
 
 

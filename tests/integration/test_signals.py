@@ -10,10 +10,10 @@ from helpers import compose_cfg, read_configs, save_checkpoint
 from test_merge import rows
 from test_resume import cli_args, corpus, start, wait_for_commits
 
-from qk_sniffer import export
 from qk_sniffer.errors import UserError
-from qk_sniffer.manifest import Manifest
 from qk_sniffer.runner import run
+from qk_sniffer.store import writer
+from qk_sniffer.store.manifest import Manifest
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -43,16 +43,16 @@ def test_signal_commits_what_is_complete_exits_non_zero_and_resumes(tmp_path, si
 
 def test_disk_full_is_a_clear_error_and_the_manifest_claims_only_files_on_disk(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real_write = export.write_table_atomic
+    real_write = writer.write_part
     calls = {"n": 0}
 
-    def fill_up(table, path):
+    def fill_up(root, config, name, table):
         calls["n"] += 1
         if calls["n"] > 30:  # the third flush (12 configs per flush) finds the disk full
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_write(table, path)
+            raise OSError(errno.ENOSPC, "No space left on device", str(root / config / name))
+        return real_write(root, config, name, table)
 
-    monkeypatch.setattr(export, "write_table_atomic", fill_up)
+    monkeypatch.setattr(writer, "write_part", fill_up)
     overrides = [f"output.dir={out}", "capture.layers=[0,1]", "output.flush_every_examples=2"]
     with pytest.raises(UserError) as err:
         run(compose_cfg(overrides))
@@ -63,7 +63,7 @@ def test_disk_full_is_a_clear_error_and_the_manifest_claims_only_files_on_disk(t
     assert len(manifest.commits) == 2
     assert all((out / p).exists() for p in manifest.referenced())
     # Space is back: the same command resumes, and the dir ends as if nothing had happened.
-    monkeypatch.setattr(export, "write_table_atomic", real_write)
+    monkeypatch.setattr(writer, "write_part", real_write)
     run(compose_cfg(overrides))
     ref = tmp_path / "ref"
     run(compose_cfg([o.replace(str(out), str(ref)) for o in overrides]))

@@ -1,4 +1,4 @@
-"""The dataset card, rendered from Parquet files written by qk_sniffer.export, read back with load_dataset."""
+"""The dataset card, rendered from part files committed through the store, read back with load_dataset."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from qk_sniffer import card
-from qk_sniffer.export import schema, write_table_atomic
+from qk_sniffer import card, hub
+from qk_sniffer.config import HubConfig
+from qk_sniffer.gather import schema
+from qk_sniffer.store import RunInfo, Store
+from qk_sniffer.store.layout import CARD
+from qk_sniffer.store.layout import METADATA as METADATA_FILE
+from qk_sniffer.store.manifest import model_identity
+from qk_sniffer.store.writer import PartWriter
 
 HEAD_DIM = 4
 METADATA = {
@@ -80,22 +86,38 @@ def vectors_for(name: str, n: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, HEAD_DIM)).astype(np.float32)
 
 
-def write_capture(root: Path, metadata: dict = METADATA) -> None:
-    for name, buckets in PARTS.items():
-        n = len(buckets)
-        vectors = vectors_for(name, n)
-        table = pa.Table.from_arrays(
-            [
-                pa.array(buckets, pa.int32()),
-                pa.array(np.arange(n) // 2, pa.int64()),
-                pa.array(np.arange(n) * 3, pa.int32()),
-                pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), HEAD_DIM),
-                pa.array([None] * n, pa.int32()),
-            ],
-            schema=schema(HEAD_DIM, token_strings=False),
-        )
-        write_table_atomic(table, root / name / "part-000-test-00000.parquet")
-    (root / card.METADATA).write_text(json.dumps(metadata))
+def table_of(buckets: list[int], vectors: np.ndarray, positions: np.ndarray) -> pa.Table:
+    n = len(buckets)
+    return pa.Table.from_arrays(
+        [
+            pa.array(buckets, pa.int32()),
+            pa.array(np.arange(n) // 2, pa.int64()),
+            pa.array(positions, pa.int32()),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), HEAD_DIM),
+            pa.array([None] * n, pa.int32()),
+        ],
+        schema=schema(HEAD_DIM, token_strings=False),
+    )
+
+
+def commit_tables(root: Path, tables: dict[str, pa.Table], metadata: dict, run: str) -> Store:
+    """Write ``tables`` as one committed flush of run ``run``, as a capture run would."""
+    store = Store(root)
+    info = RunInfo(run, "0" * 16, (0, 1), sorted(tables))
+    with store.registered(info, {}, model_identity(metadata), "append"):
+        writer = PartWriter(root, "000", run, store.committer(info.recipe, run, "000"))
+        writer.submit(lambda: list(tables.items()), [(int(run, 16) % 97, 0, 10, tuple(sorted(tables)))])
+        writer.close()
+    (root / METADATA_FILE).write_text(json.dumps(metadata))
+    return store
+
+
+def write_capture(root: Path, metadata: dict = METADATA) -> Store:
+    tables = {
+        name: table_of(buckets, vectors_for(name, len(buckets)), np.arange(len(buckets)) * 3)
+        for name, buckets in PARTS.items()
+    }
+    return commit_tables(root, tables, metadata, "0123456789ab")
 
 
 def split_card(text: str) -> tuple[dict, list[str]]:
@@ -106,15 +128,16 @@ def split_card(text: str) -> tuple[dict, list[str]]:
 
 @pytest.fixture
 def capture(tmp_path):
-    root = tmp_path / "capture"
-    write_capture(root)
-    return root
+    return write_capture(tmp_path / "capture")
 
 
 def test_front_matter_lists_every_config_and_the_model(capture):
     matter, _ = split_card(card.render(capture))
     assert matter["configs"] == [
-        {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]}
+        {
+            "config_name": name,
+            "data_files": [{"split": "train", "path": [f"{name}/part-000-0123456789ab-00000.parquet"]}],
+        }
         for name in sorted(PARTS)
     ]
     assert matter["models"] == [{"name": "Qwen/Qwen3-8B", "revision": "abc123"}]
@@ -176,7 +199,9 @@ def test_rows_per_bucket_and_coverage_tables_count_what_is_on_disk(capture):
 
 
 def test_loading_snippet_names_repo_and_derived_branch_or_the_local_dir(capture):
-    _, with_repo = split_card(card.render(capture, "me/qk-captures"))
+    derived = hub.branch_for_metadata(HubConfig(repo_id="me/qk-captures"), METADATA)
+    assert derived == "qwen3-8b-longbench-pro-128k-plus"
+    _, with_repo = split_card(card.render(capture, "me/qk-captures", derived))
     assert (
         'ds = load_dataset("me/qk-captures", "l00h00k", revision="qwen3-8b-longbench-pro-128k-plus", '
         'split="train")' in with_repo
@@ -184,40 +209,38 @@ def test_loading_snippet_names_repo_and_derived_branch_or_the_local_dir(capture)
     _, explicit = split_card(card.render(capture, "me/qk-captures", "my-branch"))
     assert 'ds = load_dataset("me/qk-captures", "l00h00k", revision="my-branch", split="train")' in explicit
     _, local = split_card(card.render(capture))
-    assert f'ds = load_dataset("{capture.resolve()}", "l00h00k", split="train")' in local
+    assert f'ds = load_dataset("{capture.root.resolve()}", "l00h00k", split="train")' in local
 
 
 def test_written_card_loads_every_config_with_datasets(capture):
     card.write_card(capture, "me/qk-captures")
-    assert not list(capture.glob("*.tmp"))
+    assert not list(capture.root.glob("*.tmp"))
     for name, buckets in PARTS.items():
-        ds = load_dataset(str(capture), name, split="train")
+        ds = load_dataset(str(capture.root), name, split="train")
         assert ds["bucket"] == buckets
         np.testing.assert_array_equal(
             np.array(ds["vector"], dtype=np.float32), vectors_for(name, len(buckets))
         )
 
 
-def test_card_is_regenerated_from_disk_when_files_change(capture):
+def test_card_is_regenerated_from_the_commits_and_lists_no_other_file(capture):
     card.write_card(capture)
-    write_table_atomic(
-        pa.Table.from_arrays(
-            [
-                pa.array([5], pa.int32()),
-                pa.array([9], pa.int64()),
-                pa.array([40], pa.int32()),
-                pa.FixedSizeListArray.from_arrays(pa.array(np.ones(HEAD_DIM, np.float32)), HEAD_DIM),
-                pa.array([None], pa.int32()),
-            ],
-            schema=schema(HEAD_DIM, token_strings=False),
-        ),
-        capture / "l03h03q" / "part-001-test-00000.parquet",
-    )
+    # A part file no commit names (a killed run's leftover) is never part of the dataset.
+    stray = pq_copy = capture.root / "l00h00q" / "part-000-ffffffffffff-00000.parquet"
+    pq_copy.write_bytes((capture.root / "l00h00q" / "part-000-0123456789ab-00000.parquet").read_bytes())
+    one = {"l03h03q": table_of([5], np.ones((1, HEAD_DIM), np.float32), np.array([40]))}
+    commit_tables(capture.root, one, METADATA, "abcdef012345")
     card.write_card(capture)
-    matter, body = split_card((capture / card.CARD).read_text())
+    matter, body = split_card((capture.root / CARD).read_text())
     assert [c["config_name"] for c in matter["configs"]] == sorted([*PARTS, "l03h03q"])
     assert "| 3 | 3 | - |" in body and "3 of 4 layers captured." in body
-    assert load_dataset(str(capture), "l03h03q", split="train")["position"] == [40]
+    assert load_dataset(str(capture.root), "l03h03q", split="train")["position"] == [40]
+    assert stray.exists() and load_dataset(str(capture.root), "l00h00q", split="train")["bucket"] == [
+        0,
+        1,
+        1,
+        2,
+    ]
 
 
 def test_random_weight_model_without_notes(tmp_path):
@@ -228,8 +251,7 @@ def test_random_weight_model_without_notes(tmp_path):
         "dataset": {"path": "embedded", "split": "train", "text_column": "text"},
         "notes": [],
     }
-    write_capture(tmp_path, meta)
-    matter, body = split_card(card.render(tmp_path))
+    matter, body = split_card(card.render(write_capture(tmp_path, meta)))
     assert matter["models"] == [{"name": "embedded-qwen3-tiny", "revision": "main"}]
     assert "source_datasets" not in matter
     assert "- Random weights (seed 3)" in body

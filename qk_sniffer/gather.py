@@ -1,9 +1,5 @@
-"""Host buffer of captured blocks, and the background Parquet writer.
-
-Layout: ``<output.dir>/l{LL}h{HH}{q|k}/<part>.parquet``, one dataset config per (layer, head, kind). Each
-part file is written to a temporary name, fsynced and renamed, so a reader (or a resumed run) never sees
-a half-written file under a final name. Once every file of a flush is durable, the writer hands the flush's
-examples to ``on_durable`` (the manifest commit): rows are claimed only after they are on disk.
+"""Captured blocks on the host, turned into Arrow tables: one per (layer, head, kind), the rows of one
+dataset config. This is where the capture's internals (blocks, row plans) end; the store takes the tables.
 """
 
 from __future__ import annotations
@@ -11,26 +7,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .capture import Block, RowPlan
-from .durable import atomic_file, fsync_dir
-from .errors import UserError
+from .store.layout import config_name
 
 # (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
 ExampleRecord = tuple[int, int, int, tuple[str, ...]]
-# (relative path, rows, bytes) of a file a flush wrote.
-WrittenFile = tuple[str, int, int]
-OnDurable = Callable[[int, list[ExampleRecord], list[WrittenFile]], None]
 
 
 def return_freed_buffers_to_the_os() -> None:
@@ -39,19 +26,6 @@ def return_freed_buffers_to_the_os() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to pin
             ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-
-
-class DiskWriteError(UserError):
-    """Writing to output.dir failed (disk full, permissions): nothing of that flush is claimed."""
-
-
-def config_name(layer: int, head: int, kind: str, layer_width: int = 2, head_width: int = 2) -> str:
-    return f"l{layer:0{layer_width}d}h{head:0{head_width}d}{kind}"
-
-
-def name_widths(num_layers: int, num_heads: int) -> tuple[int, int]:
-    """Zero-padding widths: two digits, more when a model has 100 or more layers or heads."""
-    return max(2, len(str(num_layers - 1))), max(2, len(str(num_heads - 1)))
 
 
 def schema(head_dim: int, token_strings: bool) -> pa.Schema:
@@ -84,6 +58,20 @@ class Flush:
 
     rows: dict[tuple[int, str], PendingRows]
     examples: list[ExampleRecord]
+
+    def tables(
+        self, widths: tuple[int, int], token_strings: Callable[[np.ndarray], list[str]] | None
+    ) -> Callable[[], Iterator[tuple[str, pa.Table]]]:
+        """The flush's tables, built lazily on the writer's thread, letting each (layer, kind) go as soon
+        as its tables are made."""
+        rows = self.rows
+
+        def build() -> Iterator[tuple[str, pa.Table]]:
+            while rows:
+                _, pending = rows.popitem()
+                yield from tables_for(pending, widths, token_strings).items()
+
+        return build
 
 
 class RowBuffer:
@@ -187,102 +175,3 @@ def tables_for(
         table = pa.Table.from_arrays(columns, schema=schema(head_dim, tokens is not None))
         out[config_name(first.layer, head, first.kind, *widths)] = table
     return out
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write, fsync, rename: the final name only ever holds a complete file (a failed write leaves none)."""
-    with atomic_file(path) as f:
-        pq.write_table(table, f, compression="zstd")
-
-
-class ParquetWriter:
-    """Writes part files on one background thread so the forward never waits on disk.
-
-    At most ``max_pending`` flushes are queued or being written: a capture that outruns the disk waits
-    instead of piling buffers up in memory (this is what bounds host memory to about twice the buffer).
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        part_prefix: str,
-        widths: tuple[int, int],
-        token_strings: Callable[[np.ndarray], list[str]] | None,
-        on_durable: OnDurable | None = None,
-        max_pending: int = 1,
-    ) -> None:
-        self.root = root
-        self.part_prefix = part_prefix
-        self.widths = widths
-        self.token_strings = token_strings
-        self.on_durable = on_durable
-        self.max_pending = max_pending
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qk-writer")
-        self._futures: list[Future[list[WrittenFile]]] = []
-        self._seq = 0
-        self._lock = threading.Lock()
-        self.bytes_written = 0
-        self.rows_written = 0
-        self.examples_committed = 0
-        self.write_seconds = 0.0
-        self.files: list[str] = []
-
-    def submit(
-        self, rows: dict[tuple[int, str], PendingRows], examples: list[ExampleRecord] | None = None
-    ) -> Future[list[WrittenFile]]:
-        """Queue a flush; the future gives (relative path, rows, bytes) of every file it wrote. Waits first
-        while ``max_pending`` flushes are in flight, and re-raises a failed earlier flush's error."""
-        while len(self._futures) >= self.max_pending:
-            self._futures.pop(0).result()
-        seq = self._seq
-        self._seq += 1
-        future = self._pool.submit(self._write, rows, list(examples or []), seq)
-        self._futures.append(future)
-        return future
-
-    def _write(
-        self, rows: dict[tuple[int, str], PendingRows], examples: list[ExampleRecord], seq: int
-    ) -> list[WrittenFile]:
-        start = time.perf_counter()
-        written: list[WrittenFile] = []
-        rel = ""
-        try:
-            while rows:
-                _, pending = rows.popitem()  # let each (layer, kind) go as soon as it is written
-                for name, table in tables_for(pending, self.widths, self.token_strings).items():
-                    rel = f"{name}/{self.part_prefix}-{seq:05d}.parquet"
-                    path = self.root / rel
-                    write_table_atomic(table, path)
-                    written.append((rel, table.num_rows, path.stat().st_size))
-            rel = "(directory entries)"
-            for directory in sorted({w[0].split("/")[0] for w in written}):
-                fsync_dir(self.root / directory)
-            if self.on_durable is not None and (written or examples):
-                rel = "(manifest commit)"
-                self.on_durable(seq, examples, written)
-        except OSError as exc:
-            raise DiskWriteError(
-                f"output.dir={str(self.root)!r}: cannot write {rel}: {exc.strerror or exc} (errno "
-                f"{exc.errno}). The manifest claims only rows already on disk; free space or fix "
-                "permissions, then run the same command again to resume"
-            ) from None
-        with self._lock:
-            for rel, n_rows, size in written:
-                self.bytes_written += size
-                self.rows_written += n_rows
-                self.files.append(rel)
-            self.examples_committed += len(examples)
-            self.write_seconds += time.perf_counter() - start
-        return written
-
-    def wait(self) -> None:
-        """Block until every queued flush is on disk; re-raise the first write error."""
-        futures, self._futures = self._futures, []
-        for future in futures:
-            future.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)

@@ -1,0 +1,321 @@
+"""Whatever happens to a capture dir, ``load_dataset`` returns each captured row exactly once, or the
+command refuses with one message. Every event goes through the real CLI; what a user would load is read
+back with ``datasets.load_dataset`` from the card."""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers import compose_cfg, loaded_rows, run_cli
+
+from qk_sniffer.errors import UserError
+from qk_sniffer.runner import run
+from qk_sniffer.store import Store
+from qk_sniffer.store.layout import CARD, METADATA
+
+ARGS = ["capture.layers=[0]", "output.flush_every_examples=2", "wandb=disabled"]
+
+
+def capture(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run_cli([f"output.dir={out}", *ARGS, *extra], cwd=cwd)
+
+
+def module_cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def one_message(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("qk_sniffer: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A clean capture of the embedded default (several commits) and what load_dataset returns from it."""
+    base = tmp_path_factory.mktemp("reference")
+    out = base / "capture"
+    proc = capture(out, cwd=base)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.glob(".qk_sniffer/commits/*/*.json"))) >= 3
+    return out, loaded_rows(out, base / "cache")
+
+
+@pytest.fixture
+def copy(reference, tmp_path):
+    out = tmp_path / "capture"
+    shutil.copytree(reference[0], out)
+    return out
+
+
+def commits(out: Path) -> list[Path]:
+    return sorted(out.glob(".qk_sniffer/commits/*/*.json"))
+
+
+def named_files(commit: Path) -> list[str]:
+    data = json.loads(commit.read_text())
+    return [f"{config}/{f['name']}" for config, files in data["files"].items() for f in files]
+
+
+def assert_exactly_the_reference(out: Path, reference, tmp_path: Path) -> None:
+    assert loaded_rows(out, tmp_path / "check") == reference[1]
+    # Nothing but committed files remains: no leftover that a glob or a push could pick up.
+    on_disk = {p.relative_to(out).as_posix() for p in out.glob("l*/*")}
+    assert on_disk == set(Store(out).view().paths())
+
+
+# ------------------------------------------------------------------------------------------- damage
+
+
+def test_a_removed_part_is_named_and_only_its_examples_are_captured_again(copy, reference, tmp_path):
+    lost = named_files(commits(copy)[1])[0]
+    (copy / lost).unlink()
+    proc = capture(copy, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{lost}: missing; commit " in proc.stdout + proc.stderr
+    assert "resumed:" in proc.stdout  # the other commits' examples were skipped
+    assert_exactly_the_reference(copy, reference, tmp_path)
+
+
+def test_a_corrupted_part_is_found_by_its_hash(copy, reference, tmp_path):
+    damaged = copy / named_files(commits(copy)[0])[0]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
+    damaged.write_bytes(bytes(data))
+    check = module_cli("qk_sniffer.verify", [f"output.dir={copy}"], cwd=tmp_path)
+    assert check.returncode == 1, check.stderr
+    assert "does not match the recorded sha256" in check.stdout
+    assert f"repair: python -m qk_sniffer.verify output.dir={copy} repair=true" in check.stdout
+    assert json.loads(check.stdout.splitlines()[-1])["ok"] is False
+    proc = capture(copy, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "does not match the recorded sha256" in proc.stdout + proc.stderr
+    assert_exactly_the_reference(copy, reference, tmp_path)
+
+
+def test_a_truncated_part_and_verify_repair(copy, reference, tmp_path):
+    damaged = copy / named_files(commits(copy)[-1])[0]
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    repaired = module_cli("qk_sniffer.verify", [f"output.dir={copy}", "repair=true"], cwd=tmp_path)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    state = json.loads(repaired.stdout.splitlines()[-1])
+    assert state["ok"] and state["damage"] == [] and not damaged.exists()
+    # The dataset is consistent (fewer examples) and loads; the next run fills the gap.
+    assert len(loaded_rows(copy, tmp_path / "partial")) < len(reference[1])
+    proc = capture(copy, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_exactly_the_reference(copy, reference, tmp_path)
+
+
+def test_a_removed_commit_leaves_no_orphan_rows(copy, reference, tmp_path):
+    commits(copy)[2].unlink()
+    proc = capture(copy, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_exactly_the_reference(copy, reference, tmp_path)
+
+
+def test_a_truncated_commit_is_named_and_its_rows_captured_again(copy, reference, tmp_path):
+    broken = commits(copy)[1]
+    broken.write_text(broken.read_text()[:30])
+    proc = capture(copy, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"{broken.relative_to(copy).as_posix()}: cannot be read (not valid JSON)" in proc.stdout + proc.stderr
+    )
+    assert_exactly_the_reference(copy, reference, tmp_path)
+
+
+def test_compaction_keeps_orphans_out(copy, reference, tmp_path):
+    commits(copy)[0].unlink()  # its files are orphans now
+    proc = module_cli("qk_sniffer.compact", [f"output.dir={copy}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
+    rows = loaded_rows(copy, tmp_path / "compacted")
+    assert len(rows) == len(set(rows)) and set(rows) < set(reference[1])
+
+
+# ------------------------------------------------------------------------------ dirs we cannot account for
+
+
+def test_a_lost_manifest_is_refused_and_nothing_changes(copy, tmp_path):
+    shutil.rmtree(copy / ".qk_sniffer")
+    before = snapshot(copy)
+    message = one_message(capture(copy, cwd=tmp_path))
+    assert "holds qk_sniffer.json but no manifest (.qk_sniffer/)" in message
+    assert snapshot(copy) == before
+
+
+def test_a_users_folder_with_a_readme_and_a_stray_metadata_file_is_refused(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / CARD).write_text("# my notes\n")
+    (folder / METADATA).write_text("{}")
+    before = snapshot(folder)
+    message = one_message(capture(folder, cwd=tmp_path))
+    assert f"output.dir={str(folder)!r} holds qk_sniffer.json but no manifest" in message
+    assert snapshot(folder) == before and not (folder / ".qk_sniffer").exists()
+
+
+def test_a_config_dir_linked_out_of_the_dir_is_refused(copy, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.move(copy / "l00h00q", outside)
+    (copy / "l00h00q").symlink_to(outside)
+    before, outside_before = snapshot(copy), snapshot(outside)
+    for extra in ([], ["output.mode=replace", "sampler=uniform"]):
+        message = one_message(capture(copy, *extra, cwd=tmp_path))
+        assert "l00h00q is a symbolic link" in message
+    assert snapshot(copy) == before and snapshot(outside) == outside_before
+
+
+def test_a_foreign_file_in_a_config_dir_is_refused(copy, tmp_path):
+    (copy / "l00h00q" / "notes.txt").write_text("mine")
+    message = one_message(capture(copy, cwd=tmp_path))
+    assert "l00h00q/notes.txt was not made by qk_sniffer" in message
+    assert (copy / "l00h00q" / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------------- compaction killed
+
+
+KILL_POINTS = {
+    # after the merged files are written, before their commit
+    "merged": ("qk_sniffer.store.compact", "_merge"),
+    # after the superseding commit, before the card lists the merged files
+    "committed": ("qk_sniffer.store.compact", "write_commit"),
+    # after the card, before the old files are deleted
+    "card": ("qk_sniffer.card", "write_card"),
+    # in the middle of deleting the old files
+    "deleting": ("qk_sniffer.store.store.Store", "_unlink"),
+}
+
+KILLER = textwrap.dedent(
+    """
+    import importlib, os, signal, sys
+    module, name, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    owner_path, _, attr = module.rpartition(".") if module.endswith("Store") else (module, "", "")
+    owner = getattr(importlib.import_module(owner_path), attr) if attr else importlib.import_module(module)
+    real = getattr(owner, name)
+    calls = {"n": 0}
+    def dying(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(owner, name, dying)
+    sys.argv = ["qk_sniffer.compact", sys.argv[4]]
+    from qk_sniffer.compact import main
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_compaction_killed_at_any_point_shows_every_row_once(point, copy, reference, tmp_path):
+    module, name = KILL_POINTS[point]
+    after = 3 if point == "deleting" else 1
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, module, name, str(after), f"output.dir={copy}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert loaded_rows(copy, tmp_path / "killed") == reference[1]
+    again = module_cli("qk_sniffer.compact", [f"output.dir={copy}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert_exactly_the_reference(copy, reference, tmp_path)
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
+
+
+# ------------------------------------------------------------------------------------ two processes
+
+
+def start(out: Path, *extra: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "qk_sniffer", f"output.dir={out}", *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+RACE = ["dataset=synthetic", "dataset.num_examples=60", "dataset.seq_len=256", "wandb=disabled"]
+
+
+def test_a_run_with_another_recipe_is_refused_while_the_first_is_still_writing(tmp_path):
+    out = tmp_path / "capture"
+    first = start(out, *RACE, "sampler=log_bucket", "output.flush_every_examples=1000", cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while not list(out.glob(".qk_sniffer/runs/*.lock")):  # registered, nothing committed yet
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    assert not list(out.glob(".qk_sniffer/commits/*/*.json"))
+    second = start(out, *RACE, "sampler=uniform", cwd=tmp_path)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 2 and "Traceback" not in err, err
+    assert "already hold rows captured with a different recipe (being written right now)" in err
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    meta = json.loads((out / METADATA).read_text())
+    assert [r["recipe"]["sampler"]["name"] for r in meta["recipes"]] == ["log_bucket"]
+
+
+def test_two_runs_with_different_recipes_started_together_one_wins(tmp_path):
+    out = tmp_path / "capture"
+    procs = [start(out, *RACE, f"sampler={s}", cwd=tmp_path) for s in ("log_bucket", "uniform")]
+    codes = sorted(p.wait(timeout=400) for p in procs)
+    assert codes == [0, 2]
+    meta = json.loads((out / METADATA).read_text())
+    assert len(meta["recipes"]) == 1 and len({c for r in meta["recipes"] for c in r["configs"]}) > 0
+
+
+# --------------------------------------------------------------------------------------- full disk
+
+
+@pytest.mark.parametrize(
+    "target", ["qk_sniffer.store.store.write_json_atomic", "qk_sniffer.card.atomic_file"]
+)
+def test_a_full_disk_while_registering_or_writing_the_card_is_one_message_and_a_rerun_recovers(
+    target, reference, tmp_path, monkeypatch
+):
+    out = tmp_path / "capture"
+    module, _, name = target.rpartition(".")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(importlib.import_module(module), name, full)
+    overrides = [f"output.dir={out}", *ARGS]
+    with pytest.raises(UserError) as err:
+        run(compose_cfg(overrides))
+    assert "No space left on device (errno 28)" in str(err.value)
+    assert "run the same command again" in str(err.value)
+    monkeypatch.undo()
+    run(compose_cfg(overrides))
+    assert_exactly_the_reference(out, reference, tmp_path)
