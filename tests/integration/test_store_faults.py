@@ -319,3 +319,49 @@ def test_a_full_disk_while_registering_or_writing_the_card_is_one_message_and_a_
     monkeypatch.undo()
     run(compose_cfg(overrides))
     assert_exactly_the_reference(out, reference, tmp_path)
+
+
+# ------------------------------------------------------------------------------ the notebook API's dirs
+
+
+def test_api_write_then_a_cli_run_into_the_same_dir(tmp_path):
+    from helpers import embedded_tokenizer, save_checkpoint, write_jsonl
+    from transformers import AutoModelForCausalLM
+
+    import qk_sniffer
+
+    ckpt = save_checkpoint(tmp_path, "qwen3")
+    texts = ["attention keys and queries " * (3 + i) for i in range(4)]
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in texts])
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32").eval()
+    with qk_sniffer.attach(model, embedded_tokenizer(), sampler="all", layers=[0]) as cap:
+        cap.run(texts)
+    out = cap.write(tmp_path / "capture", dataset="my-texts")
+    api_rows = loaded_rows(out, tmp_path / "api")
+    assert api_rows and len(api_rows) == len(set(api_rows))
+    # The API's rows are committed like a run's: a second write of the same examples would repeat them.
+    with qk_sniffer.attach(model, embedded_tokenizer(), sampler="all", layers=[0]) as again:
+        again.run(texts)
+    with pytest.raises(UserError, match="writing them again would repeat rows"):
+        again.write(out, dataset="my-texts")
+    assert loaded_rows(out, tmp_path / "api-2") == api_rows
+
+    cli = [
+        f"model.name={ckpt}",
+        "sampler=all",
+        "capture.layers=[0]",
+        "dataset=local",
+        f"dataset.data_files={data}",
+    ]
+    message = one_message(run_cli([f"output.dir={out}", *cli, "wandb=disabled"], cwd=tmp_path))
+    assert (
+        "already hold rows captured with a different recipe" in message and "output.mode=replace" in message
+    )
+    assert loaded_rows(out, tmp_path / "refused") == api_rows
+    replaced = run_cli([f"output.dir={out}", *cli, "output.mode=replace", "wandb=disabled"], cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    fresh = tmp_path / "fresh"
+    assert run_cli([f"output.dir={fresh}", *cli, "wandb=disabled"], cwd=tmp_path).returncode == 0
+    assert loaded_rows(out, tmp_path / "replaced") == loaded_rows(fresh, tmp_path / "fresh-rows")
+    meta = json.loads((out / METADATA).read_text())
+    assert [r["recipe"]["dataset"]["path"] for r in meta["recipes"]] == ["json"]
