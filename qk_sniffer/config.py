@@ -170,6 +170,8 @@ class Config:
     capture: CaptureConfig = MISSING
     output: OutputConfig = MISSING
     wandb: TrackingConfig = MISSING
+    # Print what would be captured and its expected size, loading no weights and writing nothing.
+    dry_run: bool = False
 
 
 @dataclass
