@@ -15,6 +15,12 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from .runner import run
 
+    if cfg.dry_run:
+        from .dry_run import dry_run
+
+        with report_user_errors():
+            dry_run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
+        return
     with report_user_errors():
         result = run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
     if result.resumed_examples:

@@ -101,8 +101,10 @@ def front_matter(view: DatasetView, summary: DiskSummary, metadata: dict[str, An
             }
             for name in sorted(summary.configs)
         ],
+        # No revision when none was pinned: the model's default branch, whatever it is named.
         "models": [
-            {"name": model.get("name") or model.get("slug"), "revision": model.get("revision") or "main"}
+            {"name": model.get("name") or model.get("slug")}
+            | ({"revision": model["revision"]} if model.get("revision") else {})
         ],
         "tags": ["attention", "query-key", "interpretability", "qk-sniffer"],
     }
@@ -179,11 +181,18 @@ def _body(summary: DiskSummary, meta: dict[str, Any], where: str, branch: str | 
 
 def _model_section(meta: dict[str, Any]) -> list[str]:
     model = meta.get("model", {})
+    revision = (
+        [f"- Revision: `{model['revision']}`"]
+        if model.get("revision")
+        else ["- Revision: not pinned (the repository's default branch)"]
+        if model.get("name") and not model.get("random_init")
+        else []
+    )
     lines = [
         "## Model",
         "",
         f"- Name: `{model.get('name') or '(random weights: ' + str(model.get('slug')) + ')'}`",
-        f"- Revision: `{model.get('revision') or 'main'}`",
+        *revision,
         f"- dtype: {model.get('dtype')}, attention backend: {meta.get('attn_implementation')}",
     ]
     if model.get("random_init") or not model.get("name"):
@@ -209,7 +218,8 @@ def _source_section(meta: dict[str, Any]) -> list[str]:
         lines.append(f"- Shard {dataset.get('shard_index')} of {dataset.get('num_shards')}")
     tokenizer_name = f"`{tokenizer['name']}`" if tokenizer.get("name") else "the model's own"
     lines += [
-        f"- Tokenizer: {tokenizer_name}, max_length {meta.get('max_length')}",
+        f"- Tokenizer: {tokenizer_name}, "
+        + (f"max_length {meta['max_length']}" if meta.get("max_length") else "texts not truncated"),
         f"- Captured: {meta.get('examples', 0)} examples, {meta.get('tokens', 0)} tokens"
         + (f", {meta['skipped_empty']} empty texts skipped" if meta.get("skipped_empty") else ""),
         "",
@@ -232,6 +242,10 @@ def _sampling_section(meta: dict[str, Any]) -> list[str]:
         f"- Vectors: {' and '.join(kinds)}, {'pre' if pre else 'post'}-RoPE "
         f"({'after any q/k norm, before the rotation' if pre else 'as the attention sees them'}), float32",
         f"- Sampler: `{name}` with {params}",
+        "- Positions are drawn on the host with numpy, seeded by example, layer and q|k. The original "
+        "qk-sniffer drew them on the GPU with torch's generator, so qk_sniffer's attention-plasticity "
+        "presets reproduce the original runs' settings and heads, not their rows (the same distribution, "
+        "another sample).",
         f"- Head sampling: {_head_sampling(capture)}",
         f"- Layers requested: {_ranges(capture['layers']) if capture.get('layers') else 'all'}; query heads "
         f"requested: {_ranges(capture['heads']) if capture.get('heads') else 'all'}"

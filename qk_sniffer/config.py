@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -170,6 +170,8 @@ class Config:
     capture: CaptureConfig = MISSING
     output: OutputConfig = MISSING
     wandb: TrackingConfig = MISSING
+    # Print what would be captured and its expected size, loading no weights and writing nothing.
+    dry_run: bool = False
 
 
 @dataclass
@@ -210,8 +212,17 @@ class VerifyAppConfig:
     repair: bool = False
 
 
+def preset_slug(name: str | None, preset_name: str | None, slug: str) -> str | None:
+    """A model preset's slug while ``model.name`` is still the preset's model, else None (the slug is then
+    derived from the new name): ``model.name=<dir>`` must not publish under the preset's model slug. Used in
+    the presets as ``slug: ${preset_slug:${.name},<their name>,<their slug>}``; an explicit ``model.slug=``
+    replaces the whole expression."""
+    return slug if name == preset_name else None
+
+
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore. Idempotent."""
+    """Put every schema in Hydra's ConfigStore, and the presets' resolver in OmegaConf. Idempotent."""
+    OmegaConf.register_new_resolver("preset_slug", preset_slug, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)

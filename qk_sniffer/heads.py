@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-
-import numpy as np
 
 from .config import CaptureConfig
 from .errors import UserError
@@ -58,17 +57,33 @@ def check_ranges(capture: CaptureConfig, layout: ModelLayout) -> list[str]:
     return problems
 
 
+def candidate_heads(capture: CaptureConfig, layout: ModelLayout) -> list[tuple[int, int]]:
+    """The (layer, query head) pairs head sampling draws from, in the original tool's layer-major order.
+
+    As in the original, the candidates span every decoder layer, Mllama's cross-attention layers included
+    (the original drew there too, and its picks there captured nothing): the same count and seed must give
+    the original's heads. :func:`select_heads` drops cross-attention picks afterwards.
+    """
+    layers = sorted(set(capture.layers)) if capture.layers is not None else list(range(layout.num_layers))
+    if capture.full_attention_only:
+        layers = [layer for layer in layers if not layout.is_sliding(layer)]
+    heads = sorted(set(capture.heads)) if capture.heads is not None else list(range(layout.num_q_heads))
+    return [(layer, head) for layer in layers for head in heads]
+
+
+def sample_heads(candidates: list[tuple[int, int]], count: int, seed: int) -> list[tuple[int, int]]:
+    """``count`` of ``candidates``, drawn exactly as the original tool drew them (Python's ``random``), so
+    a preset's count and seed select the original run's heads."""
+    if count == len(candidates):
+        return list(candidates)
+    return random.Random(seed).sample(candidates, count)
+
+
 def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
     problems = check_ranges(capture, layout)
     if problems:
         raise UserError("\n".join(problems))
-    # Cross-attention layers (Mllama) never see text queries against text keys: they are not captured.
-    allowed = layout.self_attention_layers
-    layers = sorted(set(capture.layers)) if capture.layers is not None else list(allowed)
-    if capture.full_attention_only:
-        layers = [layer for layer in layers if not layout.is_sliding(layer)]
-    heads = sorted(set(capture.heads)) if capture.heads is not None else list(range(layout.num_q_heads))
-    candidates = [(layer, head) for layer in layers for head in heads]
+    candidates = candidate_heads(capture, layout)
 
     count = capture.head_sampling.count
     if count is not None:
@@ -79,9 +94,10 @@ def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
                 f"capture.head_sampling.count={count} exceeds the {len(candidates)} query heads allowed by "
                 "capture.layers/capture.heads/capture.full_attention_only"
             )
-        rng = np.random.default_rng(capture.head_sampling.seed)
-        picked = rng.choice(len(candidates), size=count, replace=False)
-        candidates = [candidates[i] for i in sorted(picked)]
+        candidates = sample_heads(candidates, count, capture.head_sampling.seed)
+    # Cross-attention layers (Mllama) never see text queries against text keys: they are not captured.
+    cross = set(layout.cross_attention_layers)
+    candidates = [(layer, head) for layer, head in candidates if layer not in cross]
 
     q_heads: dict[int, set[int]] = {}
     for layer, head in candidates:

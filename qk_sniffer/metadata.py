@@ -36,7 +36,7 @@ def run_metadata(
     return {
         "model": model,
         "layout": asdict(layout),
-        "dataset": _plain(cfg.dataset),
+        "dataset": _dataset_keys(_plain(cfg.dataset)),
         "tokenizer": _plain(cfg.tokenizer),
         "max_length": cfg.tokenizer.max_length,
         "sampler": {"name": sampler.name, **sampler.params()},
@@ -46,6 +46,16 @@ def run_metadata(
             "k": {str(k): list(v) for k, v in selection.k_heads.items()},
         },
     }
+
+
+# Keys that only the synthetic dataset reads: recorded for another dataset they would describe nothing.
+SYNTHETIC_ONLY = ("seq_len", "num_examples", "seed")
+
+
+def _dataset_keys(dataset: dict[str, Any]) -> dict[str, Any]:
+    if dataset.get("path") == "synthetic":
+        return dataset
+    return {k: v for k, v in dataset.items() if k not in SYNTHETIC_ONLY}
 
 
 def _plain(node: Any) -> Any:

@@ -4,6 +4,8 @@ Post-RoPE: the ``query``/``key`` the model hands to its own ``eager_attention_fo
 that function in the modeling module for a recorder that then calls it). Pre-RoPE: the arguments the model
 passes to its own ``apply_rotary_pos_emb``; a layer that never calls it (no rotation) has pre == post.
 Each example runs alone, unpadded, so batching and padding effects in the capture path cannot hide.
+It shares the capture path's technique (a wrapped rotary function) and module lookup, so it is not an
+independent witness for pre-RoPE: tests/hand_reference.py recomputes Q/K by hand for Llama and Qwen3.
 """
 
 from __future__ import annotations

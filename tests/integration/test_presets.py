@@ -1,8 +1,15 @@
 """Every original production run is a preset under conf/experiment/ that composes, validates and pins what the
-original pinned; nothing here loads weights or touches the network."""
+original run file pinned, and whose dry run selects the original's heads.
+
+The expected values come from tests/data/original_runs.json, transcribed from the original tool's run files
+(each run names its source file and commit), never from our own YAML. Nothing here loads weights or touches
+the network: heads are planned from each model preset's ``architecture`` (``model.random_init=true``).
+"""
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import replace
 
 import pytest
@@ -10,126 +17,116 @@ import yaml
 from helpers import REPO, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
-from qk_sniffer.heads import select_heads
-from qk_sniffer.models import build_config, layout_from_config
+from qk_sniffer.dry_run import dry_run_plan
+from qk_sniffer.models import build_config
 from qk_sniffer.validate import config_problems
 
-EXPERIMENTS = REPO / "conf" / "experiment"
-YARN_X4 = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+EXPERIMENTS = REPO / "conf" / "experiment" / "attention-plasticity"
+ORIGINAL = json.loads((REPO / "tests" / "data" / "original_runs.json").read_text())["runs"]
 LOGGING = {"wandb", "tracking"}  # the test helper turns logging off; the CLI keeps its default
-DATASET = {
-    "path": "viktoroo/longbench-pro-128k-plus",
-    "split": "test",
-    "text_column": "text",
-    "id_column": "id",
-}
-
-
-def _run(
-    name: str, max_length: int, rope: dict | None = None, revision: str = "main", tokenizer: str | None = None
-):
-    return {
-        "name": name,
-        "revision": revision,
-        "max_length": max_length,
-        "rope": rope,
-        "tokenizer": tokenizer,
-    }
-
-
-SMOLLM3 = "HuggingFaceTB/SmolLM3-3B-checkpoints"
-# preset -> what the original run pinned (model, revision, max_length, rope override, tokenizer).
-EXPECTED = {
-    "qwen3-0.6b": _run("Qwen/Qwen3-0.6B", 131072, YARN_X4),
-    "qwen3-1.7b": _run("Qwen/Qwen3-1.7B", 131072, YARN_X4),
-    "qwen3-4b": _run("Qwen/Qwen3-4B", 131072, YARN_X4),
-    "qwen3-8b": _run("Qwen/Qwen3-8B", 131072, YARN_X4),
-    "qwen3-14b": _run("Qwen/Qwen3-14B", 131072, YARN_X4),
-    "llama3.1-8b": _run("meta-llama/Llama-3.1-8B", 131072),
-    "llama3.2-1b": _run("meta-llama/Llama-3.2-1B", 131072),
-    "llama3.2-3b": _run("meta-llama/Llama-3.2-3B", 131072),
-    "llama3.2-11b": _run("meta-llama/Llama-3.2-11B-Vision", 131072),
-    "ministral3-3b": _run("mistralai/Ministral-3-3B-Base-2512", 131072),
-    "ministral3-8b": _run("mistralai/Ministral-3-8B-Base-2512", 131072),
-    "ministral3-14b": _run("mistralai/Ministral-3-14B-Base-2512", 131072),
-    "mistral-v0.2-7b": _run("mistralai/Mistral-7B-Instruct-v0.2", 32768),
-    **{
-        f"smollm3-checkpoints/{rev}": _run(SMOLLM3, length, revision=rev)
-        for rev, length in [
-            ("stage1-step-40000", 4096),
-            ("stage1-step-1200000", 4096),
-            ("stage1-step-2400000", 4096),
-            ("stage1-step-3440000", 4096),
-            ("stage2-step-4200000", 4096),
-            ("lc-4k-to-32k-step-4000", 32768),
-            ("lc-4k-to-32k-step-20000", 32768),
-            ("lc-32k-to-64k-step-4000", 65536),
-            ("lc-32k-to-64k-step-20000", 65536),
-        ]
-    },
-    "smollm3-checkpoints/stage3-step-4720000": _run(
-        SMOLLM3, 4096, revision="stage3-step-4720000", tokenizer="HuggingFaceTB/SmolLM3-3B"
-    ),
-}
-
-
-def branch_of(preset: str) -> str:
-    run = EXPECTED[preset]
-    slug = f"smollm3-3b-{run['revision']}" if run["name"] == SMOLLM3 else preset
-    return f"{slug}-longbench-pro-128k-plus"
 
 
 def test_one_preset_per_original_run():
-    found = sorted(
-        str(p.relative_to(EXPERIMENTS / "attention-plasticity").with_suffix(""))
-        for p in EXPERIMENTS.rglob("*.yaml")
-    )
-    assert found == sorted(EXPECTED)
+    found = sorted(str(p.relative_to(EXPERIMENTS).with_suffix("")) for p in EXPERIMENTS.rglob("*.yaml"))
+    assert found == sorted(ORIGINAL)
     for path in EXPERIMENTS.rglob("*.yaml"):
         assert path.read_text().startswith("# @package _global_\n"), path
 
 
-@pytest.mark.parametrize("preset", sorted(EXPECTED))
-def test_preset_composes_and_pins_the_original_run(preset):
+def ours_in_original_terms(cfg) -> dict:
+    """The composed preset, in the original run file's keys and vocabulary."""
+    sampler = OmegaConf.to_container(cfg.sampler)
+    assert sampler.keys() == {"name", "base_rate", "bucket_size"}, "the original runs sampled uniformly"
+    return {
+        "model": {
+            "name": cfg.model.name,
+            "revision": cfg.model.revision,
+            "dtype": cfg.model.dtype,
+            "config_overrides": OmegaConf.to_container(cfg.model.config_overrides),
+        },
+        # A null tokenizer.name means the model's own, as the original's run files spelled out.
+        "tokenizer": {"name": cfg.tokenizer.name or cfg.model.name, "max_length": cfg.tokenizer.max_length},
+        "dataset": {
+            k: cfg.dataset[k] for k in ("path", "name", "split", "text_column", "id_column", "max_samples")
+        },
+        "capture": {
+            "capture_queries": cfg.capture.queries,
+            "capture_keys": cfg.capture["keys"],  # `.keys` is the mapping method
+            "layers": cfg.capture.layers,
+            "heads": cfg.capture.heads,
+            "head_sampling": {
+                "count": cfg.capture.head_sampling.count,
+                "seed": cfg.capture.head_sampling.seed,
+            },
+            "full_attention_only": cfg.capture.full_attention_only,
+            "capture_pre_rope": cfg.capture.pre_rope,
+            # The original's uniform sampler took capture.min_bucket_size as its bucket width.
+            "min_bucket_size": sampler["bucket_size"],
+            "sampler": {"type": sampler["name"], "base_rate": sampler["base_rate"]},
+        },
+        "branch": cfg.output.hub.branch,
+    }
+
+
+def original_in_comparable_terms(run: dict) -> dict:
+    keep = {k: run[k] for k in ("model", "tokenizer", "dataset", "capture")}
+    return {**keep, "branch": run["output"]["hf_branch"]}
+
+
+@pytest.mark.parametrize("preset", sorted(ORIGINAL))
+def test_preset_pins_the_original_run(preset):
     cfg = compose_cfg([f"+experiment=attention-plasticity/{preset}"])
-    run = EXPECTED[preset]
-    assert cfg.model.name == run["name"]
-    assert cfg.model.revision == run["revision"]
-    assert cfg.model.dtype == "bfloat16"
-    assert cfg.model.architecture, "the model preset gives the shape (checked below without weights)"
-    overrides = OmegaConf.to_container(cfg.model.config_overrides)
-    assert overrides == ({"rope_scaling": run["rope"]} if run["rope"] else {})
-    assert cfg.tokenizer.max_length == run["max_length"]
-    assert cfg.tokenizer.name == run["tokenizer"]
-    assert {k: cfg.dataset[k] for k in DATASET} == DATASET
-    assert OmegaConf.to_container(cfg.sampler) == {"name": "uniform", "base_rate": 1.0, "bucket_size": 8192}
-    assert cfg.capture.head_sampling.count == 300 and cfg.capture.head_sampling.seed == 0
-    assert cfg.capture.full_attention_only is True
-    assert cfg.capture.pre_rope is False and cfg.capture.queries and cfg.capture.keys
-    assert cfg.capture.layers is None and cfg.capture.heads is None
-    assert cfg.output.hub.branch == branch_of(preset)
+    assert ours_in_original_terms(cfg) == original_in_comparable_terms(ORIGINAL[preset])
     assert cfg.output.hub.push is False
     assert config_problems(cfg) == []
 
-    # The head sampling fits the model: 300 query heads on full-attention layers, from the preset's shape.
-    shape = replace(OmegaConf.to_object(cfg.model), random_init=True)
-    layout = layout_from_config(build_config(shape))
-    selection = select_heads(cfg.capture, layout)
-    assert selection.count("q") == 300
-    assert all(not layout.is_sliding(layer) for layer in selection.layers)
-    if run["rope"]:  # merged into the checkpoint's rope parameters, keeping its rope_theta
-        assert {k: layout.rope[k] for k in YARN_X4} == YARN_X4
-        assert layout.rope["rope_theta"] == 1000000.0
+
+def original_heads(model_config, capture: dict) -> list[list[int]]:
+    """The original tool's head sampling (sniff.py resolve_head_filters), written out from its source for this
+    test alone: the first config (the model's, then its text config) with a layer and head count gives the
+    layout; every layer is a candidate unless full_attention_only drops those whose layer_types entry is
+    sliding_attention; random.Random(seed).sample picks count of the layer-major (layer, head) list. Mllama's
+    cross-attention layers were candidates, but captured nothing: they are dropped from the result."""
+    configs = [model_config, getattr(model_config, "text_config", None)]
+    cfg = next(c for c in configs if c is not None and getattr(c, "num_hidden_layers", None) is not None)
+    n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+    layer_types = getattr(cfg, "layer_types", None) or []
+    sliding = {i for i, t in enumerate(layer_types[:n_layers]) if str(t) == "sliding_attention"}
+    candidates = [
+        (layer, head)
+        for layer in range(n_layers)
+        for head in range(n_heads)
+        if not (capture["full_attention_only"] and layer in sliding)
+    ]
+    count, seed = capture["head_sampling"]["count"], capture["head_sampling"]["seed"]
+    picked = candidates if count == len(candidates) else random.Random(seed).sample(candidates, count)
+    cross = set(getattr(cfg, "cross_attention_layers", None) or [])
+    return sorted([layer, head] for layer, head in picked if layer not in cross)
+
+
+@pytest.mark.parametrize("preset", sorted(ORIGINAL))
+def test_preset_dry_run_selects_the_original_heads(preset):
+    cfg = compose_cfg([f"+experiment=attention-plasticity/{preset}", "model.random_init=true"])
+    plan = dry_run_plan(cfg)
+    shape = build_config(replace(OmegaConf.to_object(cfg.model), config_overrides={}))
+    expected = original_heads(shape, ORIGINAL[preset]["capture"])
+    assert plan["query_heads"] == expected
+    group = plan["num_q_heads"] // plan["num_kv_heads"]
+    assert plan["key_heads"] == sorted(map(list, {(layer, head // group) for layer, head in expected}))
+    if preset == "llama3.2-11b":  # the original's 300 draws included 8 cross-attention layers
+        assert len(expected) < 300
+    else:
+        assert len(expected) == 300
 
 
 @pytest.mark.parametrize("preset", ["qwen3-8b", "smollm3-checkpoints/lc-32k-to-64k-step-20000"])
-def test_cli_cfg_job_prints_the_preset(tmp_path, preset):
+def test_cli_cfg_job_prints_the_original_run(tmp_path, preset):
     proc = run_cli([f"+experiment=attention-plasticity/{preset}", "--cfg", "job"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    shown = yaml.safe_load(proc.stdout)
+    shown = OmegaConf.create(yaml.safe_load(proc.stdout))
+    assert ours_in_original_terms(shown) == original_in_comparable_terms(ORIGINAL[preset])
     composed = OmegaConf.to_container(compose_cfg([f"+experiment=attention-plasticity/{preset}"]))
-    assert {k: v for k, v in shown.items() if k not in LOGGING} == {
+    assert {k: v for k, v in OmegaConf.to_container(shown).items() if k not in LOGGING} == {
         k: v for k, v in composed.items() if k not in LOGGING
     }
-    assert shown["output"]["hub"]["branch"] == branch_of(preset)
     assert list(tmp_path.iterdir()) == []  # printing the config runs nothing and writes nothing

@@ -252,8 +252,20 @@ def test_random_weight_model_without_notes(tmp_path):
         "notes": [],
     }
     matter, body = split_card(card.render(write_capture(tmp_path, meta)))
-    assert matter["models"] == [{"name": "embedded-qwen3-tiny", "revision": "main"}]
+    assert matter["models"] == [{"name": "embedded-qwen3-tiny"}]  # no revision invented
+    assert not any("Revision" in line for line in body)  # random weights come from no repository
     assert "source_datasets" not in matter
     assert "- Random weights (seed 3)" in body
     assert "- Sliding windows: none" in body
     assert "## Notes" not in body
+
+
+def test_unpinned_revision_and_no_max_length_are_said_plainly(tmp_path):
+    meta = {**METADATA, "model": {**METADATA["model"], "revision": None}, "max_length": None}
+    matter, lines = split_card(card.render(write_capture(tmp_path, meta)))
+    body = "\n".join(lines)
+    assert matter["models"] == [{"name": METADATA["model"]["name"]}]
+    assert "- Revision: not pinned (the repository's default branch)" in body
+    assert "Revision: `main`" not in body
+    assert "texts not truncated" in body and "max_length None" not in body
+    assert "presets reproduce the original runs' settings and heads, not their rows" in body
