@@ -204,6 +204,20 @@ class CompactAppConfig:
 
 
 @dataclass
+class PublishOutputConfig:
+    # The capture directory to push (required) and where to push it (output.hub.repo_id required).
+    dir: str | None = None
+    hub: HubConfig = field(default_factory=HubConfig)
+
+
+@dataclass
+class PublishAppConfig:
+    """``python -m qk_sniffer.publish``: push a capture already on disk to its Hub branch."""
+
+    output: PublishOutputConfig = field(default_factory=PublishOutputConfig)
+
+
+@dataclass
 class VerifyAppConfig:
     """``python -m qk_sniffer.verify``: report what a dir holds and any damage; ``repair=true`` drops the
     damaged commits (their examples are captured again by the next run) and removes unneeded files."""
@@ -228,6 +242,7 @@ def register_configs() -> None:
     cs.store(name="bench_schema", node=BenchAppConfig)
     cs.store(name="compact_schema", node=CompactAppConfig)
     cs.store(name="verify_schema", node=VerifyAppConfig)
+    cs.store(name="publish_schema", node=PublishAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)

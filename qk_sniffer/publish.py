@@ -2,61 +2,45 @@
 
 No model is loaded: the branch, card and model check come from the dir's own ``qk_sniffer.json``. This is
 the command a failed push prints, and the way to publish a capture made with ``output.hub.push=false``.
-Arguments use Hydra's override syntax, checked against the typed ``output`` schema.
+A Hydra app like the others: the same override syntax, ``--help`` and ``--cfg``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import hydra
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
 from . import hub
-from .cli import report_user_errors
-from .config import OutputConfig
+from .cli import CONFIG_DIR, report_user_errors
+from .config import PublishOutputConfig, register_configs
 from .errors import UserError
 
-USAGE = """usage: python -m qk_sniffer.publish output.dir=DIR output.hub.repo_id=OWNER/NAME
-                                [output.hub.branch=BRANCH] [output.hub.private=true]
-
-Push the capture in DIR to the dataset repo's branch (default: <model>-<dataset> from the capture), as one
-commit. The token comes from HF_TOKEN, a .env file, or `hf auth login`."""
+register_configs()
 
 
-def parse(argv: list[str]) -> OutputConfig:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        overrides = OverridesParser.create().parse_overrides(argv)
-    except HydraException as exc:
-        raise UserError(f"cannot read the arguments: {exc}") from None
-    output = OmegaConf.structured(OutputConfig)
-    for override in overrides:
-        key = override.key_or_group
-        if not key.startswith("output.") or override.is_delete():
-            raise UserError(f"{override.input_line!r}: expected output.KEY=VALUE, e.g. output.dir=captures/x")
-        if override.is_sweep_override():
-            raise UserError(
-                f"{override.input_line!r}: one value per key (quote a value holding commas: 'a,b')"
-            )
-        try:
-            OmegaConf.update(output, key.removeprefix("output."), override.value(), merge=True)
-        except OmegaConfBaseException as exc:
-            raise UserError(f"{key}: {str(exc).splitlines()[0]}") from None
-    parsed = OmegaConf.to_object(output)
-    assert isinstance(parsed, OutputConfig)
-    if not parsed.dir:
+def settings(cfg: Any) -> PublishOutputConfig:
+    """The composed ``output`` group, checked: a dir and a repo are required."""
+    output = OmegaConf.to_object(cfg.output) if OmegaConf.is_config(cfg.output) else cfg.output
+    assert isinstance(output, PublishOutputConfig)
+    if not output.dir:
         raise UserError("output.dir is required: the capture directory to push")
-    if not parsed.hub.repo_id:
+    if not output.hub.repo_id:
         raise UserError("output.hub.repo_id is required, e.g. output.hub.repo_id=your-name/qk-captures")
-    parsed.hub.push = True
-    return parsed
+    output.hub.push = True
+    return output
 
 
-def publish_dir(output: OutputConfig) -> hub.PushPlan:
+def parse(overrides: list[str]) -> PublishOutputConfig:
+    """The settings the command line ``overrides`` give, composed as the app composes them."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return settings(compose(config_name="publish", overrides=overrides))
+
+
+def publish_dir(output: PublishOutputConfig) -> hub.PushPlan:
     out_dir = Path(output.dir or "").expanduser().resolve()
     if not out_dir.is_dir():
         raise UserError(f"output.dir={str(out_dir)!r} does not exist or is not a directory")
@@ -65,19 +49,16 @@ def publish_dir(output: OutputConfig) -> hub.PushPlan:
     return hub.push_dir(output.hub, out_dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE)
-        return
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="publish")
+def main(cfg: DictConfig) -> None:
     with report_user_errors():
-        output = parse(args)
+        output = settings(cfg)
         plan = publish_dir(output)
-        print(
-            f"qk_sniffer: pushed {output.dir} to {output.hub.repo_id}@{plan.branch}: "
-            f"{len(plan.added)} files added or updated, {len(plan.pulled)} pulled from the branch first, "
-            f"{len(plan.deleted)} stale files deleted"
-        )
+    print(
+        f"qk_sniffer: pushed {output.dir} to {output.hub.repo_id}@{plan.branch}: "
+        f"{len(plan.added)} files added or updated, {len(plan.pulled)} pulled from the branch first, "
+        f"{len(plan.deleted)} stale files deleted"
+    )
 
 
 if __name__ == "__main__":

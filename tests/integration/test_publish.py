@@ -8,6 +8,7 @@ import fnmatch
 import hashlib
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -381,12 +382,12 @@ def test_second_machine_pulls_the_branch_so_the_card_covers_both(fake, tmp_path)
         assert load_dataset(str(second), name, split="train").num_rows > 0
 
 
-def test_stale_files_are_deleted_in_the_same_commit_and_not_pulled_back(fake, tmp_path, capsys):
+def test_stale_files_are_deleted_in_the_same_commit_and_not_pulled_back(fake, tmp_path, capsys, monkeypatch):
     out = tmp_path / "capture"
     run_capture(out, "capture.layers=[0]", *push_overrides())
     removed = sorted(out.glob("l00h01q/*.parquet"))
     Store(out).take_over("another-recipe", ["l00h01q"])  # what output.mode=replace does to a config's parts
-    publish.main([f"output.dir={out}", f"output.hub.repo_id={REPO}"])
+    publish_cli([f"output.dir={out}", f"output.hub.repo_id={REPO}"], monkeypatch)
     last = fake.commit_ops(BRANCH)[-1]
     stale = [f"l00h01q/{p.name}" for p in removed]
     assert [op for op in last if op[0] == "delete"] == [("delete", f) for f in stale]
@@ -413,7 +414,7 @@ def test_branch_holding_another_model_is_refused_and_the_dir_untouched(fake, tmp
     assert len(fake.commit_ops(BRANCH)) == commits
 
 
-def test_failed_push_keeps_data_and_prints_the_retry_command(fake, tmp_path, capsys):
+def test_failed_push_keeps_data_and_prints_the_retry_command(fake, tmp_path, capsys, monkeypatch):
     out = tmp_path / "my capture"
     fake.fail["create_commit"] = http_error(HfHubHTTPError, 500, "500 Server Error: Internal Server Error")
     with pytest.raises(hub.PushError) as err:
@@ -427,30 +428,37 @@ def test_failed_push_keeps_data_and_prints_the_retry_command(fake, tmp_path, cap
     assert any(f.endswith(".parquet") for f in kept) and CARD in kept and not (out / HUB_PULL).exists()
     # the CLI shows it as one message and exits non-zero
     with pytest.raises(SystemExit) as exit_info:
-        publish.main(shlex.split(retry)[3:])
+        publish_cli(shlex.split(retry)[3:], monkeypatch)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith(retry)
     # the printed command, run as printed, pushes once the Hub works again
     del fake.fail["create_commit"]
-    publish.main(shlex.split(retry)[3:])
+    publish_cli(shlex.split(retry)[3:], monkeypatch)
     remote = fake.tree(REPO, BRANCH)
     assert {f: remote[f] for f in kept if not f.startswith(".")} == {
         f: b for f, b in kept.items() if not f.startswith(".")
     }
 
 
-def test_publish_cli_rejects_bad_arguments(fake, tmp_path, capsys):
-    for argv, message in [
-        ([f"output.hub.repo_id={REPO}"], "output.dir is required"),
-        ([f"output.dir={tmp_path}"], "output.hub.repo_id is required"),
-        ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}", "output.hub.nope=1"], "output.hub.nope"),
-        (["model.name=x"], "expected output.KEY=VALUE"),
-        ([f"output.dir={tmp_path / 'missing'}", f"output.hub.repo_id={REPO}"], "does not exist"),
-        ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}"], "holds no qk-sniffer capture"),
+def publish_cli(argv: list[str], monkeypatch) -> None:
+    """``python -m qk_sniffer.publish ARGV`` in this process (so the stand-in Hub is used)."""
+    monkeypatch.setattr(sys, "argv", ["qk_sniffer.publish", *argv])
+    publish.main()
+
+
+def test_publish_cli_rejects_bad_arguments(fake, tmp_path, capsys, monkeypatch):
+    for argv, message, code in [
+        ([f"output.hub.repo_id={REPO}"], "output.dir is required", 2),
+        ([f"output.dir={tmp_path}"], "output.hub.repo_id is required", 2),
+        # Hydra's own compose errors name the key (exit 1, as for the main app)
+        ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}", "output.hub.nope=1"], "output.hub.nope", 1),
+        (["model.name=x"], "model.name", 1),
+        ([f"output.dir={tmp_path / 'missing'}", f"output.hub.repo_id={REPO}"], "does not exist", 2),
+        ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}"], "holds no qk-sniffer capture", 2),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            publish.main(argv)
-        assert exit_info.value.code == 2
+            publish_cli(argv, monkeypatch)
+        assert exit_info.value.code == code, argv
         assert message in capsys.readouterr().err
 
 
