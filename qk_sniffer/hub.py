@@ -33,6 +33,7 @@ from . import card
 from .config import Config, HubConfig
 from .durable import atomic_file
 from .errors import UserError
+from .gitref import branch_problem
 from .manifest import Manifest, recipe_difference, recipe_id, recipe_of
 from .outdir import check_recipe, drop_superseded, maintenance_lock, model_identity, recorded_identity
 
@@ -46,7 +47,6 @@ PULL_DIR = ".qk_sniffer_pull"
 PREFLIGHT_TIMEOUT_S = 15.0
 TRUTHY = {"1", "true", "yes", "on"}
 BRANCH_SAFE = re.compile(r"[^a-z0-9._-]+")
-VALID_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 PART_FILE = re.compile(r"^(l\d+h\d+[qk])/[^/]+\.parquet$")
 
 
@@ -113,14 +113,9 @@ def branch_for_metadata(hub: HubConfig, metadata: dict[str, Any]) -> str:
 
 
 def check_branch(branch: str) -> str:
-    if branch == "main":
-        raise UserError(
-            "output.hub.branch='main' is reserved for the repo's overview; captures go to a branch per model"
-        )
-    if not VALID_BRANCH.match(branch) or ".." in branch or branch.endswith((".lock", "/", ".")):
-        raise UserError(
-            f"output.hub.branch={branch!r} is not a valid branch name (use letters, digits, . _ - /)"
-        )
+    problem = branch_problem(branch)
+    if problem:
+        raise UserError(f"output.hub.branch={branch!r} is not a valid branch name: {problem}")
     return branch
 
 
