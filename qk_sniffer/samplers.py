@@ -82,11 +82,12 @@ def parameter_problems(params: Mapping[str, Any]) -> list[str]:
     problems = []
     # Not capped at 1: log_bucket keeps whole early buckets when base_rate > 1, uniform when it nears
     # bucket_size. Infinity would keep everything while claiming a rate.
-    rate = params.get("base_rate")
-    if "base_rate" in params and not (isinstance(rate, (int, float)) and rate > 0):
-        problems.append(f"sampler.base_rate must be > 0, got {rate}")
-    elif "base_rate" in params and not math.isfinite(rate):
-        problems.append(f"sampler.base_rate must be finite, got {rate}")
+    if "base_rate" in params:
+        rate = params["base_rate"]
+        if not (isinstance(rate, (int, float)) and rate > 0):
+            problems.append(f"sampler.base_rate must be > 0, got {rate}")
+        elif not math.isfinite(rate):
+            problems.append(f"sampler.base_rate must be finite, got {rate}")
     for key in ("bucket_size", "min_bucket_size"):
         if key not in params:
             continue

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from qk_sniffer.heads import select_heads
 from qk_sniffer.models import build_config, layout_from_config
-from qk_sniffer.validate import config_problems
+from qk_sniffer.positions import position_limit
+from qk_sniffer.validate import config_problems, model_problems
 
 EXPERIMENTS = REPO / "conf" / "experiment"
 YARN_X4 = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
@@ -113,7 +114,10 @@ def test_preset_composes_and_pins_the_original_run(preset):
 
     # The head sampling fits the model: 300 query heads on full-attention layers, from the preset's shape.
     shape = replace(OmegaConf.to_object(cfg.model), random_init=True)
-    layout = layout_from_config(build_config(shape))
+    model_config = build_config(shape)
+    layout = layout_from_config(model_config)
+    # The preset's max_length fits the positions the model was built for (or extended to by its rope).
+    assert model_problems(cfg, layout, position_limit(model_config)) == []
     selection = select_heads(cfg.capture, layout)
     assert selection.count("q") == 300
     assert all(not layout.is_sliding(layer) for layer in selection.layers)
