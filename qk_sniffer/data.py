@@ -244,17 +244,27 @@ def _reading_errors_named(
 
 def _check_whole_dataset(ds: Any, cfg: DatasetConfig) -> None:
     """Texts and ids of every row the run will read, before any weight loads."""
+    import datasets  # noqa: PLC0415
+
     count = ds.num_rows if cfg.max_samples is None else min(ds.num_rows, cfg.max_samples)
-    if count < ds.num_rows:
-        ds = ds.select(range(count))
-    feature = ds.features.get(cfg.text_column)
-    if getattr(feature, "dtype", None) not in ("string", "large_string"):
-        for index, text in enumerate(ds.select_columns([cfg.text_column])[cfg.text_column]):
+    text_feature = ds.features.get(cfg.text_column)
+    if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
+        for index, text in enumerate(_column_values(ds, cfg.text_column, count)):
             check_text(cfg.text_column, index, text)
     if cfg.id_column is not None:
         ids = ExampleIds(cfg.id_column)
-        for index, value in enumerate(ds.select_columns([cfg.id_column])[cfg.id_column]):
+        for index, value in enumerate(_column_values(ds, cfg.id_column, count)):
             ids.take(index, value)
+
+
+def _column_values(ds: Any, column: str, count: int) -> list[Any]:
+    """The first ``count`` values of one column as Python objects; plain Arrow columns are read as such
+    (fast), others (e.g. a JSON column of mixed types) through ``datasets``' decoding."""
+    import datasets  # noqa: PLC0415
+
+    if isinstance(ds.features.get(column), datasets.Value):
+        return list(ds.with_format("arrow")[:count][column].to_pylist())
+    return list(ds.select_columns([column])[:count][column])
 
 
 def _as_list(data_files: Any) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 from .config import DTYPES, Config
 from .errors import UserError
 from .gitref import branch_problem
-from .heads import check_ranges
+from .heads import check_ranges, select_heads
 from .models import ModelLayout
 from .positions import PositionLimit
 from .samplers import INT32_MAX, SAMPLERS, parameter_problems
@@ -98,6 +98,11 @@ def _sampler_problems(sampler: Any) -> list[str]:
 def model_problems(cfg: Config, layout: ModelLayout, limit: PositionLimit | None) -> list[str]:
     """What the config asks of this particular model that it cannot give: layers, heads, positions."""
     problems = check_ranges(cfg.capture, layout)
+    if not problems:  # the head selection's own refusals (a head_sampling.count above what the filters allow)
+        try:
+            select_heads(cfg.capture, layout)
+        except UserError as exc:
+            problems.append(str(exc))
     if limit is not None:
         lengths = [("tokenizer.max_length", cfg.tokenizer.max_length)]
         if cfg.dataset.path == "synthetic":

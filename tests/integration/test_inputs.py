@@ -251,3 +251,15 @@ def test_every_config_problem_at_once(tmp_path):
 def test_branch_names_git_rejects(tmp_path, branch, why):
     proc = cli(tmp_path, f"output.hub.branch='{branch}'")
     assert_refused(proc, tmp_path, f"output.hub.branch='{branch}' is not a valid branch name", why)
+
+
+def test_problems_with_the_model_are_listed_together(tmp_path):
+    """Those that need the model's config (its heads, its positions) still come in one message."""
+    proc = cli(tmp_path, "capture.head_sampling.count=100", "tokenizer.max_length=5000")
+    message = assert_refused(
+        proc,
+        tmp_path,
+        "capture.head_sampling.count=100 exceeds the 16 query heads allowed",
+        "tokenizer.max_length=5000 exceeds the 4096 positions the model was built for",
+    )
+    assert message.count("\n  - ") == 2
