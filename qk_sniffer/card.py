@@ -221,7 +221,12 @@ def _source_section(meta: dict[str, Any]) -> list[str]:
         f"- Tokenizer: {tokenizer_name}, "
         + (f"max_length {meta['max_length']}" if meta.get("max_length") else "texts not truncated"),
         f"- Captured: {meta.get('examples', 0)} examples, {meta.get('tokens', 0)} tokens"
-        + (f", {meta['skipped_empty']} empty texts skipped" if meta.get("skipped_empty") else ""),
+        + (f", {meta['skipped_empty']} empty texts skipped" if meta.get("skipped_empty") else "")
+        + (
+            f", {meta['truncated_to_model_limit']} texts cut to the model's positions"
+            if meta.get("truncated_to_model_limit")
+            else ""
+        ),
         "",
     ]
     return lines

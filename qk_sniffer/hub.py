@@ -32,6 +32,7 @@ from typing import Any
 from . import card, documents
 from .config import Config, HubConfig
 from .errors import UserError
+from .gitref import branch_problem
 from .store import RunInfo, Store
 from .store.files import DamagedFile, atomic_file, read_json
 from .store.layout import CARD, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
@@ -43,7 +44,6 @@ REPO_TYPE = "dataset"
 PREFLIGHT_TIMEOUT_S = 15.0
 TRUTHY = {"1", "true", "yes", "on"}
 BRANCH_SAFE = re.compile(r"[^a-z0-9._-]+")
-VALID_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
 def _default_api(token: str) -> Any:
@@ -109,14 +109,9 @@ def branch_for_metadata(hub: HubConfig, metadata: dict[str, Any]) -> str:
 
 
 def check_branch(branch: str) -> str:
-    if branch == "main":
-        raise UserError(
-            "output.hub.branch='main' is reserved for the repo's overview; captures go to a branch per model"
-        )
-    if not VALID_BRANCH.match(branch) or ".." in branch or branch.endswith((".lock", "/", ".")):
-        raise UserError(
-            f"output.hub.branch={branch!r} is not a valid branch name (use letters, digits, . _ - /)"
-        )
+    problem = branch_problem(branch)
+    if problem:
+        raise UserError(f"output.hub.branch={branch!r} is not a valid branch name: {problem}")
     return branch
 
 

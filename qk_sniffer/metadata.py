@@ -70,7 +70,10 @@ def write_metadata(out_dir: Path, metadata: dict[str, Any]) -> None:
 def refreshed_metadata(store: Store, metadata: dict[str, Any]) -> dict[str, Any]:
     """The dir's recorded metadata with totals and recipes recomputed from the manifest as it is now (after
     a pull, a repair or a compaction), for a step that has no run of its own."""
-    stats = DataStats(skipped_empty=int(metadata.get("skipped_empty") or 0))
+    stats = DataStats(
+        skipped_empty=int(metadata.get("skipped_empty") or 0),
+        truncated_to_model_limit=int(metadata.get("truncated_to_model_limit") or 0),
+    )
     return final_metadata(store, metadata, recipe_id(recipe_of(metadata)), stats)
 
 
@@ -88,6 +91,8 @@ def final_metadata(store: Store, metadata: dict[str, Any], rid: str, stats: Data
     if num_shards and num_shards > 1:
         meta["sharded_runs"] = {"num_shards": num_shards}
     meta["skipped_empty"] = stats.skipped_empty
+    # Texts longer than the model's positions, cut to them (tokenizer.max_length=null): never silent.
+    meta["truncated_to_model_limit"] = stats.truncated_to_model_limit
     by_recipe: dict[str, list[str]] = {}
     for config, rids in manifest.recipes_by_config().items():
         for r in rids:

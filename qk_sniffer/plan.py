@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 from .config import Config
 from .heads import HeadSelection, select_heads
 from .models import ModelLayout, build_config, layout_from_config
+from .positions import PositionLimit, position_limit
 from .samplers import Sampler, build_sampler
 from .validate import validate
 
@@ -19,15 +20,22 @@ class CapturePlan:
     layout: ModelLayout
     selection: HeadSelection
     sampler: Sampler
+    # The positions the model was built for (None: its config states none); longer texts are cut to it.
+    position_limit: PositionLimit | None = None
 
 
 def plan_capture(cfg: Config) -> CapturePlan:
-    """Check the config values, then read the model's layout from its config and check layers/heads.
+    """Check the config values, then read the model's layout from its config and check layers/heads and
+    lengths against it.
 
-    Every problem is a UserError raised before any weight is loaded.
+    Every problem is a UserError raised before any weight is loaded; those the config alone shows are
+    raised before the model's config is fetched.
     """
     validate(cfg)
     model_config = build_config(cfg.model)
     layout = layout_from_config(model_config)
-    validate(cfg, layout)
-    return CapturePlan(model_config, layout, select_heads(cfg.capture, layout), build_sampler(cfg.sampler))
+    limit = position_limit(model_config)
+    validate(cfg, layout, limit)
+    return CapturePlan(
+        model_config, layout, select_heads(cfg.capture, layout), build_sampler(cfg.sampler), limit
+    )

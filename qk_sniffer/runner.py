@@ -130,6 +130,8 @@ def run(cfg: Config) -> RunResult:
         tracker.finish()
     if result.skipped_empty:
         log.warning("skipped %d empty or null texts", result.skipped_empty)
+    if prep.stats.truncated_to_model_limit:
+        log.warning("cut %d texts to the model's positions", prep.stats.truncated_to_model_limit)
     if result.resumed_examples:
         log.info(
             "resumed: %d examples were already durable in %s and were skipped",
@@ -163,7 +165,7 @@ def _prepare(cfg: Config) -> Prepared:
     tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
     stats = DataStats()
     vocab_size = int(plan.model_config.get_text_config().vocab_size)
-    examples = resume.filter(_examples(cfg, tokenizer, stats, vocab_size))
+    examples = resume.filter(_examples(cfg, tokenizer, stats, vocab_size, plan))
     first_batches = _peek(batches(examples, cfg.inference.batch_size, pad_id(tokenizer), stats))
     return Prepared(
         plan, widths, configs, store, metadata, recipe, rid, taken, resume, tokenizer, stats, first_batches
@@ -215,11 +217,14 @@ def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = time.perf_counter() - start
 
 
-def _examples(cfg: Config, tokenizer: Any, stats: DataStats, vocab_size: int) -> Iterator[Example]:
+def _examples(
+    cfg: Config, tokenizer: Any, stats: DataStats, vocab_size: int, plan: CapturePlan
+) -> Iterator[Example]:
     if cfg.dataset.path == "synthetic":
         return synthetic_examples(cfg.dataset, vocab_size)
     rows = load_rows(cfg.dataset)
-    return tokenized_examples(rows, cfg.dataset, encoder(tokenizer), cfg.tokenizer.max_length, stats)
+    limit = plan.position_limit.positions if plan.position_limit else None
+    return tokenized_examples(rows, cfg.dataset, encoder(tokenizer), cfg.tokenizer.max_length, stats, limit)
 
 
 def _peek(it: Iterator[Batch]) -> Iterator[Batch]:

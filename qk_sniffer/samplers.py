@@ -21,6 +21,8 @@ from .errors import UserError
 from .registry import Registry
 
 KINDS = ("q", "k")
+# Buckets are stored as int32, and no text has more positions than that.
+INT32_MAX = 2**31 - 1
 _KIND_CODE = {"q": 0, "k": 1}
 
 
@@ -78,11 +80,21 @@ def parameter_problems(params: Mapping[str, Any]) -> list[str]:
     """What is wrong with a sampler's settings (only the keys it has), as messages naming the key. Used by
     the samplers themselves and by the whole-config check, which reports every problem at once."""
     problems = []
-    if "base_rate" in params and not params["base_rate"] > 0:
-        problems.append(f"sampler.base_rate must be > 0, got {params['base_rate']}")
+    # Not capped at 1: log_bucket keeps whole early buckets when base_rate > 1, uniform when it nears
+    # bucket_size. Infinity would keep everything while claiming a rate.
+    if "base_rate" in params:
+        rate = params["base_rate"]
+        if not (isinstance(rate, (int, float)) and rate > 0):
+            problems.append(f"sampler.base_rate must be > 0, got {rate}")
+        elif not math.isfinite(rate):
+            problems.append(f"sampler.base_rate must be finite, got {rate}")
     for key in ("bucket_size", "min_bucket_size"):
-        if key in params and params[key] < 1:
+        if key not in params:
+            continue
+        if params[key] < 1:
             problems.append(f"sampler.{key} must be >= 1, got {params[key]}")
+        elif params[key] > INT32_MAX:
+            problems.append(f"sampler.{key} must be <= {INT32_MAX}, got {params[key]}")
     return problems
 
 

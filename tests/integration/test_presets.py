@@ -18,8 +18,9 @@ from helpers import REPO, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from qk_sniffer.dry_run import dry_run_plan
-from qk_sniffer.models import build_config
-from qk_sniffer.validate import config_problems
+from qk_sniffer.models import build_config, layout_from_config
+from qk_sniffer.positions import position_limit
+from qk_sniffer.validate import config_problems, model_problems
 
 EXPERIMENTS = REPO / "conf" / "experiment" / "attention-plasticity"
 ORIGINAL = json.loads((REPO / "tests" / "data" / "original_runs.json").read_text())["runs"]
@@ -113,6 +114,9 @@ def test_preset_dry_run_selects_the_original_heads(preset):
     assert plan["query_heads"] == expected
     group = plan["num_q_heads"] // plan["num_kv_heads"]
     assert plan["key_heads"] == sorted(map(list, {(layer, head // group) for layer, head in expected}))
+    # The preset's max_length fits the positions the model was built for (or extended to by its rope).
+    model_config = build_config(OmegaConf.to_object(cfg.model))
+    assert model_problems(cfg, layout_from_config(model_config), position_limit(model_config)) == []
     if preset == "llama3.2-11b":  # the original's 300 draws included 8 cross-attention layers
         assert len(expected) < 300
     else:

@@ -287,8 +287,10 @@ def test_an_unknown_mode_is_a_user_error_before_anything_is_written(tmp_path, mo
     cfg = compose_cfg([f"output.dir={tmp_path / 'out'}", "wandb.mode=onlin"])
     with pytest.raises(UserError) as err:
         run(cfg)
-    assert (
-        str(err.value) == "wandb.mode='onlin' is unknown; choose one of online, offline, disabled (or null)"
+    # Listed with every other config problem, before the dataset, the output dir or the Hub are touched.
+    assert str(err.value) == (
+        "invalid configuration:\n  - wandb.mode='onlin' is unknown; choose one of online, offline, disabled "
+        "(or null)"
     )
     assert not (tmp_path / "out").exists()
 
