@@ -103,6 +103,8 @@ class Capture:
         # Every example captured so far, as a commit records it: written with the rows by :meth:`write`.
         self._records: list[ExampleRecord] = []
         self._next_index = 0
+        # Example ids captured so far: a repeat would give (example_id, position) twice in one dataset.
+        self._ids: dict[int, int] = {}
         self._session: CaptureSession | None = None
         self._written: set[Path] = set()
 
@@ -173,6 +175,7 @@ class Capture:
         encode = encoder(self.tokenizer) if self.tokenizer is not None else None
         examples = []
         counts = DataStats()  # applied to self.stats only once every input passed its checks
+        ids_here: dict[int, int] = {}  # likewise for the ids
         for i, item in enumerate(inputs):
             if isinstance(item, str):
                 if encode is None:
@@ -186,13 +189,30 @@ class Capture:
                         f"inputs[{i}]: token id {bad[0]} is outside the model's vocabulary "
                         f"(0..{self._vocab_size - 1})"
                     )
-            example_id = stable_id(example_ids[i]) if example_ids is not None else self._next_index + i
+            example_id = self._example_id(i, example_ids, ids_here)
             example = make_example(self._next_index + i, example_id, ids, self.max_length, counts)
             if example is not None:
                 examples.append(example)
         self.stats.skipped_empty += counts.skipped_empty
         self.stats.truncated += counts.truncated
+        self._ids.update(ids_here)
         return examples
+
+    def _example_id(self, i: int, example_ids: Sequence[Any] | None, ids_here: dict[int, int]) -> int:
+        """The id of input ``i``; a null id, or one already used in this capture or call, is refused."""
+        if example_ids is None:
+            example_id = self._next_index + i
+        elif example_ids[i] is None:
+            raise UserError(f"example_ids[{i}] is None; every input needs its own id")
+        else:
+            example_id = stable_id(example_ids[i])
+        if example_id in self._ids or example_id in ids_here:
+            raise UserError(
+                f"example_ids[{i}]={example_ids[i] if example_ids is not None else example_id!r} was already "
+                "used in this capture; ids must be unique (rows would repeat)"
+            )
+        ids_here[example_id] = i
+        return example_id
 
     def _add(self, blocks: list[Block]) -> None:
         for block in blocks:

@@ -365,3 +365,19 @@ def test_api_write_then_a_cli_run_into_the_same_dir(tmp_path):
     assert loaded_rows(out, tmp_path / "replaced") == loaded_rows(fresh, tmp_path / "fresh-rows")
     meta = json.loads((out / METADATA).read_text())
     assert [r["recipe"]["dataset"]["path"] for r in meta["recipes"]] == ["json"]
+
+
+def test_the_api_refuses_null_and_repeated_example_ids_before_capturing():
+    import qk_sniffer
+    from helpers import embedded_tokenizer, tiny_model
+
+    model = tiny_model("qwen3", vocab_size=512)
+    with qk_sniffer.attach(model, embedded_tokenizer(), sampler="all", layers=[0]) as cap:
+        with pytest.raises(UserError, match=r"example_ids\[1\] is None"):
+            cap.run(["a text", "another"], example_ids=[1, None])
+        with pytest.raises(UserError, match=r"example_ids\[1\]=7 was already used"):
+            cap.run(["a text", "another"], example_ids=[7, 7])
+        assert cap.rows == 0
+        cap.run(["a text"], example_ids=[7])  # the refused calls registered nothing
+        with pytest.raises(UserError, match=r"example_ids\[0\]=7 was already used"):
+            cap.run(["a third"], example_ids=[7])
