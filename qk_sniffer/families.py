@@ -54,6 +54,23 @@ def cross_attention_layers(cfg: PretrainedConfig) -> LayerSet:
     return tuple(sorted(int(i) for i in getattr(cfg, "cross_attention_layers", None) or ()))
 
 
+# Per-layer type names of softmax attention; any other type in a hybrid's layer list (linear_attention,
+# mamba, conv, ...) mixes tokens without Q/K.
+# Falcon-H1's "hybrid" layers run attention and Mamba side by side, so they have Q/K.
+SOFTMAX_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "attention", "hybrid")
+
+
+def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
+    """Layers of a hybrid model whose token mixer is not softmax attention (read from its per-layer types)."""
+    for key in ("layer_types", "layers_block_type"):
+        kinds = getattr(cfg, key, None)
+        if kinds and isinstance(kinds, (list, tuple)):
+            return tuple(
+                i for i, kind in enumerate(kinds[: cfg.num_hidden_layers]) if str(kind) not in SOFTMAX_LAYER_TYPES
+            )
+    return ()
+
+
 def routes_attention(model_class: type) -> bool:
     """Whether the modeling code dispatches attention through transformers' registry (our only seam)."""
     return bool(getattr(model_class, "_supports_attention_backend", False))

@@ -55,6 +55,9 @@ class ModelLayout:
     nope_layers: tuple[int, ...] = ()
     # Layers that attend to image features instead of the text (Mllama): never captured.
     cross_attention_layers: tuple[int, ...] = ()
+    # Layers whose token mixer is not softmax attention (linear attention, SSM, convolution) in hybrid
+    # families (Qwen3-Next, LFM2): they have no Q/K to capture.
+    linear_attention_layers: tuple[int, ...] = ()
 
     @property
     def group_size(self) -> int:
@@ -62,9 +65,9 @@ class ModelLayout:
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
-        """The layers that can be captured: every layer except cross-attention ones."""
-        cross = set(self.cross_attention_layers)
-        return tuple(layer for layer in range(self.num_layers) if layer not in cross)
+        """The layers that can be captured: every layer except cross-attention and linear-attention ones."""
+        skip = set(self.cross_attention_layers) | set(self.linear_attention_layers)
+        return tuple(layer for layer in range(self.num_layers) if layer not in skip)
 
     def is_sliding(self, layer: int) -> bool:
         return self.sliding_windows[layer] is not None
@@ -84,12 +87,14 @@ def is_wrapper(config: PretrainedConfig) -> bool:
     return text_config(config) is not config
 
 
-def layout_from_config(config: PretrainedConfig) -> ModelLayout:
+def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> ModelLayout:
     """The head layout, windows and RoPE of ``config``'s text decoder.
 
-    Raises a UserError, before any weight is loaded, for a family whose attention bypasses the registry.
+    Raises a UserError, before any weight is loaded, for a family that cannot be captured exactly (the
+    family sweep, which measures exactly that, reads layouts with ``check=False``).
     """
-    check_family(config)
+    if check:
+        check_family(config)
     cfg = text_config(config)
     n_layers = int(cfg.num_hidden_layers)
     n_q = int(cfg.num_attention_heads)
@@ -115,6 +120,7 @@ def layout_from_config(config: PretrainedConfig) -> ModelLayout:
         partial_rotary_factor=float(partial) if partial is not None else 1.0,
         nope_layers=families.nope_layers(cfg),
         cross_attention_layers=families.cross_attention_layers(cfg),
+        linear_attention_layers=families.linear_attention_layers(cfg),
     )
 
 

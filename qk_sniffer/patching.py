@@ -48,15 +48,50 @@ class CaptureSessionActiveError(UserError):
 
 @dataclass
 class _RotaryStash:
-    """The most recent pre-rotation (q, k); the next attention call of the same module consumes it."""
+    """The most recent rotary call's (q, k) in and out; the next attention call of the same module consumes
+    it. The outputs are kept to find where a rotated slice sits in the attention's vectors (MLA)."""
 
     query: torch.Tensor | None = None
     key: torch.Tensor | None = None
+    query_out: torch.Tensor | None = None
+    key_out: torch.Tensor | None = None
 
-    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        q, k = self.query, self.key
-        self.query = self.key = None
-        return q, k
+    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        taken = self.query, self.key, self.query_out, self.key_out
+        self.query = self.key = self.query_out = self.key_out = None
+        return taken
+
+
+class RotarySliceError(UserError):
+    """The rotary function's output was not found in the vectors handed to attention."""
+
+
+def whole_pre_rope(post: torch.Tensor, rot_in: torch.Tensor | None, rot_out: torch.Tensor | None) -> torch.Tensor:
+    """The whole pre-RoPE vector of ``post`` (B, H, S, D), given what the rotary function got and returned.
+
+    Most families rotate the whole head (or rotate part of it inside the rotary function, GLM): then the
+    rotary input is the pre-RoPE vector. Multi-head latent attention (DeepSeek V2/V3) rotates only a slice
+    and concatenates it with a part that never sees a position: there the pre-RoPE vector is ``post`` with
+    the rotated slice swapped back for its input. Where the slice sits is measured, not assumed: the rotary
+    output must equal ``post``'s leading or trailing slice, bit for bit. A key rotated once for all heads
+    (DeepSeek's shared rope key) is broadcast to ``post``'s heads, as the model itself does.
+    """
+    if rot_in is None:
+        return post  # this layer never rotated (NoPE): pre == post
+    if rot_in.shape[-1] == post.shape[-1]:
+        return rot_in
+    if rot_out is None:
+        raise RotarySliceError("the rotary function rotated a slice but returned no (q, k) pair")
+    width = rot_in.shape[-1]
+    rot_in, rot_out = rot_in.expand(*post.shape[:-1], width), rot_out.expand(*post.shape[:-1], width)
+    if torch.equal(post[..., -width:], rot_out):
+        return torch.cat((post[..., :-width], rot_in), dim=-1)
+    if torch.equal(post[..., :width], rot_out):
+        return torch.cat((rot_in, post[..., width:]), dim=-1)
+    raise RotarySliceError(
+        f"the rotary function returned a {width}-wide slice that is neither end of the {post.shape[-1]}-wide "
+        "attention vectors, so the pre-RoPE vectors cannot be rebuilt; capture post-RoPE only"
+    )
 
 
 def delegate_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]:
@@ -91,12 +126,15 @@ def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     return found
 
 
-def _modeling_modules(modules: list[torch.nn.Module]) -> list[ModuleType]:
-    seen: dict[str, ModuleType] = {}
+def rotary_functions(modules: list[torch.nn.Module]) -> list[tuple[ModuleType, str]]:
+    """(modeling module, name) of every rotary function the attention modules' code may call: the plain
+    ``apply_rotary_pos_emb`` and its variants (DeepSeek V3's ``apply_rotary_pos_emb_interleave``)."""
+    seen: dict[tuple[str, str], tuple[ModuleType, str]] = {}
     for module in modules:
         mod = sys.modules[type(module).__module__]
-        if hasattr(mod, ROTARY_FUNCTION):
-            seen[mod.__name__] = mod
+        for name in vars(mod):
+            if name.startswith(ROTARY_FUNCTION) and callable(getattr(mod, name)):
+                seen[(mod.__name__, name)] = (mod, name)
     return list(seen.values())
 
 
@@ -125,21 +163,21 @@ def attention_tap(
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
-    rotary_modules = _modeling_modules(modules) if pre_rope else []
-    saved_rotary = {mod.__name__: getattr(mod, ROTARY_FUNCTION) for mod in rotary_modules}
+    rotary = rotary_functions(modules) if pre_rope else []
+    saved_rotary = [(mod, fn_name, getattr(mod, fn_name)) for mod, fn_name in rotary]
     stash = _RotaryStash()
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
     ) -> Any:
         layer = int(module.layer_idx)  # type: ignore[arg-type]
-        pre_q, pre_k = stash.take()
+        pre_q, pre_k, rot_q, rot_k = stash.take()
         if layers is None or layer in layers:
             window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
             if pre_rope:
                 # Layers without rotation never called the rotary function: there pre == post.
-                query_out = pre_q if pre_q is not None else query
-                key_out = pre_k if pre_k is not None else key
+                query_out = whole_pre_rope(query, pre_q, rot_q)
+                key_out = whole_pre_rope(key, pre_k, rot_k)
             else:
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)
@@ -148,11 +186,14 @@ def attention_tap(
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
     def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
-        def rotary(q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        def rotary_recorder(q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            out = original(q, k, *args, **kwargs)
             stash.query, stash.key = q, k
-            return original(q, k, *args, **kwargs)
+            if isinstance(out, tuple) and len(out) == 2:
+                stash.query_out, stash.key_out = out
+            return out
 
-        return rotary
+        return rotary_recorder
 
     try:
         AttentionInterface.register(name, tapped_attention)
@@ -160,12 +201,12 @@ def attention_tap(
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
         for cfg in configs.values():
             cfg._attn_implementation_internal = name
-        for mod in rotary_modules:
-            setattr(mod, ROTARY_FUNCTION, wrap_rotary(saved_rotary[mod.__name__]))
+        for mod, fn_name, original in saved_rotary:
+            setattr(mod, fn_name, wrap_rotary(original))
         yield
     finally:
-        for mod in rotary_modules:
-            setattr(mod, ROTARY_FUNCTION, saved_rotary[mod.__name__])
+        for mod, fn_name, original in saved_rotary:
+            setattr(mod, fn_name, original)
         for key, cfg in configs.items():
             cfg._attn_implementation_internal = saved_impl[key]
         AttentionInterface._global_mapping.pop(name, None)
