@@ -188,11 +188,23 @@ class BenchAppConfig(Config):
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
+@dataclass
+class FamiliesAppConfig:
+    """``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``)."""
+
+    sweep: bool = False
+    # Only these model types (null = all); with sweep=false, a filter on the shipped matrix.
+    only: list[str] | None = None
+    # With sweep=true: rewrite the shipped matrix, docs/families.md and the README's family table.
+    write: bool = False
+
+
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore. Idempotent."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)
+    cs.store(name="families_schema", node=FamiliesAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)

@@ -192,6 +192,13 @@ def check_family(config: PretrainedConfig) -> None:
     if getattr(config, "auto_map", None):
         return  # remote code: checked on the loaded model (check_capturable)
     cls = model_class_for(config)
+    entry = families.matrix_entry(config.model_type)
+    if entry is not None:  # measured by the family sweep: its verdict decides
+        if entry["status"] != "exact":
+            raise families.matrix_refusal(config.model_type, cls.__name__ if cls else "no class", entry)
+        return
+    # A family the matrix does not know (a newer transformers): the class's own flag, then the load-time
+    # self-check against eager (load_model) decide.
     if cls is None:
         raise families.unsupported_family_error(
             config.model_type, type(config).__name__, "transformers has no causal-LM class for it"
@@ -308,6 +315,10 @@ def load_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
     model.eval()
     model.requires_grad_(False)
     check_capturable(model)
+    if families.matrix_entry(config.model_type) is None:
+        from .selfcheck import require_exact  # selfcheck reads layouts from here; keep the import one-way
+
+        require_exact(model)
     return model
 
 

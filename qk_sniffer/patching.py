@@ -56,7 +56,9 @@ class _RotaryStash:
     query_out: torch.Tensor | None = None
     key_out: torch.Tensor | None = None
 
-    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    def take(
+        self,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         taken = self.query, self.key, self.query_out, self.key_out
         self.query = self.key = self.query_out = self.key_out = None
         return taken
@@ -66,7 +68,9 @@ class RotarySliceError(UserError):
     """The rotary function's output was not found in the vectors handed to attention."""
 
 
-def whole_pre_rope(post: torch.Tensor, rot_in: torch.Tensor | None, rot_out: torch.Tensor | None) -> torch.Tensor:
+def whole_pre_rope(
+    post: torch.Tensor, rot_in: torch.Tensor | None, rot_out: torch.Tensor | None
+) -> torch.Tensor:
     """The whole pre-RoPE vector of ``post`` (B, H, S, D), given what the rotary function got and returned.
 
     Most families rotate the whole head (or rotate part of it inside the rotary function, GLM): then the

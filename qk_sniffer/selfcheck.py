@@ -20,10 +20,11 @@ from transformers import PreTrainedModel
 
 from .capture import Block
 from .data import DataStats, Example, batches
+from .errors import UserError
 from .heads import HeadSelection
 from .models import ModelLayout, backbone_of
 from .patching import attention_modules, rotary_functions, whole_pre_rope
-from .samplers import AllSampler
+from .samplers import AllSampler, Sampler
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
 
@@ -52,22 +53,24 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
     missing = [mod.__name__ for mod in modeling if not hasattr(mod, "eager_attention_forward")]
     if missing or not modeling:
         raise NoEagerPath(f"no eager_attention_forward in {', '.join(missing) or 'any attention module'}")
-    configs = {id(m.config): m.config for m in modules}
+    configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     configs[id(backbone.config)] = backbone.config
     saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
-    saved_eager = {mod: mod.eager_attention_forward for mod in modeling}
+    saved_eager = {mod: getattr(mod, "eager_attention_forward") for mod in modeling}  # noqa: B009
     saved_rotary = [(mod, name, getattr(mod, name)) for mod, name in rotary_functions(modules)]
     layers: dict[int, LayerQK] = {}
     pending: dict[str, Any] = {}
 
     def record_eager(original: Any) -> Any:
-        def recorder(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *a: Any, **kw: Any) -> Any:
+        def recorder(
+            module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *a: Any, **kw: Any
+        ) -> Any:
             rot = pending.pop("rot", None)
             q_in, k_in, q_out, k_out = rot if rot is not None else (None, None, None, None)
             q_pre, k_pre = whole_pre_rope(query, q_in, q_out), whole_pre_rope(key, k_in, k_out)
-            layers[int(module.layer_idx)] = LayerQK(  # type: ignore[arg-type]
-                *(t[0].float().clone() for t in (query, key, q_pre, k_pre)), rotated=rot is not None
-            )
+            q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
+            layer = int(module.layer_idx)  # type: ignore[arg-type]
+            layers[layer] = LayerQK(q_post, k_post, q_pre, k_pre, rotated=rot is not None)
             return original(module, query, key, *a, **kw)
 
         return recorder
@@ -85,14 +88,14 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
         for cfg in configs.values():
             cfg._attn_implementation_internal = "eager"
         for mod, fn in saved_eager.items():
-            mod.eager_attention_forward = record_eager(fn)
+            setattr(mod, "eager_attention_forward", record_eager(fn))  # noqa: B010
         for mod, name, fn in saved_rotary:
             setattr(mod, name, record_rotary(fn))
         device = next(model.parameters()).device
         backbone(input_ids=torch.tensor([input_ids], device=device), use_cache=False)
     finally:
         for mod, fn in saved_eager.items():
-            mod.eager_attention_forward = fn
+            setattr(mod, "eager_attention_forward", fn)  # noqa: B010
         for mod, name, fn in saved_rotary:
             setattr(mod, name, fn)
         for key, cfg in configs.items():
@@ -116,7 +119,8 @@ def capture_blocks(
 
     examples = [Example(i, i, ids) for i, ids in enumerate(texts)]
     (batch,) = batches(examples, len(examples), pad_id, DataStats())
-    with CaptureSession(model, every_head(layout), AllSampler(), pre_rope=pre_rope, layout=layout) as session:
+    sampler: Sampler = AllSampler()  # type: ignore[assignment] # frozen dataclass vs the protocol's name
+    with CaptureSession(model, every_head(layout), sampler, pre_rope=pre_rope, layout=layout) as session:
         return session.forward(batch).result()
 
 
@@ -134,7 +138,11 @@ class Comparison:
 
 
 def compare(
-    refs: list[dict[int, LayerQK]], blocks: list[Block], pre_rope: bool, result: Comparison, tol: float = TOLERANCE
+    refs: list[dict[int, LayerQK]],
+    blocks: list[Block],
+    pre_rope: bool,
+    result: Comparison,
+    tol: float = TOLERANCE,
 ) -> None:
     """Add to ``result`` every vector of ``blocks`` checked against ``refs`` (one reference per example)."""
     mode = "pre" if pre_rope else "post"
@@ -169,7 +177,9 @@ def compare(
                 return
 
 
-def check_against_eager(model: PreTrainedModel, texts: list[list[int]], layout: ModelLayout) -> Comparison:
+def check_against_eager(
+    model: PreTrainedModel, texts: list[list[int]], layout: ModelLayout, tol: float = TOLERANCE
+) -> Comparison:
     """Capture ``texts`` pre- and post-RoPE and compare every vector with the model's own eager computation.
 
     Also checks that the captured layers are the ones the eager forward ran attention in, and that
@@ -181,17 +191,17 @@ def check_against_eager(model: PreTrainedModel, texts: list[list[int]], layout: 
     eager_layers = sorted(refs[0])
     if eager_layers != list(layout.self_attention_layers):
         result.problems.append(
-            f"the config's self-attention layers are {list(layout.self_attention_layers)} but the eager forward "
-            f"ran attention in layers {eager_layers}"
+            f"the config's self-attention layers are {list(layout.self_attention_layers)} but the eager "
+            f"forward ran attention in layers {eager_layers}"
         )
         return result
     for pre_rope in (False, True):
         blocks = capture_blocks(model, texts, pre_rope, layout)
         captured = sorted({b.layer for b in blocks})
         if captured != eager_layers:
-            result.problems.append(f"the tap captured layers {captured}, the eager forward ran {eager_layers}")
+            result.problems.append(f"the tap captured layers {captured}, eager ran {eager_layers}")
             return result
-        compare(refs, blocks, pre_rope, result)
+        compare(refs, blocks, pre_rope, result, tol)
         if result.problems:
             return result
     nope = set(layout.nope_layers)
@@ -201,3 +211,33 @@ def check_against_eager(model: PreTrainedModel, texts: list[list[int]], layout: 
             said = "no rotation" if layer in nope else "a rotation"
             result.problems.append(f"l{layer}: the config says {said}, the model did the opposite")
     return result
+
+
+# Downstream layers run sdpa in the capture and eager in the reference; in half precision their rounding
+# differs by far more than float32's, so the bar is set per dtype.
+HALF_TOLERANCE = 5e-2
+PROBE_LENGTHS = (23, 14, 31)
+
+
+def require_exact(model: PreTrainedModel) -> None:
+    """Refuse a family the support matrix does not list unless a probe batch captures exactly.
+
+    The probe is a fixed batch of unequal lengths of token ids (every row checked, both modes); a mismatch is
+    a UserError naming the first differing vector, raised before any data is read or written.
+    """
+    from .models import layout_from_config, text_config  # noqa: PLC0415 - models imports this module lazily
+
+    layout = layout_from_config(model.config)
+    vocab = int(text_config(model.config).vocab_size)
+    rng = np.random.default_rng(0)
+    texts = [rng.integers(3, vocab, size=n).tolist() for n in PROBE_LENGTHS]
+    dtype = next(model.parameters()).dtype
+    tol = TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
+    with torch.inference_mode():
+        result = check_against_eager(model, texts, layout, tol=tol)
+    if not result.exact:
+        problem = result.problems[0] if result.problems else "no vector was captured"
+        raise UserError(
+            f"model family {layout.model_type!r} is not in the support matrix and its first-batch self-check "
+            f"against its own eager attention failed: {problem}; it cannot be captured exactly"
+        )

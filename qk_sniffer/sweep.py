@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
 )
 
 from .errors import UserError
 from .models import (
+    _auto_class,
     attention_backend,
     backbone_of,
     choose_attn_implementation,
@@ -184,7 +184,8 @@ def _texts(vocab_size: int) -> list[list[int]]:
 def _absolute_positions(model: torch.nn.Module) -> bool:
     names = ("wpe", "embed_positions", "position_embeddings", "pos_emb", "embed_pos")
     has_table = any(
-        isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in names for name, m in model.named_modules()
+        isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in names
+        for name, m in model.named_modules()
     )
     has_rotary = any("Rotary" in type(m).__name__ for m in model.modules())
     return has_table and not has_rotary
@@ -253,23 +254,26 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         return _entry("config_unbuildable", f"model: {type(exc).__name__}: {_short(exc)}", tiny)
     if n_params > MAX_PARAMS:
-        return _entry("config_unbuildable", f"the shrunk config still has {n_params / 1e6:.0f}M parameters", tiny)
+        return _entry("config_unbuildable", f"shrunk, still {n_params / 1e6:.0f}M parameters", tiny)
     backend = choose_attn_implementation(None, config, torch.device("cpu"))
     torch.manual_seed(0)
     try:
-        auto = AutoModelForImageTextToText if cls in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING.values() else AutoModelForCausalLM
-        model = auto.from_config(config, dtype=torch.float32, attn_implementation=backend).eval()
+        model = (
+            _auto_class(config, False)
+            .from_config(config, dtype=torch.float32, attn_implementation=backend)
+            .eval()
+        )
     except Exception as exc:
         return _entry("config_unbuildable", f"model: {type(exc).__name__}: {_short(exc)}", tiny)
     backend = attention_backend(model)
     if _absolute_positions(model):
         return _entry("absolute_positions", "the model adds a learned/absolute position table", tiny)
     if not attention_modules(model):
-        return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx anywhere in the model", tiny)
+        return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the model", tiny)
     try:
         backbone = backbone_of(model)
     except UserError:
-        return _entry("no_decoder_stack", "no module with `layers` and `embed_tokens` (what the tap reads)", tiny)
+        return _entry("no_decoder_stack", "no module with `layers` and `embed_tokens` to tap", tiny)
     if not attention_modules(backbone):
         return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the decoder", tiny)
     layout = layout_from_config(config, check=False)
