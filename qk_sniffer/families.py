@@ -58,10 +58,14 @@ VERIFIED_FAMILIES = (
 NOPE_RULES: Registry[Callable[[PretrainedConfig], LayerSet]] = Registry("NoPE rule")
 
 
-@NOPE_RULES.register("cohere2")
-def _cohere2_nope(cfg: PretrainedConfig) -> LayerSet:
-    # Cohere2 rotates only on its sliding-window layers; its full-attention layers see no positions.
+def _full_layers_nope(cfg: PretrainedConfig) -> LayerSet:
+    # These families rotate only on their sliding-window layers; full-attention layers see no positions.
     return tuple(i for i, kind in enumerate(cfg.layer_types or []) if kind == "full_attention")
+
+
+# Each one measured by the family sweep (its "rotation where the config says none" check).
+for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1", "beam"):
+    NOPE_RULES.register(_family)(_full_layers_nope)
 
 
 def nope_layers(cfg: PretrainedConfig) -> LayerSet:

@@ -132,6 +132,8 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
         value = defaults.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > small:
             out[key] = small
+    if "head_dim" in defaults and defaults["head_dim"] is None and "num_attention_heads" in defaults:
+        out["head_dim"] = SMALL["head_dim"]  # a null default some families (Ministral) cannot build with
     if defaults.get("head_dim") and defaults.get("head_dim") == defaults.get("qk_rope_head_dim"):
         out["head_dim"] = out["qk_rope_head_dim"]  # MLA families rotate head_dim = qk_rope_head_dim dims
     if "num_experts_per_tok" in defaults and defaults["num_experts_per_tok"] is None:
@@ -148,17 +150,22 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
             out[key] = TOKEN_ID_KEYS.index(key)
     n_default = defaults.get("num_hidden_layers")
     n_layers = out.get("num_hidden_layers", n_default)
-    for key in ("layer_types", "layers_block_type"):
-        kinds = defaults.get(key)
-        if isinstance(kinds, list) and kinds:
-            # The shortest prefix that still has every kind of layer (Gemma 3: five sliding, one full).
-            needed = max(kinds.index(kind) for kind in set(kinds)) + 1
-            n_layers = max(n_layers or 0, needed)
+    if isinstance(n_default, int) and isinstance(n_layers, int):
+        per_layer = {
+            key: value
+            for key, value in defaults.items()
+            if isinstance(value, list)
+            and len(value) == n_default
+            and all(isinstance(v, (str, int)) for v in value)
+        }
+        for kinds in per_layer.values():
+            if len(set(kinds)) <= 4:
+                # The shortest prefix that still has every kind of layer (Gemma 3: five sliding, one full;
+                # SmolLM3: NoPE every 4th layer), so each kind is measured.
+                n_layers = max(n_layers, max(kinds.index(kind) for kind in set(kinds)) + 1)
+        if n_layers != n_default:
             out["num_hidden_layers"] = n_layers
-            out[key] = kinds[:n_layers]
-    if isinstance(n_default, int) and n_layers != n_default:
-        for key, value in defaults.items():  # other per-layer lists (SmolLM3's no_rope_layers)
-            if key not in out and isinstance(value, list) and len(value) == n_default:
+            for key, value in per_layer.items():
                 out[key] = value[:n_layers]
     for key, value in defaults.items():  # sub-configs (a wrapper's text and vision models)
         if isinstance(value, dict) and "model_type" in value:
