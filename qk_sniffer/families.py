@@ -189,7 +189,8 @@ def main() -> None:
         with report_user_errors():
             matrix = run_families(cfg)
         print(summary(matrix))
-        print(json.dumps({"transformers": matrix["transformers"], "families": matrix["families"]}), flush=True)
+        record = {"transformers": matrix["transformers"], "families": matrix["families"]}
+        print(json.dumps(record), flush=True)
 
     app()
 
