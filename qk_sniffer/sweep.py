@@ -43,7 +43,8 @@ STATUSES = {
     "encoder_decoder": "an encoder-decoder (seq2seq) model: no single causal decoder stack to capture",
     "absolute_positions": "absolute position embeddings, no rotation: 'pre-/post-RoPE' means nothing here",
     "no_decoder_stack": "no text decoder stack (a module with `layers` and `embed_tokens`) to tap",
-    "no_softmax_attention": "no softmax attention module (state-space, recurrent or convolutional mixers)",
+    "no_softmax_attention": "no attention module the tap can reach (an `*Attention` module with a "
+    "`layer_idx`): state-space or recurrent mixers, or attention written outside the registry",
     "not_registry": "attention modules exist but do not go through the AttentionInterface registry",
     "layout_mismatch": "the layout read from the config is not the one the model ran",
     "mismatch": "captured vectors differ from the model's own eager computation",
