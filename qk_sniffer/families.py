@@ -84,10 +84,10 @@ def cross_attention_layers(cfg: PretrainedConfig) -> LayerSet:
     return tuple(sorted(int(i) for i in getattr(cfg, "cross_attention_layers", None) or ()))
 
 
-# Per-layer type names of softmax attention; any other type in a hybrid's layer list (linear_attention,
-# mamba, conv, ...) mixes tokens without Q/K.
-# Falcon-H1's "hybrid" layers run attention and Mamba side by side, so they have Q/K.
-SOFTMAX_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "attention", "hybrid")
+# Words in a per-layer type that name a token mixer without Q/K (Qwen3-Next's linear_attention, Zamba's
+# mamba, LFM2's conv). Every other type (full, sliding, chunked, indexed, Falcon-H1's attention + Mamba
+# "hybrid") is softmax attention; the family sweep checks this against the layers that ran attention.
+NON_SOFTMAX_WORDS = ("linear", "mamba", "conv", "ssm", "recurrent", "deltanet", "rwkv")
 
 
 def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
@@ -98,7 +98,7 @@ def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
             return tuple(
                 i
                 for i, kind in enumerate(kinds[: cfg.num_hidden_layers])
-                if str(kind) not in SOFTMAX_LAYER_TYPES
+                if any(word in str(kind) for word in NON_SOFTMAX_WORDS)
             )
     return ()
 

@@ -362,7 +362,7 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     Vision-language wrappers keep it one level further down (``model.model.language_model``).
     """
     candidates: list[torch.nn.Module] = [model]
-    for attr in ("model", "language_model", "text_model"):
+    for attr in ("model", "language_model", "text_model", "transformer", "gpt_neox"):
         nxt = []
         for c in candidates:
             sub = getattr(c, attr, None)
@@ -370,12 +370,18 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
                 nxt.append(sub)
         candidates.extend(nxt)
     for module in reversed(candidates):
-        if hasattr(module, "layers") and hasattr(module, "embed_tokens"):
+        # GPT-NeoX, GPT-J, Falcon: the stack may be `h`, the embeddings `embed_in`, `wte`, `word_embeddings`.
+        has_layers = any(isinstance(getattr(module, a, None), torch.nn.ModuleList) for a in _LAYER_LISTS)
+        if has_layers and any(hasattr(module, a) for a in _EMBEDDINGS):
             return module
     raise UserError(
         f"model family {text_config(model.config).model_type!r} ({type(model).__name__}): cannot find its "
         "text decoder (a module with `layers` and `embed_tokens`), so its attention cannot be tapped"
     )
+
+
+_LAYER_LISTS = ("layers", "h")
+_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings")
 
 
 def attention_backend(model: PreTrainedModel) -> str:

@@ -20,11 +20,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
@@ -46,26 +47,47 @@ class CaptureSessionActiveError(UserError):
     """A second capture session was opened while one is active."""
 
 
+# One rotary call: (q in, k in, q out, k out). The outputs locate a rotated slice in the attention's vectors.
+RotaryCall = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+
+
 @dataclass
 class _RotaryStash:
-    """The most recent rotary call's (q, k) in and out; the next attention call of the same module consumes
-    it. The outputs are kept to find where a rotated slice sits in the attention's vectors (MLA)."""
+    """The rotary calls since the last attention call; the next attention call consumes them."""
 
-    query: torch.Tensor | None = None
-    key: torch.Tensor | None = None
-    query_out: torch.Tensor | None = None
-    key_out: torch.Tensor | None = None
+    calls: list[RotaryCall] = field(default_factory=list)
 
-    def take(
-        self,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        taken = self.query, self.key, self.query_out, self.key_out
-        self.query = self.key = self.query_out = self.key_out = None
+    def take(self) -> list[RotaryCall]:
+        taken, self.calls = self.calls, []
         return taken
 
 
 class RotarySliceError(UserError):
     """The rotary function's output was not found in the vectors handed to attention."""
+
+
+def pre_rope_pair(query: Tensor, key: Tensor, calls: list[RotaryCall]) -> tuple[Tensor, Tensor]:
+    """The pre-RoPE (query, key) of one attention call, from the rotary calls made since the previous one.
+
+    No call: the layer has no rotation (NoPE), pre == post. Several calls: a layer may rotate more than its
+    attention's q/k (DeepSeek V3.2's sparse-attention indexer rotates its own, smaller ones); the latest call
+    whose vectors fit this attention's query and key, by shape and by where its output sits, is the one.
+    """
+    if not calls:
+        return query, key
+    problem: RotarySliceError | None = None
+    for q_in, k_in, q_out, k_out in reversed(calls):
+        try:
+            pre_q, pre_k = whole_pre_rope(query, q_in, q_out), whole_pre_rope(key, k_in, k_out)
+        except RotarySliceError as exc:
+            problem = exc
+            continue
+        if pre_q.shape == query.shape and pre_k.shape == key.shape:
+            return pre_q, pre_k
+    raise problem or RotarySliceError(
+        f"no rotary call's vectors fit the attention's query {tuple(query.shape)} and key "
+        f"{tuple(key.shape)}, so the pre-RoPE vectors cannot be told apart; capture post-RoPE only"
+    )
 
 
 def whole_pre_rope(
@@ -87,6 +109,10 @@ def whole_pre_rope(
     if rot_out is None:
         raise RotarySliceError("the rotary function rotated a slice but returned no (q, k) pair")
     width = rot_in.shape[-1]
+    if rot_in.dim() != post.dim() or rot_in.shape[-2] != post.shape[-2]:
+        raise RotarySliceError(
+            f"a rotated slice of shape {tuple(rot_in.shape)} does not fit {tuple(post.shape)}"
+        )
     rot_in, rot_out = rot_in.expand(*post.shape[:-1], width), rot_out.expand(*post.shape[:-1], width)
     if torch.equal(post[..., -width:], rot_out):
         return torch.cat((post[..., :-width], rot_in), dim=-1)
@@ -175,13 +201,12 @@ def attention_tap(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
     ) -> Any:
         layer = int(module.layer_idx)  # type: ignore[arg-type]
-        pre_q, pre_k, rot_q, rot_k = stash.take()
+        rotary_calls = stash.take()
         if layers is None or layer in layers:
             window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
             if pre_rope:
                 # Layers without rotation never called the rotary function: there pre == post.
-                query_out = whole_pre_rope(query, pre_q, rot_q)
-                key_out = whole_pre_rope(key, pre_k, rot_k)
+                query_out, key_out = pre_rope_pair(query, key, rotary_calls)
             else:
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)
@@ -192,9 +217,8 @@ def attention_tap(
     def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
         def rotary_recorder(q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             out = original(q, k, *args, **kwargs)
-            stash.query, stash.key = q, k
-            if isinstance(out, tuple) and len(out) == 2:
-                stash.query_out, stash.key_out = out
+            pair = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
+            stash.calls.append((q, k, pair[0], pair[1]))
             return out
 
         return rotary_recorder

@@ -23,7 +23,7 @@ from .data import DataStats, Example, batches
 from .errors import UserError
 from .heads import HeadSelection
 from .models import ModelLayout, backbone_of
-from .patching import attention_modules, rotary_functions, whole_pre_rope
+from .patching import attention_modules, pre_rope_pair, rotary_functions
 from .samplers import AllSampler, Sampler
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
@@ -65,12 +65,11 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
         def recorder(
             module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *a: Any, **kw: Any
         ) -> Any:
-            rot = pending.pop("rot", None)
-            q_in, k_in, q_out, k_out = rot if rot is not None else (None, None, None, None)
-            q_pre, k_pre = whole_pre_rope(query, q_in, q_out), whole_pre_rope(key, k_in, k_out)
+            calls = pending.pop("rot", [])
+            q_pre, k_pre = pre_rope_pair(query, key, calls)
             q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
             layer = int(module.layer_idx)  # type: ignore[arg-type]
-            layers[layer] = LayerQK(q_post, k_post, q_pre, k_pre, rotated=rot is not None)
+            layers[layer] = LayerQK(q_post, k_post, q_pre, k_pre, rotated=bool(calls))
             return original(module, query, key, *a, **kw)
 
         return recorder
@@ -78,8 +77,8 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
     def record_rotary(original: Any) -> Any:
         def recorder(q: torch.Tensor, k: torch.Tensor, *a: Any, **kw: Any) -> Any:
             out = original(q, k, *a, **kw)
-            if isinstance(out, tuple) and len(out) == 2:
-                pending["rot"] = (q, k, out[0], out[1])
+            pair = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
+            pending.setdefault("rot", []).append((q, k, pair[0], pair[1]))
             return out
 
         return recorder

@@ -98,6 +98,7 @@ SMALL: dict[str, int] = {
     "mamba_d_head": 16,
     "mamba_n_groups": 1,
     "ssm_state_size": 8,
+    "rotary_dim": 8,
     # GPT-2 / encoder-decoder spellings, so such families build small enough to be classified by measure.
     "n_embd": 64,
     "n_layer": 2,
