@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -58,6 +59,9 @@ class ModelLayout:
     # Layers whose token mixer is not softmax attention (linear attention, SSM, convolution) in hybrid
     # families (Qwen3-Next, LFM2): they have no Q/K to capture.
     linear_attention_layers: tuple[int, ...] = ()
+    # head_dim of each layer, only for families whose layers differ (Gemma 4); ``head_dim`` is then the most
+    # common one. Every captured vector has its own layer's length.
+    head_dims: tuple[int, ...] = ()
 
     @property
     def group_size(self) -> int:
@@ -99,7 +103,12 @@ def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> Model
     n_layers = int(cfg.num_hidden_layers)
     n_q = int(cfg.num_attention_heads)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_q)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q)
+    per_layer = _per_layer_head_dims(cfg, n_layers)
+    head_dim = (
+        Counter(per_layer).most_common(1)[0][0]
+        if per_layer
+        else int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q)
+    )
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     by_type = {k: dict(v) for k, v in rope.items() if isinstance(v, dict)}
     main = by_type.get("full_attention") or (next(iter(by_type.values())) if by_type else rope)
@@ -111,6 +120,7 @@ def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> Model
         num_q_heads=n_q,
         num_kv_heads=n_kv,
         head_dim=head_dim,
+        head_dims=per_layer if len(set(per_layer)) > 1 else (),
         sliding_windows=_sliding_windows(cfg, n_layers),
         rope=rope,
         rope_type=main.get("rope_type", main.get("type")) if (main or theta) else None,
@@ -122,6 +132,13 @@ def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> Model
         cross_attention_layers=families.cross_attention_layers(cfg),
         linear_attention_layers=families.linear_attention_layers(cfg),
     )
+
+
+def _per_layer_head_dims(cfg: PretrainedConfig, n_layers: int) -> tuple[int, ...]:
+    """head_dim per layer for families that vary it (Gemma 4: wider full-attention layers); else ()."""
+    if "head_dim" not in (getattr(cfg, "per_layer_attributes", None) or ()):
+        return ()
+    return tuple(int(cfg.per_layer_config[i].head_dim) for i in range(n_layers))
 
 
 # Keys that describe the rotation itself rather than its scaling (``type`` is the legacy spelling).

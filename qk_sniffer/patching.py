@@ -47,8 +47,27 @@ class CaptureSessionActiveError(UserError):
     """A second capture session was opened while one is active."""
 
 
-# One rotary call: (q in, k in, q out, k out). The outputs locate a rotated slice in the attention's vectors.
-RotaryCall = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+@dataclass(frozen=True)
+class RotaryCall:
+    """One call of a rotary function: ``(q, k)`` in and out, or one tensor for families that rotate q and k
+    in separate calls (GPT-J, Gemma 4). The outputs locate the rotated part in the attention's vectors."""
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+
+def rotary_call(args: tuple[Any, ...], out: Any) -> RotaryCall | None:
+    """What one rotary call rotated, from its positional arguments and its result (None: not a rotation)."""
+    if (
+        len(args) >= 2
+        and isinstance(out, tuple)
+        and len(out) == 2
+        and all(isinstance(t, Tensor) for t in out)
+    ):
+        return RotaryCall((args[0], args[1]), (out[0], out[1]))
+    if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+        return RotaryCall((args[0],), (out,))
+    return None
 
 
 @dataclass
@@ -73,10 +92,15 @@ def pre_rope_pair(query: Tensor, key: Tensor, calls: list[RotaryCall]) -> tuple[
     attention's q/k (DeepSeek V3.2's sparse-attention indexer rotates its own, smaller ones); the latest call
     whose vectors fit this attention's query and key, by shape and by where its output sits, is the one.
     """
-    if not calls:
+    pairs = [c for c in calls if len(c.inputs) == 2]
+    singles = [c for c in calls if len(c.inputs) == 1]
+    if not pairs and singles:
+        return _matched_single(query, singles), _matched_single(key, singles)
+    if not pairs:
         return query, key
     problem: RotarySliceError | None = None
-    for q_in, k_in, q_out, k_out in reversed(calls):
+    for call in reversed(pairs):
+        (q_in, k_in), (q_out, k_out) = call.inputs, call.outputs
         try:
             pre_q, pre_k = whole_pre_rope(query, q_in, q_out), whole_pre_rope(key, k_in, k_out)
         except RotarySliceError as exc:
@@ -87,6 +111,30 @@ def pre_rope_pair(query: Tensor, key: Tensor, calls: list[RotaryCall]) -> tuple[
     raise problem or RotarySliceError(
         f"no rotary call's vectors fit the attention's query {tuple(query.shape)} and key "
         f"{tuple(key.shape)}, so the pre-RoPE vectors cannot be told apart; capture post-RoPE only"
+    )
+
+
+def _matched_single(post: Tensor, singles: list[RotaryCall]) -> Tensor:
+    """Pre-RoPE ``post`` from one-tensor rotary calls: the call whose output is ``post`` (or one end of it),
+    bit for bit, possibly in (B, S, H, D) order (Gemma 4 rotates before moving heads first)."""
+    for call in reversed(singles):
+        (x_in,), (x_out,) = call.inputs, call.outputs
+        views = [(x_in, x_out)]
+        if x_out.dim() == 4:
+            views.append((x_in.transpose(1, 2), x_out.transpose(1, 2)))
+        for pre, rotated in views:
+            if rotated.shape[:-1] != post.shape[:-1]:
+                continue
+            width = rotated.shape[-1]
+            if width == post.shape[-1] and torch.equal(rotated, post):
+                return pre
+            if width < post.shape[-1] and torch.equal(post[..., :width], rotated):
+                return torch.cat((pre, post[..., width:]), dim=-1)
+            if width < post.shape[-1] and torch.equal(post[..., -width:], rotated):
+                return torch.cat((post[..., :-width], pre), dim=-1)
+    raise RotarySliceError(
+        f"no one-tensor rotary call returned the attention's {tuple(post.shape)} vectors, so the pre-RoPE "
+        "vectors cannot be rebuilt; capture post-RoPE only"
     )
 
 
@@ -215,10 +263,11 @@ def attention_tap(
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
     def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
-        def rotary_recorder(q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            out = original(q, k, *args, **kwargs)
-            pair = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
-            stash.calls.append((q, k, pair[0], pair[1]))
+        def rotary_recorder(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            call = rotary_call(args, out)
+            if call is not None:
+                stash.calls.append(call)
             return out
 
         return rotary_recorder

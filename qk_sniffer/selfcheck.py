@@ -23,7 +23,7 @@ from .data import DataStats, Example, batches
 from .errors import UserError
 from .heads import HeadSelection
 from .models import ModelLayout, backbone_of
-from .patching import attention_modules, pre_rope_pair, rotary_functions
+from .patching import attention_modules, pre_rope_pair, rotary_call, rotary_functions
 from .samplers import AllSampler, Sampler
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
@@ -75,10 +75,11 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
         return recorder
 
     def record_rotary(original: Any) -> Any:
-        def recorder(q: torch.Tensor, k: torch.Tensor, *a: Any, **kw: Any) -> Any:
-            out = original(q, k, *a, **kw)
-            pair = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
-            pending.setdefault("rot", []).append((q, k, pair[0], pair[1]))
+        def recorder(*a: Any, **kw: Any) -> Any:
+            out = original(*a, **kw)
+            call = rotary_call(a, out)
+            if call is not None:
+                pending.setdefault("rot", []).append(call)
             return out
 
         return recorder

@@ -210,6 +210,8 @@ def quirks_of(model: torch.nn.Module, config: PretrainedConfig, layout: Any, mla
         found.append("chunked_attention")
     if layout.nope_layers:
         found.append("nope_layers")
+    if layout.head_dims:
+        found.append("per_layer_head_dim")
     if layout.partial_rotary_factor < 1.0:
         found.append("partial_rotary")
     if mla:
