@@ -76,7 +76,14 @@ def nope_layers(cfg: PretrainedConfig) -> LayerSet:
     flags = getattr(cfg, "no_rope_layers", None)
     if flags:
         return tuple(i for i, use_rope in enumerate(flags[: cfg.num_hidden_layers]) if not use_rope)
+    if not any(getattr(cfg, key, None) for key in _ROTATION_KEYS):
+        # No rotation parameters at all (Jamba: positions come from its Mamba layers): no layer rotates.
+        return tuple(range(cfg.num_hidden_layers))
     return ()
+
+
+# Config keys that say a family rotates (the sweep checks every family's prediction against its forward).
+_ROTATION_KEYS = ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_emb_base")
 
 
 def cross_attention_layers(cfg: PretrainedConfig) -> LayerSet:

@@ -95,9 +95,15 @@ SMALL: dict[str, int] = {
     "vocab_size_per_layer_input": VOCAB,
     "mamba_d_state": 8,
     "mamba_n_heads": 4,
-    "mamba_d_head": 16,
+    "mamba_d_head": 32,  # mamba_n_heads * mamba_d_head = mamba_expand (2) * hidden_size
     "mamba_n_groups": 1,
     "ssm_state_size": 8,
+    "mamba_dt_rank": 8,
+    "mamba_num_heads": 4,
+    "mamba_head_dim": 32,
+    # Jamba: one attention layer in every two, the second, so three layers hold one.
+    "attn_layer_period": 2,
+    "attn_layer_offset": 1,
     "rotary_dim": 8,
     # GPT-2 / encoder-decoder spellings, so such families build small enough to be classified by measure.
     "n_embd": 64,
@@ -120,6 +126,9 @@ SMALL: dict[str, int] = {
 }
 WINDOW_KEYS = ("sliding_window", "attention_chunk_size")
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+_NO_TAPPABLE = "no `*Attention` module with a layer_idx and a config (what the tap hooks)"
 
 
 def candidates() -> list[str]:
@@ -280,7 +289,7 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
     if _absolute_positions(model):
         return _entry("absolute_positions", "the model adds a learned/absolute position table", tiny)
     if not attention_modules(model):
-        return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the model", tiny)
+        return _entry("no_softmax_attention", _NO_TAPPABLE, tiny)
     try:
         backbone = backbone_of(model)
     except UserError:
