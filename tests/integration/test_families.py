@@ -76,6 +76,10 @@ LIVE = {
     "exaone4": "exact",  # NoPE on full-attention layers
     "glm": "exact",  # partial rotary
     "mllama": "exact",  # wrapper + cross-attention layers
+    "gemma4_text": "exact",  # per-layer head_dim; q and k rotated in separate calls, heads last
+    "gptj": "exact",  # one-tensor rotary on a slice, stack spelled `h`
+    "deepseek_v32": "exact",  # sparse-attention indexer rotates its own q/k in the same layer
+    "jamba": "exact",  # attention without any rotation between Mamba layers
     "gpt2": "absolute_positions",
     "mamba": "no_softmax_attention",
     "bart": "encoder_decoder",
@@ -113,6 +117,17 @@ def test_mla_pre_rope_is_the_whole_vector_with_only_the_rope_slice_unrotated():
         assert before.vectors.shape[-1] == after.vectors.shape[-1] == nope + config.qk_rope_head_dim
         np.testing.assert_array_equal(before.vectors[..., :nope], after.vectors[..., :nope])
         assert np.abs(before.vectors[..., nope:] - after.vectors[..., nope:]).max() > 1e-3
+
+
+def test_per_layer_head_dim_is_in_the_layout_and_in_the_captured_vectors():
+    config = AutoConfig.for_model("gemma4_text", **ENTRIES["gemma4_text"]["tiny_config"])
+    layout = layout_from_config(config)
+    assert layout.head_dims == (16, 16, 16, 16, 16, 512) and layout.head_dim == 16
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        blocks = capture_blocks(model, [list(range(5, 25))], False, layout)
+    assert {b.layer: b.vectors.shape[-1] for b in blocks} == dict(enumerate(layout.head_dims))
 
 
 def test_hybrid_layout_lists_only_softmax_layers():
@@ -166,7 +181,7 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("model_type", ["olmo3", "qwen3_next", "exaone4", "falcon_h1"])
+@pytest.mark.parametrize("model_type", ["olmo3", "qwen3_next", "falcon_h1", "jamba"])
 def test_an_exact_family_rebuilt_from_its_tiny_config_matches_eager_through_the_cli(tmp_path, model_type):
     entry = ENTRIES[model_type]
     assert entry["status"] == "exact"
