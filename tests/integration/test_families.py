@@ -150,15 +150,18 @@ def test_a_family_the_matrix_refuses_is_refused_before_loading_with_its_reason()
     )
 
 
-def _architecture(model_type: str) -> ModelConfig:
-    return ModelConfig(architecture={"model_type": model_type, **sweep.tiny_config(model_type)}, device="cpu")
+def _architecture(model_type: str, dtype: str = "float32") -> ModelConfig:
+    architecture = {"model_type": model_type, **sweep.tiny_config(model_type)}
+    return ModelConfig(architecture=architecture, device="cpu", dtype=dtype)
 
 
-def test_an_unlisted_family_is_loaded_after_a_passing_self_check(monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_an_unlisted_family_is_loaded_after_a_passing_self_check(monkeypatch, dtype):
     monkeypatch.delitem(MATRIX["families"], "olmo3")
-    cfg = _architecture("olmo3")
+    cfg = _architecture("olmo3", dtype)
     model = load_model(cfg, build_config(cfg))
     assert type(model).__name__ == "Olmo3ForCausalLM"
+    assert next(model.parameters()).dtype == getattr(torch, dtype)
 
 
 def test_an_unlisted_family_that_fails_its_self_check_is_refused(monkeypatch):
