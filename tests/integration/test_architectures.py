@@ -474,8 +474,8 @@ def test_an_unlisted_family_that_bypasses_the_registry_is_refused_before_loading
     # bloom is in the support matrix: the refusal names the class and reason the family sweep measured.
     assert str(err.value).startswith(
         "model family 'bloom' (BloomForCausalLM) cannot be captured exactly: no_softmax_attention: no "
-        "`*Attention` module with a layer_idx and a config (what the tap hooks) (measured by the family sweep on "
-        "transformers"
+        "`*Attention` module with a layer_idx and a config (what the tap hooks) (measured by the family "
+        "sweep on transformers"
     )
     assert not out.exists()
 
