@@ -379,13 +379,15 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     Vision-language wrappers keep it one level further down (``model.model.language_model``).
     """
     candidates: list[torch.nn.Module] = [model]
-    for attr in ("model", "language_model", "text_model", "transformer", "gpt_neox"):
-        nxt = []
-        for c in candidates:
-            sub = getattr(c, attr, None)
-            if isinstance(sub, torch.nn.Module):
-                nxt.append(sub)
-        candidates.extend(nxt)
+    frontier = [model]
+    for _ in range(3):  # wrapper -> its language model (Llama 4: a whole causal LM) -> that model's decoder
+        frontier = [
+            sub
+            for c in frontier
+            for attr in ("model", "language_model", "text_model", "transformer", "gpt_neox")
+            if isinstance(sub := getattr(c, attr, None), torch.nn.Module)
+        ]
+        candidates.extend(frontier)
     for module in reversed(candidates):
         # GPT-NeoX, GPT-J, Falcon: the stack may be `h`, the embeddings `embed_in`, `wte`, `word_embeddings`.
         has_layers = any(isinstance(getattr(module, a, None), torch.nn.ModuleList) for a in _LAYER_LISTS)

@@ -32,6 +32,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from .errors import UserError
 
 ROTARY_FUNCTION = "apply_rotary_pos_emb"
+# Rotary function names the modeling code may call: the common one and its variants (``*_interleave``), and
+# the complex-number form of DeepSeek V2 and Llama 4.
+ROTARY_PREFIXES = (ROTARY_FUNCTION, "apply_rotary_emb")
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, int | None], None]
@@ -152,12 +155,23 @@ def whole_pre_rope(
     """
     if rot_in is None:
         return post  # this layer never rotated (NoPE): pre == post
+    if (
+        rot_in.dim() == 4 == post.dim()
+        and rot_in.shape[1] != post.shape[1]
+        and rot_in.shape[1] == post.shape[2]
+    ):
+        # Rotated in (B, S, H, D) order, heads moved first afterwards (DeepSeek V2, Llama 4).
+        rot_in = rot_in.transpose(1, 2)
+        rot_out = rot_out.transpose(1, 2) if rot_out is not None else None
     if rot_in.shape[-1] == post.shape[-1]:
         return rot_in
     if rot_out is None:
         raise RotarySliceError("the rotary function rotated a slice but returned no (q, k) pair")
     width = rot_in.shape[-1]
-    if rot_in.dim() != post.dim() or rot_in.shape[-2] != post.shape[-2]:
+    # Broadcastable to post's (B, H, S): each dim equal, or 1 (DeepSeek's one rope key for all heads).
+    lead = zip(rot_in.shape[:-1], post.shape[:-1], strict=False)
+    fits = rot_in.dim() == post.dim() and all(r in (1, p) for r, p in lead)
+    if not fits:
         raise RotarySliceError(
             f"a rotated slice of shape {tuple(rot_in.shape)} does not fit {tuple(post.shape)}"
         )
@@ -211,7 +225,7 @@ def rotary_functions(modules: list[torch.nn.Module]) -> list[tuple[ModuleType, s
     for module in modules:
         mod = sys.modules[type(module).__module__]
         for name in vars(mod):
-            if name.startswith(ROTARY_FUNCTION) and callable(getattr(mod, name)):
+            if name.startswith(ROTARY_PREFIXES) and callable(getattr(mod, name)):
                 seen[(mod.__name__, name)] = (mod, name)
     return list(seen.values())
 

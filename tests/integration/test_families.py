@@ -83,7 +83,9 @@ LIVE = {
     "gpt2": "absolute_positions",
     "mamba": "no_softmax_attention",
     "bart": "encoder_decoder",
-    "llama4_text": "layout_mismatch",  # its complex-number rotary is invisible to the tap: refused
+    "llama4_text": "exact",  # complex-number rotary in (B, S, H, D) order, chunked attention, NoPE layers
+    "deepseek_v2": "exact",  # MLA with the complex-number rotary
+    "flint": "layout_mismatch",  # its rotation is invisible to the tap, so pre-RoPE would be wrong: refused
     "diffllama": "mismatch",
 }
 
@@ -165,12 +167,12 @@ def test_an_unlisted_family_is_loaded_after_a_passing_self_check(monkeypatch, dt
 
 
 def test_an_unlisted_family_that_fails_its_self_check_is_refused(monkeypatch):
-    monkeypatch.delitem(MATRIX["families"], "llama4_text")
-    cfg = _architecture("llama4_text")
+    monkeypatch.delitem(MATRIX["families"], "flint")
+    cfg = _architecture("flint")
     with pytest.raises(UserError) as err:
         load_model(cfg, build_config(cfg))
     assert str(err.value).startswith(
-        "model family 'llama4_text' is not in the support matrix and its first-batch self-check against its "
+        "model family 'flint' is not in the support matrix and its first-batch self-check against its "
         "own eager attention failed: l0: the config says a rotation, the model did the opposite"
     )
 
