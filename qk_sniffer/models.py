@@ -379,7 +379,7 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     Vision-language wrappers keep it one level further down (``model.model.language_model``).
     """
     candidates: list[torch.nn.Module] = [model]
-    frontier = [model]
+    frontier: list[torch.nn.Module] = [model]
     for _ in range(3):  # wrapper -> its language model (Llama 4: a whole causal LM) -> that model's decoder
         frontier = [
             sub
