@@ -150,7 +150,7 @@ def run_families(cfg: Any) -> dict[str, Any]:
             raise UserError(f"only: unknown model types {unknown}; see transformers' causal-LM mapping")
         matrix = sweep.sweep(only, log=lambda line: print(line, file=sys.stderr, flush=True))
         if cfg.write:
-            write_matrix(matrix, sweep.STATUSES)
+            write_matrix(matrix, sweep.STATUSES, sweep.QUIRKS)
         return matrix
     matrix = support_matrix()
     if only:
@@ -161,7 +161,7 @@ def run_families(cfg: Any) -> dict[str, Any]:
     return matrix
 
 
-def write_matrix(matrix: dict[str, Any], statuses: dict[str, str]) -> None:
+def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:
     """The shipped matrix, docs/families.md and the README table, from one measured matrix."""
     from .family_docs import docs_page, replace_readme_table
 
@@ -170,7 +170,7 @@ def write_matrix(matrix: dict[str, Any], statuses: dict[str, str]) -> None:
                                       matrix["families"].items()}}  # fmt: skip
     MATRIX_PATH.write_text(matrix_json(shipped))
     (repo / "docs").mkdir(exist_ok=True)
-    (repo / "docs" / "families.md").write_text(docs_page(shipped, statuses))
+    (repo / "docs" / "families.md").write_text(docs_page(shipped, statuses, quirks))
     readme = repo / "README.md"
     readme.write_text(replace_readme_table(readme.read_text(), shipped))
 

@@ -49,7 +49,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def docs_page(matrix: dict[str, Any], statuses: dict[str, str]) -> str:
+def docs_page(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> str:
     """The whole of ``docs/families.md``."""
     counts = Counter(e["status"] for e in matrix["families"].values())
     lines = [
@@ -77,6 +77,7 @@ def docs_page(matrix: dict[str, Any], statuses: dict[str, str]) -> str:
     for status, meaning in statuses.items():
         if counts[status]:
             lines.append(f"| {status} | {counts[status]} | {meaning} |")
+    lines += ["", "| quirk | meaning |", "|---|---|", *(f"| {q} | {m} |" for q, m in quirks.items())]
     lines += ["", "| model_type | status | backend | quirks | worst abs error | reason |", "|---" * 6 + "|"]
     for model_type, e in sorted(matrix["families"].items()):
         worst = e.get("worst_error")

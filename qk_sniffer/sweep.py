@@ -51,6 +51,21 @@ STATUSES = {
     "capture_error": "the capture raised an error",
 }
 
+# Quirks a family showed, each exercised by its exactness check.
+QUIRKS = {
+    "sliding_window": "some layers attend to a window (6 tokens here; every text is longer)",
+    "chunked_attention": "attention within fixed chunks (Llama 4)",
+    "nope_layers": "layers without rotation: pre-RoPE == post-RoPE there",
+    "partial_rotary": "only part of head_dim is rotated; the rest passes through",
+    "mla_rotated_slice": "multi-head latent attention: pre-RoPE is the whole vector, rope slice unrotated",
+    "per_layer_head_dim": "head_dim differs between layers (Gemma 4); each vector has its layer's length",
+    "softcapping": "attention logit softcapping",
+    "attention_sinks": "learned attention sinks",
+    "cross_attention_layers": "cross-attention layers (image features) are skipped and listed",
+    "linear_attention_layers": "hybrid: linear-attention or state-space layers have no Q/K; skipped, listed",
+    "gqa": "grouped-query attention: one key head per group of query heads",
+    "vision_language_wrapper": "the text decoder sits one level down in a vision-language model",
+}
 WINDOW = 6  # sliding/chunked windows of the tiny models; every text below outruns it
 LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded
 VOCAB = 512  # the embedded tokenizer's ids fit, so a tiny checkpoint works with the real CLI

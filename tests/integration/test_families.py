@@ -45,6 +45,7 @@ def test_the_shipped_matrix_covers_every_candidate_with_a_known_status():
         if entry["status"] == "exact":
             assert entry["reason"] == "" and entry["backend"] in ("sdpa", "eager"), model_type
             assert entry["vectors"] > 0 and entry["worst_error"] <= MATRIX["tolerance"], model_type
+            assert set(entry["quirks"]) <= set(sweep.QUIRKS), model_type
         else:
             assert entry["reason"], model_type
     assert sum(e["status"] == "exact" for e in ENTRIES.values()) >= 80
