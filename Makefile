@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format bench clean test-compat
+.PHONY: help install run test test-fast lint format bench clean test-compat sweep
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,3 +57,6 @@ test-compat: install ## Architecture + exactness tests on the oldest and newest 
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+sweep: install ## Measure every decoder family; rewrite the support matrix, docs/families.md, README table
+	$(PY) -m qk_sniffer.families sweep=true write=true

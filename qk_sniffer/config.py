@@ -234,6 +234,17 @@ def preset_slug(name: str | None, preset_name: str | None, slug: str) -> str | N
     return slug if name == preset_name else None
 
 
+@dataclass
+class FamiliesAppConfig:
+    """``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``)."""
+
+    sweep: bool = False
+    # Only these model types (null = all); with sweep=false, a filter on the shipped matrix.
+    only: list[str] | None = None
+    # With sweep=true: rewrite the shipped matrix, docs/families.md and the README's family table.
+    write: bool = False
+
+
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore, and the presets' resolver in OmegaConf. Idempotent."""
     OmegaConf.register_new_resolver("preset_slug", preset_slug, replace=True)
@@ -243,6 +254,7 @@ def register_configs() -> None:
     cs.store(name="compact_schema", node=CompactAppConfig)
     cs.store(name="verify_schema", node=VerifyAppConfig)
     cs.store(name="publish_schema", node=PublishAppConfig)
+    cs.store(name="families_schema", node=FamiliesAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -55,6 +56,12 @@ class ModelLayout:
     nope_layers: tuple[int, ...] = ()
     # Layers that attend to image features instead of the text (Mllama): never captured.
     cross_attention_layers: tuple[int, ...] = ()
+    # Layers whose token mixer is not softmax attention (linear attention, SSM, convolution) in hybrid
+    # families (Qwen3-Next, LFM2): they have no Q/K to capture.
+    linear_attention_layers: tuple[int, ...] = ()
+    # head_dim of each layer, only for families whose layers differ (Gemma 4); ``head_dim`` is then the most
+    # common one. Every captured vector has its own layer's length.
+    head_dims: tuple[int, ...] = ()
 
     @property
     def group_size(self) -> int:
@@ -62,9 +69,9 @@ class ModelLayout:
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
-        """The layers that can be captured: every layer except cross-attention ones."""
-        cross = set(self.cross_attention_layers)
-        return tuple(layer for layer in range(self.num_layers) if layer not in cross)
+        """The layers that can be captured: every layer except cross-attention and linear-attention ones."""
+        skip = set(self.cross_attention_layers) | set(self.linear_attention_layers)
+        return tuple(layer for layer in range(self.num_layers) if layer not in skip)
 
     def is_sliding(self, layer: int) -> bool:
         return self.sliding_windows[layer] is not None
@@ -84,17 +91,24 @@ def is_wrapper(config: PretrainedConfig) -> bool:
     return text_config(config) is not config
 
 
-def layout_from_config(config: PretrainedConfig) -> ModelLayout:
+def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> ModelLayout:
     """The head layout, windows and RoPE of ``config``'s text decoder.
 
-    Raises a UserError, before any weight is loaded, for a family whose attention bypasses the registry.
+    Raises a UserError, before any weight is loaded, for a family that cannot be captured exactly (the
+    family sweep, which measures exactly that, reads layouts with ``check=False``).
     """
-    check_family(config)
+    if check:
+        check_family(config)
     cfg = text_config(config)
     n_layers = int(cfg.num_hidden_layers)
     n_q = int(cfg.num_attention_heads)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_q)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q)
+    per_layer = _per_layer_head_dims(cfg, n_layers)
+    head_dim = (
+        Counter(per_layer).most_common(1)[0][0]
+        if per_layer
+        else int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q)
+    )
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     by_type = {k: dict(v) for k, v in rope.items() if isinstance(v, dict)}
     main = by_type.get("full_attention") or (next(iter(by_type.values())) if by_type else rope)
@@ -106,6 +120,7 @@ def layout_from_config(config: PretrainedConfig) -> ModelLayout:
         num_q_heads=n_q,
         num_kv_heads=n_kv,
         head_dim=head_dim,
+        head_dims=per_layer if len(set(per_layer)) > 1 else (),
         sliding_windows=_sliding_windows(cfg, n_layers),
         rope=rope,
         rope_type=main.get("rope_type", main.get("type")) if (main or theta) else None,
@@ -115,7 +130,15 @@ def layout_from_config(config: PretrainedConfig) -> ModelLayout:
         partial_rotary_factor=float(partial) if partial is not None else 1.0,
         nope_layers=families.nope_layers(cfg),
         cross_attention_layers=families.cross_attention_layers(cfg),
+        linear_attention_layers=families.linear_attention_layers(cfg),
     )
+
+
+def _per_layer_head_dims(cfg: PretrainedConfig, n_layers: int) -> tuple[int, ...]:
+    """head_dim per layer for families that vary it (Gemma 4: wider full-attention layers); else ()."""
+    if "head_dim" not in (getattr(cfg, "per_layer_attributes", None) or ()):
+        return ()
+    return tuple(int(cfg.per_layer_config[i].head_dim) for i in range(n_layers))
 
 
 # Keys that describe the rotation itself rather than its scaling (``type`` is the legacy spelling).
@@ -186,6 +209,13 @@ def check_family(config: PretrainedConfig) -> None:
     if getattr(config, "auto_map", None):
         return  # remote code: checked on the loaded model (check_capturable)
     cls = model_class_for(config)
+    entry = families.matrix_entry(config.model_type)
+    if entry is not None:  # measured by the family sweep: its verdict decides
+        if entry["status"] != "exact":
+            raise families.matrix_refusal(config.model_type, cls.__name__ if cls else "no class", entry)
+        return
+    # A family the matrix does not know (a newer transformers): the class's own flag, then the load-time
+    # self-check against eager (load_model) decide.
     if cls is None:
         raise families.unsupported_family_error(
             config.model_type, type(config).__name__, "transformers has no causal-LM class for it"
@@ -302,6 +332,10 @@ def load_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
     model.eval()
     model.requires_grad_(False)
     check_capturable(model)
+    if families.matrix_entry(config.model_type) is None:
+        from .selfcheck import require_exact  # selfcheck reads layouts from here; keep the import one-way
+
+        require_exact(model)
     return model
 
 
@@ -321,7 +355,8 @@ def check_capturable(model: PreTrainedModel) -> None:
     from .patching import attention_modules  # patching needs nothing from here; keep the import one-way
 
     model_type = text_config(model.config).model_type
-    if not families.routes_attention(type(model)):
+    measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls
+    if not measured and not families.routes_attention(type(model)):
         raise families.unsupported_family_error(
             model_type,
             type(model).__name__,
@@ -344,20 +379,28 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     Vision-language wrappers keep it one level further down (``model.model.language_model``).
     """
     candidates: list[torch.nn.Module] = [model]
-    for attr in ("model", "language_model", "text_model"):
-        nxt = []
-        for c in candidates:
-            sub = getattr(c, attr, None)
-            if isinstance(sub, torch.nn.Module):
-                nxt.append(sub)
-        candidates.extend(nxt)
+    frontier: list[torch.nn.Module] = [model]
+    for _ in range(3):  # wrapper -> its language model (Llama 4: a whole causal LM) -> that model's decoder
+        frontier = [
+            sub
+            for c in frontier
+            for attr in ("model", "language_model", "text_model", "transformer", "gpt_neox")
+            if isinstance(sub := getattr(c, attr, None), torch.nn.Module)
+        ]
+        candidates.extend(frontier)
     for module in reversed(candidates):
-        if hasattr(module, "layers") and hasattr(module, "embed_tokens"):
+        # GPT-NeoX, GPT-J, Falcon: the stack may be `h`, the embeddings `embed_in`, `wte`, `word_embeddings`.
+        has_layers = any(isinstance(getattr(module, a, None), torch.nn.ModuleList) for a in _LAYER_LISTS)
+        if has_layers and any(hasattr(module, a) for a in _EMBEDDINGS):
             return module
     raise UserError(
         f"model family {text_config(model.config).model_type!r} ({type(model).__name__}): cannot find its "
         "text decoder (a module with `layers` and `embed_tokens`), so its attention cannot be tapped"
     )
+
+
+_LAYER_LISTS = ("layers", "h")
+_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings")
 
 
 def attention_backend(model: PreTrainedModel) -> str:

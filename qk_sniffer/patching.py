@@ -20,17 +20,21 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from .errors import UserError
 
 ROTARY_FUNCTION = "apply_rotary_pos_emb"
+# Rotary function names the modeling code may call: the common one and its variants (``*_interleave``), and
+# the complex-number form of DeepSeek V2 and Llama 4.
+ROTARY_PREFIXES = (ROTARY_FUNCTION, "apply_rotary_emb")
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, int | None], None]
@@ -46,17 +50,140 @@ class CaptureSessionActiveError(UserError):
     """A second capture session was opened while one is active."""
 
 
+@dataclass(frozen=True)
+class RotaryCall:
+    """One call of a rotary function: ``(q, k)`` in and out, or one tensor for families that rotate q and k
+    in separate calls (GPT-J, Gemma 4). The outputs locate the rotated part in the attention's vectors."""
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+
+def rotary_call(args: tuple[Any, ...], out: Any) -> RotaryCall | None:
+    """What one rotary call rotated, from its positional arguments and its result (None: not a rotation)."""
+    if (
+        len(args) >= 2
+        and isinstance(out, tuple)
+        and len(out) == 2
+        and all(isinstance(t, Tensor) for t in out)
+    ):
+        return RotaryCall((args[0], args[1]), (out[0], out[1]))
+    if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+        return RotaryCall((args[0],), (out,))
+    return None
+
+
 @dataclass
 class _RotaryStash:
-    """The most recent pre-rotation (q, k); the next attention call of the same module consumes it."""
+    """The rotary calls since the last attention call; the next attention call consumes them."""
 
-    query: torch.Tensor | None = None
-    key: torch.Tensor | None = None
+    calls: list[RotaryCall] = field(default_factory=list)
 
-    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        q, k = self.query, self.key
-        self.query = self.key = None
-        return q, k
+    def take(self) -> list[RotaryCall]:
+        taken, self.calls = self.calls, []
+        return taken
+
+
+class RotarySliceError(UserError):
+    """The rotary function's output was not found in the vectors handed to attention."""
+
+
+def pre_rope_pair(query: Tensor, key: Tensor, calls: list[RotaryCall]) -> tuple[Tensor, Tensor]:
+    """The pre-RoPE (query, key) of one attention call, from the rotary calls made since the previous one.
+
+    No call: the layer has no rotation (NoPE), pre == post. Several calls: a layer may rotate more than its
+    attention's q/k (DeepSeek V3.2's sparse-attention indexer rotates its own, smaller ones); the latest call
+    whose vectors fit this attention's query and key, by shape and by where its output sits, is the one.
+    """
+    pairs = [c for c in calls if len(c.inputs) == 2]
+    singles = [c for c in calls if len(c.inputs) == 1]
+    if not pairs and singles:
+        return _matched_single(query, singles), _matched_single(key, singles)
+    if not pairs:
+        return query, key
+    problem: RotarySliceError | None = None
+    for call in reversed(pairs):
+        (q_in, k_in), (q_out, k_out) = call.inputs, call.outputs
+        try:
+            pre_q, pre_k = whole_pre_rope(query, q_in, q_out), whole_pre_rope(key, k_in, k_out)
+        except RotarySliceError as exc:
+            problem = exc
+            continue
+        if pre_q.shape == query.shape and pre_k.shape == key.shape:
+            return pre_q, pre_k
+    raise problem or RotarySliceError(
+        f"no rotary call's vectors fit the attention's query {tuple(query.shape)} and key "
+        f"{tuple(key.shape)}, so the pre-RoPE vectors cannot be told apart; capture post-RoPE only"
+    )
+
+
+def _matched_single(post: Tensor, singles: list[RotaryCall]) -> Tensor:
+    """Pre-RoPE ``post`` from one-tensor rotary calls: the call whose output is ``post`` (or one end of it),
+    bit for bit, possibly in (B, S, H, D) order (Gemma 4 rotates before moving heads first)."""
+    for call in reversed(singles):
+        (x_in,), (x_out,) = call.inputs, call.outputs
+        views = [(x_in, x_out)]
+        if x_out.dim() == 4:
+            views.append((x_in.transpose(1, 2), x_out.transpose(1, 2)))
+        for pre, rotated in views:
+            if rotated.shape[:-1] != post.shape[:-1]:
+                continue
+            width = rotated.shape[-1]
+            if width == post.shape[-1] and torch.equal(rotated, post):
+                return pre
+            if width < post.shape[-1] and torch.equal(post[..., :width], rotated):
+                return torch.cat((pre, post[..., width:]), dim=-1)
+            if width < post.shape[-1] and torch.equal(post[..., -width:], rotated):
+                return torch.cat((post[..., :-width], pre), dim=-1)
+    raise RotarySliceError(
+        f"no one-tensor rotary call returned the attention's {tuple(post.shape)} vectors, so the pre-RoPE "
+        "vectors cannot be rebuilt; capture post-RoPE only"
+    )
+
+
+def whole_pre_rope(
+    post: torch.Tensor, rot_in: torch.Tensor | None, rot_out: torch.Tensor | None
+) -> torch.Tensor:
+    """The whole pre-RoPE vector of ``post`` (B, H, S, D), given what the rotary function got and returned.
+
+    Most families rotate the whole head (or rotate part of it inside the rotary function, GLM): then the
+    rotary input is the pre-RoPE vector. Multi-head latent attention (DeepSeek V2/V3) rotates only a slice
+    and concatenates it with a part that never sees a position: there the pre-RoPE vector is ``post`` with
+    the rotated slice swapped back for its input. Where the slice sits is measured, not assumed: the rotary
+    output must equal ``post``'s leading or trailing slice, bit for bit. A key rotated once for all heads
+    (DeepSeek's shared rope key) is broadcast to ``post``'s heads, as the model itself does.
+    """
+    if rot_in is None:
+        return post  # this layer never rotated (NoPE): pre == post
+    if (
+        rot_in.dim() == 4 == post.dim()
+        and rot_in.shape[1] != post.shape[1]
+        and rot_in.shape[1] == post.shape[2]
+    ):
+        # Rotated in (B, S, H, D) order, heads moved first afterwards (DeepSeek V2, Llama 4).
+        rot_in = rot_in.transpose(1, 2)
+        rot_out = rot_out.transpose(1, 2) if rot_out is not None else None
+    if rot_in.shape[-1] == post.shape[-1]:
+        return rot_in
+    if rot_out is None:
+        raise RotarySliceError("the rotary function rotated a slice but returned no (q, k) pair")
+    width = rot_in.shape[-1]
+    # Broadcastable to post's (B, H, S): each dim equal, or 1 (DeepSeek's one rope key for all heads).
+    lead = zip(rot_in.shape[:-1], post.shape[:-1], strict=False)
+    fits = rot_in.dim() == post.dim() and all(r in (1, p) for r, p in lead)
+    if not fits:
+        raise RotarySliceError(
+            f"a rotated slice of shape {tuple(rot_in.shape)} does not fit {tuple(post.shape)}"
+        )
+    rot_in, rot_out = rot_in.expand(*post.shape[:-1], width), rot_out.expand(*post.shape[:-1], width)
+    if torch.equal(post[..., -width:], rot_out):
+        return torch.cat((post[..., :-width], rot_in), dim=-1)
+    if torch.equal(post[..., :width], rot_out):
+        return torch.cat((rot_in, post[..., width:]), dim=-1)
+    raise RotarySliceError(
+        f"the rotary function returned a {width}-wide slice that is neither end of the {post.shape[-1]}-wide "
+        "attention vectors, so the pre-RoPE vectors cannot be rebuilt; capture post-RoPE only"
+    )
 
 
 def delegate_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]:
@@ -91,12 +218,15 @@ def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     return found
 
 
-def _modeling_modules(modules: list[torch.nn.Module]) -> list[ModuleType]:
-    seen: dict[str, ModuleType] = {}
+def rotary_functions(modules: list[torch.nn.Module]) -> list[tuple[ModuleType, str]]:
+    """(modeling module, name) of every rotary function the attention modules' code may call: the plain
+    ``apply_rotary_pos_emb`` and its variants (DeepSeek V3's ``apply_rotary_pos_emb_interleave``)."""
+    seen: dict[tuple[str, str], tuple[ModuleType, str]] = {}
     for module in modules:
         mod = sys.modules[type(module).__module__]
-        if hasattr(mod, ROTARY_FUNCTION):
-            seen[mod.__name__] = mod
+        for name in vars(mod):
+            if name.startswith(ROTARY_PREFIXES) and callable(getattr(mod, name)):
+                seen[(mod.__name__, name)] = (mod, name)
     return list(seen.values())
 
 
@@ -125,21 +255,20 @@ def attention_tap(
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
-    rotary_modules = _modeling_modules(modules) if pre_rope else []
-    saved_rotary = {mod.__name__: getattr(mod, ROTARY_FUNCTION) for mod in rotary_modules}
+    rotary = rotary_functions(modules) if pre_rope else []
+    saved_rotary = [(mod, fn_name, getattr(mod, fn_name)) for mod, fn_name in rotary]
     stash = _RotaryStash()
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
     ) -> Any:
         layer = int(module.layer_idx)  # type: ignore[arg-type]
-        pre_q, pre_k = stash.take()
+        rotary_calls = stash.take()
         if layers is None or layer in layers:
             window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
             if pre_rope:
                 # Layers without rotation never called the rotary function: there pre == post.
-                query_out = pre_q if pre_q is not None else query
-                key_out = pre_k if pre_k is not None else key
+                query_out, key_out = pre_rope_pair(query, key, rotary_calls)
             else:
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)
@@ -148,11 +277,14 @@ def attention_tap(
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
     def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
-        def rotary(q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            stash.query, stash.key = q, k
-            return original(q, k, *args, **kwargs)
+        def rotary_recorder(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            call = rotary_call(args, out)
+            if call is not None:
+                stash.calls.append(call)
+            return out
 
-        return rotary
+        return rotary_recorder
 
     try:
         AttentionInterface.register(name, tapped_attention)
@@ -160,12 +292,12 @@ def attention_tap(
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
         for cfg in configs.values():
             cfg._attn_implementation_internal = name
-        for mod in rotary_modules:
-            setattr(mod, ROTARY_FUNCTION, wrap_rotary(saved_rotary[mod.__name__]))
+        for mod, fn_name, original in saved_rotary:
+            setattr(mod, fn_name, wrap_rotary(original))
         yield
     finally:
-        for mod in rotary_modules:
-            setattr(mod, ROTARY_FUNCTION, saved_rotary[mod.__name__])
+        for mod, fn_name, original in saved_rotary:
+            setattr(mod, fn_name, original)
         for key, cfg in configs.items():
             cfg._attn_implementation_internal = saved_impl[key]
         AttentionInterface._global_mapping.pop(name, None)

@@ -52,10 +52,12 @@ class CaptureSession:
         *,
         pre_rope: bool = False,
         early_stop: bool = True,
+        layout: ModelLayout | None = None,
     ) -> None:
         self.model = model
         self.backbone = backbone_of(model)
-        self.layout: ModelLayout = layout_from_config(model.config)
+        # The family sweep passes the layout it read without the support-matrix check it is measuring.
+        self.layout: ModelLayout = layout or layout_from_config(model.config)
         self.selection = selection
         self.sampler = sampler
         self.pre_rope = pre_rope

@@ -470,9 +470,11 @@ def test_an_unlisted_family_that_bypasses_the_registry_is_refused_before_loading
                 [f"model.name={ckpt}", "dataset=local", f"dataset.data_files={data}", f"output.dir={out}"]
             )
         )
+    # bloom is in the support matrix: the refusal names the class and reason the family sweep measured.
     assert str(err.value).startswith(
-        "model family 'bloom' (BloomForCausalLM) cannot be captured: its attention does not go through the "
-        "AttentionInterface registry."
+        "model family 'bloom' (BloomForCausalLM) cannot be captured exactly: no_softmax_attention: no "
+        "`*Attention` module with a layer_idx and a config (what the tap hooks) (measured by the family "
+        "sweep on transformers"
     )
     assert not out.exists()
 

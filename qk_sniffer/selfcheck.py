@@ -1,0 +1,256 @@
+"""A capture compared with the model's own eager computation: what the family sweep and the load-time
+self-check of families outside the support matrix both measure.
+
+The reference is recorded without our tap: every attention module is switched to ``eager`` and the
+modeling module's own ``eager_attention_forward`` is swapped for a recorder (post-RoPE query/key), and its
+rotary functions for recorders (pre-RoPE). Each example runs alone and unpadded; the capture runs them as one
+right-padded batch through :class:`~qk_sniffer.session.CaptureSession`, the path every run takes. A
+mismatch names its (layer, kind, example, position).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from .capture import Block
+from .data import DataStats, Example, batches
+from .errors import UserError
+from .heads import HeadSelection
+from .models import ModelLayout, backbone_of
+from .patching import attention_modules, pre_rope_pair, rotary_call, rotary_functions
+from .samplers import AllSampler, Sampler
+
+TOLERANCE = 1e-4  # float32, absolute, per vector component
+
+
+class NoEagerPath(Exception):  # noqa: N818 - a finding of the sweep, reported as a refusal reason
+    """The family's attention modules have no ``eager_attention_forward`` to record."""
+
+
+@dataclass
+class LayerQK:
+    """One layer's vectors of one example, (heads, positions, head_dim), float32 on the host."""
+
+    q_post: torch.Tensor
+    k_post: torch.Tensor
+    q_pre: torch.Tensor
+    k_pre: torch.Tensor
+    rotated: bool  # whether the layer called a rotary function
+
+
+@torch.no_grad()
+def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]:
+    """The model's own eager Q/K for one unpadded example, per layer that called its eager attention."""
+    backbone = backbone_of(model)
+    modules = attention_modules(backbone)
+    modeling = {sys.modules[type(m).__module__] for m in modules}
+    missing = [mod.__name__ for mod in modeling if not hasattr(mod, "eager_attention_forward")]
+    if missing or not modeling:
+        raise NoEagerPath(f"no eager_attention_forward in {', '.join(missing) or 'any attention module'}")
+    configs: dict[int, Any] = {id(m.config): m.config for m in modules}
+    configs[id(backbone.config)] = backbone.config
+    saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
+    saved_eager = {mod: getattr(mod, "eager_attention_forward") for mod in modeling}  # noqa: B009
+    saved_rotary = [(mod, name, getattr(mod, name)) for mod, name in rotary_functions(modules)]
+    layers: dict[int, LayerQK] = {}
+    pending: dict[str, Any] = {}
+
+    def record_eager(original: Any) -> Any:
+        def recorder(
+            module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *a: Any, **kw: Any
+        ) -> Any:
+            calls = pending.pop("rot", [])
+            q_pre, k_pre = pre_rope_pair(query, key, calls)
+            q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
+            layer = int(module.layer_idx)  # type: ignore[arg-type]
+            layers[layer] = LayerQK(q_post, k_post, q_pre, k_pre, rotated=bool(calls))
+            return original(module, query, key, *a, **kw)
+
+        return recorder
+
+    def record_rotary(original: Any) -> Any:
+        def recorder(*a: Any, **kw: Any) -> Any:
+            out = original(*a, **kw)
+            call = rotary_call(a, out)
+            if call is not None:
+                pending.setdefault("rot", []).append(call)
+            return out
+
+        return recorder
+
+    try:
+        for cfg in configs.values():
+            cfg._attn_implementation_internal = "eager"
+        for mod, fn in saved_eager.items():
+            setattr(mod, "eager_attention_forward", record_eager(fn))  # noqa: B010
+        for mod, name, fn in saved_rotary:
+            setattr(mod, name, record_rotary(fn))
+        device = next(model.parameters()).device
+        backbone(input_ids=torch.tensor([input_ids], device=device), use_cache=False)
+    finally:
+        for mod, fn in saved_eager.items():
+            setattr(mod, "eager_attention_forward", fn)  # noqa: B010
+        for mod, name, fn in saved_rotary:
+            setattr(mod, name, fn)
+        for key, cfg in configs.items():
+            cfg._attn_implementation_internal = saved_impl[key]
+    return layers
+
+
+def every_head(layout: ModelLayout) -> HeadSelection:
+    layers = layout.self_attention_layers
+    return HeadSelection(
+        {layer: tuple(range(layout.num_q_heads)) for layer in layers},
+        {layer: tuple(range(layout.num_kv_heads)) for layer in layers},
+    )
+
+
+def capture_blocks(
+    model: PreTrainedModel, texts: list[list[int]], pre_rope: bool, layout: ModelLayout, pad_id: int = 0
+) -> list[Block]:
+    """Every position of every head of ``texts``, as one right-padded batch through the capture session."""
+    from .session import CaptureSession  # the session imports models; keep this module importable by it
+
+    examples = [Example(i, i, ids) for i, ids in enumerate(texts)]
+    (batch,) = batches(examples, len(examples), pad_id, DataStats())
+    sampler: Sampler = AllSampler()  # type: ignore[assignment] # frozen dataclass vs the protocol's name
+    with CaptureSession(model, every_head(layout), sampler, pre_rope=pre_rope, layout=layout) as session:
+        return session.forward(batch).result()
+
+
+@dataclass
+class Comparison:
+    """Every captured vector against the eager reference, in both modes."""
+
+    checked: int = 0
+    worst: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return not self.problems and self.checked > 0
+
+
+def compare(
+    refs: list[dict[int, LayerQK]],
+    blocks: list[Block],
+    pre_rope: bool,
+    result: Comparison,
+    tol: float = TOLERANCE,
+    relative: bool = False,
+) -> None:
+    """Add to ``result`` every vector of ``blocks`` checked against ``refs`` (one reference per example)."""
+    mode = "pre" if pre_rope else "post"
+    for block in blocks:
+        for index in range(len(block.plan)):
+            example, pos = int(block.plan.example_ids[index]), int(block.plan.positions[index])
+            ref = refs[example].get(block.layer)
+            if ref is None:
+                result.problems.append(f"l{block.layer}: captured, but the eager forward never reached it")
+                return
+            source = {
+                ("q", False): ref.q_post,
+                ("k", False): ref.k_post,
+                ("q", True): ref.q_pre,
+                ("k", True): ref.k_pre,
+            }[(block.kind, pre_rope)]
+            heads = list(block.heads)
+            expected = source[heads, pos].numpy()
+            got = block.vectors[:, index, :]
+            if got.shape != expected.shape:
+                result.problems.append(
+                    f"{mode} {block.kind} l{block.layer}: captured shape {got.shape}, eager {expected.shape}"
+                )
+                return
+            err = float(np.abs(got - expected).max()) if got.size else 0.0
+            if relative and got.size:
+                err /= max(1.0, float(np.abs(expected).max()))
+            result.worst = max(result.worst, err)
+            result.checked += len(heads)
+            if not err <= tol:
+                result.problems.append(
+                    f"{mode} {block.kind} l{block.layer} ex{example} pos{pos}: max abs error {err:.3g}"
+                )
+                return
+
+
+def check_against_eager(
+    model: PreTrainedModel,
+    texts: list[list[int]],
+    layout: ModelLayout,
+    tol: float = TOLERANCE,
+    relative: bool = False,
+) -> Comparison:
+    """Capture ``texts`` pre- and post-RoPE and compare every vector with the model's own eager computation.
+
+    Also checks that the captured layers are the ones the eager forward ran attention in, and that
+    rotation shows where the model rotated and nowhere else (a rotary function the tap missed would
+    otherwise make pre == post pass unnoticed).
+    """
+    refs = [eager_qk(model, ids) for ids in texts]
+    result = Comparison()
+    eager_layers = sorted(refs[0])
+    if eager_layers != list(layout.self_attention_layers):
+        result.problems.append(
+            f"the config's self-attention layers are {list(layout.self_attention_layers)} but the eager "
+            f"forward ran attention in layers {eager_layers}"
+        )
+        return result
+    for pre_rope in (False, True):
+        blocks = capture_blocks(model, texts, pre_rope, layout)
+        captured = sorted({b.layer for b in blocks})
+        if captured != eager_layers:
+            result.problems.append(f"the tap captured layers {captured}, eager ran {eager_layers}")
+            return result
+        compare(refs, blocks, pre_rope, result, tol, relative)
+        if result.problems:
+            return result
+    nope = set(layout.nope_layers)
+    for layer in eager_layers:
+        ref = refs[0][layer]
+        if ref.rotated == (layer in nope):
+            said = "no rotation" if layer in nope else "a rotation"
+            result.problems.append(f"l{layer}: the config says {said}, the model did the opposite")
+    return result
+
+
+# Downstream layers run sdpa in the capture and eager in the reference; in half precision their rounding
+# differs by far more than float32's, so there the bar is relative to the vector's largest component.
+HALF_TOLERANCE = 5e-2
+PROBE_LENGTHS = (23, 14, 31)
+
+
+def require_exact(model: PreTrainedModel) -> None:
+    """Refuse a family the support matrix does not list unless a probe batch captures exactly.
+
+    The probe is a fixed batch of unequal lengths of token ids (every row checked, both modes); a mismatch is
+    a UserError naming the first differing vector, raised before any data is read or written.
+    """
+    from .models import layout_from_config, text_config  # noqa: PLC0415 - models imports this module lazily
+
+    layout = layout_from_config(model.config)
+    vocab = int(text_config(model.config).vocab_size)
+    rng = np.random.default_rng(0)
+    texts = [rng.integers(3, vocab, size=n).tolist() for n in PROBE_LENGTHS]
+    dtype = next(model.parameters()).dtype
+    tol = TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
+    try:
+        with torch.inference_mode():
+            result = check_against_eager(model, texts, layout, tol=tol, relative=dtype != torch.float32)
+    except NoEagerPath as exc:
+        raise UserError(
+            f"model family {layout.model_type!r} is not in the support matrix and cannot be self-checked: "
+            f"{exc}"
+        ) from None
+    if not result.exact:
+        problem = result.problems[0] if result.problems else "no vector was captured"
+        raise UserError(
+            f"model family {layout.model_type!r} is not in the support matrix and its first-batch self-check "
+            f"against its own eager attention failed: {problem}; it cannot be captured exactly"
+        )
