@@ -368,8 +368,9 @@ def test_api_write_then_a_cli_run_into_the_same_dir(tmp_path):
 
 
 def test_the_api_refuses_null_and_repeated_example_ids_before_capturing():
-    import qk_sniffer
     from helpers import embedded_tokenizer, tiny_model
+
+    import qk_sniffer
 
     model = tiny_model("qwen3", vocab_size=512)
     with qk_sniffer.attach(model, embedded_tokenizer(), sampler="all", layers=[0]) as cap:
