@@ -120,7 +120,11 @@ def render(root: Path, repo_id: str | None = None, branch: str | None = None) ->
         branch = branch_for_metadata(HubConfig(repo_id=repo_id), metadata)
     matter = yaml.safe_dump(front_matter(summary, metadata), sort_keys=False)
     where = repo_id or str(root.resolve())
-    return f"---\n{matter}---\n\n{_body(summary, metadata, where, branch if repo_id else None)}"
+    from .figures import figure_section  # figures reads the store through loading, which imports this module
+
+    figures = "\n".join(figure_section(root))
+    body = _body(summary, metadata, where, branch if repo_id else None)
+    return f"---\n{matter}---\n\n{body}" + (f"\n{figures}" if figures else "")
 
 
 def write_card(root: Path, repo_id: str | None = None, branch: str | None = None) -> Path:

@@ -160,6 +160,12 @@ class TrackingConfig:
 
 
 @dataclass
+class ReportConfig:
+    # Render the figures (figures/*.png, linked from the card) at the end of a run.
+    enabled: bool = True
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -170,6 +176,7 @@ class Config:
     capture: CaptureConfig = MISSING
     output: OutputConfig = MISSING
     wandb: TrackingConfig = MISSING
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 @dataclass
@@ -188,11 +195,24 @@ class BenchAppConfig(Config):
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
+@dataclass
+class ReportTarget:
+    dir: str | None = None
+
+
+@dataclass
+class ReportAppConfig:
+    """``python -m qk_sniffer.report``: the output dir whose figures to draw."""
+
+    output: ReportTarget = field(default_factory=ReportTarget)
+
+
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore. Idempotent."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)
+    cs.store(name="report_schema", node=ReportAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)

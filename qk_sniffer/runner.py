@@ -28,6 +28,7 @@ from .export import (
     name_widths,
     return_freed_buffers_to_the_os,
 )
+from .figures import render_after_run
 from .heads import HeadSelection
 from .manifest import Manifest, ResumeFilter, committer, recipe_id, recipe_of, write_recipe
 from .metadata import final_metadata, run_metadata, write_metadata
@@ -202,6 +203,8 @@ def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
         if cfg.output.compact:
             compact_dir(out_dir, run_id)
         write_metadata(out_dir, final_metadata(out_dir, prep.metadata, prep.rid, prep.stats))
+        if cfg.report.enabled:  # before the card, which links the figures drawn from the data it describes
+            render_after_run(out_dir)
         card.write_card(out_dir, cfg.output.hub.repo_id, cfg.output.hub.branch)
 
 
