@@ -22,39 +22,34 @@ def cache_root() -> Path:
     return Path(constants.HF_HOME) / "qk_sniffer"
 
 
-def download_config(repo_id: str, config: str, revision: str | None) -> Path:
+def download_config(repo_id: str, config: str, revision: str | None) -> tuple[Path, set[str]]:
+    """The local copy holding ``config``'s committed files, and every path the branch holds (so commits
+    that also name other configs' files are trusted without downloading those)."""
     token = hub.find_token()  # None: anonymous, enough for a public repo
+    where = f"{repo_id}@{revision or 'main'}"
     try:
         api = hub.API_FACTORY(token)  # type: ignore[arg-type] # HfApi takes None
         sha = str(api.repo_info(repo_id, repo_type=hub.REPO_TYPE, revision=revision or "main").sha)
+        remote = set(api.list_repo_files(repo_id, repo_type=hub.REPO_TYPE, revision=sha))
         local = cache_root() / repo_id / sha
+        manifest = [f"{STATE_DIR}/model.json", f"{STATE_DIR}/recipes/*", f"{STATE_DIR}/commits/*", METADATA]
         api.snapshot_download(
-            repo_id,
-            repo_type=hub.REPO_TYPE,
-            revision=sha,
-            local_dir=str(local),
-            allow_patterns=[
-                f"{STATE_DIR}/model.json",
-                f"{STATE_DIR}/recipes/*",
-                f"{STATE_DIR}/commits/*",
-                METADATA,
-            ],
+            repo_id, repo_type=hub.REPO_TYPE, revision=sha, local_dir=str(local), allow_patterns=manifest
         )
-        # Every file a commit names, trusted or not yet: trust is decided once they are here.
         wanted = sorted(
             f"{config}/{f['name']}"
-            for c in Manifest(local, remote=()).all_commits
+            for c in Manifest(local, remote=remote).commits
             for f in c.files.get(config, [])
         )
         if wanted:
             api.snapshot_download(
                 repo_id, repo_type=hub.REPO_TYPE, revision=sha, local_dir=str(local), allow_patterns=wanted
             )
-    except UserError:
-        raise
     except Exception as exc:
-        reason = hub._redact(hub.describe(exc), token)
         raise UserError(
-            f"downloading {config!r} from {repo_id}@{revision or 'main'} failed: {reason}"
+            f"downloading {config!r} from {where} failed: {hub._redact(hub.describe(exc), token)}"
         ) from None
-    return local
+    missing = [f for f in wanted if not (local / f).is_file()]
+    if missing:
+        raise UserError(f"downloading {config!r} from {where} did not deliver {', '.join(missing[:3])}")
+    return local, remote

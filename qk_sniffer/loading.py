@@ -3,7 +3,8 @@
 Only committed part files are read (:func:`committed_parts`, the one place that asks the store what the
 dataset holds): a part file no trusted commit names is a killed run's leftover and is never visible. The
 vector column is a fixed-size list of float32, so its flat child buffer is the (rows, head_dim) matrix
-itself: it is reshaped, never converted through Python objects.
+itself: it is reshaped, never converted through Python objects, and copied at most once (to join chunks
+or to own a writable array).
 
 A Hub repo (``"user/repo"`` with a ``revision``) is read the same way after downloading, at the revision's
 commit, the manifest, the metadata, and then exactly the files its commits name for that config.
@@ -12,6 +13,7 @@ commit, the manifest, the metadata, and then exactly the files its commits name 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,17 @@ class CommittedPart:
     recipe: str
 
 
-def committed_parts(root: Path) -> dict[str, list[CommittedPart]]:
-    """Config name -> its committed part files, in commit order: exactly what the dataset holds."""
+def committed_parts(root: Path, elsewhere: Collection[str] = ()) -> dict[str, list[CommittedPart]]:
+    """Config name -> its committed part files, in commit order: exactly what the dataset holds.
+    ``elsewhere``: relative paths present on the Hub branch a partial download came from (a commit is
+    trusted when all its files exist, also those of configs that were not downloaded)."""
     if not state_dir(root).is_dir():
         raise UserError(
             f"{str(root)!r} has no {STATE_DIR}/ manifest, so which of its files are committed is unknown; "
             "it is not an output dir written by qk_sniffer"
         )
     parts: dict[str, list[CommittedPart]] = {}
-    for commit in Manifest(root).commits:
+    for commit in Manifest(root, remote=elsewhere).commits:
         for config, files in commit.files.items():
             for f in files:
                 parts.setdefault(config, []).append(
@@ -71,9 +75,9 @@ def recorded_samplers(root: Path) -> dict[str, Any]:
 
 @dataclass
 class ConfigRows:
-    """The rows of one config as numpy arrays, in committed-file order. ``keep_prob[i]`` is the probability
-    the sampler kept row i's position (its bucket's), so ``sum(x / keep_prob)`` estimates a total over all
-    positions and per-bucket means need no weighting at all."""
+    """The rows of one config as numpy arrays (writable, owned by numpy), in committed-file order.
+    ``keep_prob[i]`` is the probability the sampler kept row i's position (its bucket's), so
+    ``sum(x / keep_prob)`` estimates a total over all positions; per-bucket means need no weighting."""
 
     config: str
     vectors: np.ndarray  # (N, head_dim) float32
@@ -105,6 +109,11 @@ def vectors_of(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return flat.reshape(-1, width)
 
 
+def owned(array: np.ndarray) -> np.ndarray:
+    """A writable array: a view of Arrow memory is read-only, and users (and torch) expect to write."""
+    return array if array.flags.writeable else array.copy()
+
+
 def _flat_values(chunk: pa.FixedSizeListArray, width: int) -> np.ndarray:
     # .values ignores a slice's offset; flatten() honours it (and is still zero-copy without nulls).
     values = chunk.flatten() if chunk.offset else chunk.values
@@ -120,18 +129,19 @@ def load(path_or_repo: str | Path, config: str, revision: str | None = None) -> 
     if local.exists():
         if revision is not None:
             raise UserError(f"revision={revision!r} applies to a Hub repo; {str(local)!r} is a local dir")
-        return read_config(local, config)
+        return read_config(local, config=config)
     if isinstance(path_or_repo, str) and REPO_ID.match(path_or_repo):
         from .hub_download import download_config
 
-        return read_config(download_config(path_or_repo, config, revision), config)
+        return read_config(*download_config(path_or_repo, config, revision), config=config)
     raise UserError(f"{str(path_or_repo)!r} is neither an existing output dir nor a Hub repo id (user/name)")
 
 
-def read_config(root: Path, config: str) -> ConfigRows:
-    parts = committed_parts(root).get(config)
+def read_config(root: Path, elsewhere: Collection[str] = (), *, config: str) -> ConfigRows:
+    held_parts = committed_parts(root, elsewhere)
+    parts = held_parts.get(config)
     if not parts:
-        held = sorted(committed_parts(root))
+        held = sorted(held_parts)
         shown = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "") if held else "none"
         raise UserError(f"config {config!r} holds no committed rows in {str(root)!r} (configs held: {shown})")
     files = [pq.ParquetFile(p.path) for p in parts]
@@ -143,13 +153,13 @@ def read_config(root: Path, config: str) -> ConfigRows:
             )
     tables = [f.read(columns=COLUMNS) for f in files]
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    buckets = table.column("bucket").to_numpy()
+    buckets = owned(table.column("bucket").to_numpy())
     return ConfigRows(
         config=config,
-        vectors=vectors_of(table.column("vector")),
-        positions=table.column("position").to_numpy(),
+        vectors=owned(vectors_of(table.column("vector"))),
+        positions=owned(table.column("position").to_numpy()),
         buckets=buckets,
-        example_ids=table.column("example_id").to_numpy(),
+        example_ids=owned(table.column("example_id").to_numpy()),
         keep_prob=_keep_prob(root, parts, buckets),
     )
 

@@ -230,7 +230,7 @@ class RowIndex:
                 ids = batch["example_id"].to_numpy()
                 keep = np.isin(ids, wanted)
                 if keep.any():
-                    vectors = vectors_of(batch["vector"])[keep].copy()
+                    vectors = vectors_of(batch["vector"])[keep]
                     pieces.append((ids[keep], batch["position"].to_numpy()[keep], vectors))
         out: dict[int, Rows] = {}
         if not pieces:
