@@ -253,3 +253,11 @@ def test_parquet_reads_see_the_same_committed_row_counts(out):
         assert sum(pq.ParquetFile(p.path).metadata.num_rows for p in files) == len(
             qk_sniffer.load(out, config)
         )
+
+
+def test_load_bench_times_load_and_pyarrow_on_the_same_committed_files(capsys):
+    from qk_sniffer.load_bench import main
+
+    result = main(["--rows", "2000", "--head-dim", "8", "--parts", "2", "--repeats", "1"])
+    assert result["rows"] == 2000 and result["qk_sniffer_load_s"] > 0 and result["pyarrow_read_table_s"] > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
