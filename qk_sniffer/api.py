@@ -44,9 +44,10 @@ from .data import DataStats, Example, batches, make_example, stable_id
 from .errors import UserError
 from .export import ParquetWriter, PendingRows, config_name, name_widths, schema, tables_for
 from .heads import HeadSelection, select_heads
+from .manifest import committer, recipe_of, write_recipe
 from .metadata import run_metadata, write_metadata
 from .models import ModelLayout, attention_backend, layout_from_config, text_config
-from .outdir import claim_output_dir
+from .outdir import claim_output_dir, record_model
 from .samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .session import CaptureSession
 from .tokenization import encoder, pad_id
@@ -241,7 +242,13 @@ class Capture:
             )
         metadata = self._metadata(dataset)
         claim_output_dir(root, metadata, mode="append")
-        writer = ParquetWriter(root, f"part-000-{uuid.uuid4().hex[:8]}", self._widths, self._token_strings)
+        # Committed like a run's flushes: readers (qk_sniffer.load, the report) see only committed files.
+        record_model(root, metadata)
+        run_id = uuid.uuid4().hex[:8]
+        on_durable = committer(root, write_recipe(root, recipe_of(metadata)), run_id, 0)
+        writer = ParquetWriter(
+            root, f"part-000-{run_id}", self._widths, self._token_strings, on_durable=on_durable
+        )
         try:
             writer.submit({key: PendingRows(list(blocks)) for key, blocks in self._blocks.items()})
         finally:

@@ -98,6 +98,7 @@ def norm_vs_position(stats: NormStats, num_layers: int) -> Figure:
             shown = np.isfinite(y)
             ax.plot(x[shown], y[shown], color=colors(key.layer), alpha=0.6, linewidth=1)
         ax.set_xscale("log")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xlabel(f"token position + 1 (mean of {POSITION_BINS_PER_OCTAVE} bins per octave)")
         ax.set_ylabel("mean L2 norm")
         ax.set_title(f"Norm against position: {KINDS[kind]}, one line per head")
