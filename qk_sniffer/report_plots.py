@@ -127,7 +127,18 @@ def coverage_map(maps: dict[str, np.ndarray]) -> Figure:
     for i, (kind, title) in enumerate((("q", "query heads"), ("k", "key/value heads"))):
         ax = fig.add_subplot(1, 2, i + 1)
         grid = maps[kind]
-        ax.imshow(grid.astype(float), aspect="auto", origin="lower", cmap=cmap, vmin=0, vmax=1)
+        layers, heads = grid.shape
+        # One cell per (layer, head), outlined so that a full map still shows its cells.
+        ax.pcolormesh(
+            np.arange(heads + 1) - 0.5,
+            np.arange(layers + 1) - 0.5,
+            grid.astype(float),
+            cmap=cmap,
+            vmin=0,
+            vmax=1,
+            edgecolors="white",
+            linewidth=0.5 if layers * heads <= 4096 else 0,
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("head")

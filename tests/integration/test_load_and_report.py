@@ -261,3 +261,26 @@ def test_load_bench_times_load_and_pyarrow_on_the_same_committed_files(capsys):
     result = main(["--rows", "2000", "--head-dim", "8", "--parts", "2", "--repeats", "1"])
     assert result["rows"] == 2000 and result["qk_sniffer_load_s"] > 0 and result["pyarrow_read_table_s"] > 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+
+
+def test_coverage_and_rows_per_bucket_count_the_committed_rows(out):
+    layout = json.loads((out / METADATA).read_text())["layout"]
+    parts = committed_parts(out)
+    maps = report_data.coverage(parts, layout)
+    assert maps["q"].tolist() == [[True] * 4, [True] * 4, [False] * 4, [False] * 4]
+    assert maps["k"].tolist() == [[True] * 2, [True] * 2, [False] * 2, [False] * 2]
+    stats = report_data.norm_stats(parts)
+    for kind in ("q", "k"):
+        buckets = np.concatenate([qk_sniffer.load(out, c).buckets for c in sorted(parts) if c.endswith(kind)])
+        assert stats.rows_per_bucket[kind].count.tolist() == np.bincount(buckets).tolist()
+
+
+def test_many_buckets_fold_into_64_ranges_that_keep_every_row():
+    from qk_sniffer.report_plots import fold
+
+    sums = report_data.Sums()
+    buckets = np.arange(1000)
+    sums.add(buckets, buckets.astype(float))
+    labels, folded = fold(sums, 1000)
+    assert len(labels) == 64 and labels[0] == "0-14" and labels[-1].endswith("-999")
+    assert folded.count.sum() == 1000 and folded.total.sum() == buckets.sum()
