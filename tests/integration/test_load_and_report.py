@@ -45,7 +45,12 @@ def capture(out: Path, *overrides: str) -> Path:
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
     # Every position (sampler=all) on two layers: enough pairs at every distance for the logit figure.
-    return capture(tmp_path_factory.mktemp("cap") / "capture", "sampler=all", "capture.layers=[0,1]")
+    return capture(
+        tmp_path_factory.mktemp("cap") / "capture",
+        "sampler=all",
+        "capture.layers=[0,1]",
+        "report.enabled=true",
+    )
 
 
 def run_report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -103,13 +108,13 @@ def test_a_part_file_no_commit_names_is_not_visible(out, tmp_path):
     ids=["log_bucket", "uniform", "all"],
 )
 def test_keep_prob_is_the_recorded_samplers_probability_of_each_rows_bucket(tmp_path, overrides, expected):
-    out = capture(tmp_path / "capture", "capture.layers=[0]", "report.enabled=false", *overrides)
+    out = capture(tmp_path / "capture", "capture.layers=[0]", *overrides)
     sampler = build_sampler(json.loads((out / METADATA).read_text())["sampler"])
     rows = qk_sniffer.load(out, "l00h01k")
     assert len(rows) > 0 and len(np.unique(rows.buckets)) > 1
     np.testing.assert_array_equal(rows.keep_prob, sampler.keep_probability(rows.buckets.astype(np.int64)))
     np.testing.assert_allclose(rows.keep_prob, expected(rows.buckets.astype(np.float64)))
-    assert not (out / FIGURES_DIR).exists()  # report.enabled=false
+    assert not (out / FIGURES_DIR).exists()  # report.enabled=false (the tests' default)
 
 
 def test_bad_arguments_are_one_clear_message(out, tmp_path):
@@ -284,3 +289,22 @@ def test_many_buckets_fold_into_64_ranges_that_keep_every_row():
     labels, folded = fold(sums, 1000)
     assert len(labels) == 64 and labels[0] == "0-14" and labels[-1].endswith("-999")
     assert folded.count.sum() == 1000 and folded.total.sum() == buckets.sum()
+
+
+def test_a_push_carries_the_figures_and_the_branchs_card_embeds_them(monkeypatch, tmp_path):
+    fake = install_stand_in(monkeypatch, tmp_path)
+    out = capture(
+        tmp_path / "capture",
+        "capture.layers=[0]",
+        "report.enabled=true",
+        "output.hub.push=true",
+        f"output.hub.repo_id={HUB_REPO}",
+    )
+    branch = next(b for b in fake.branches[HUB_REPO] if b != "main")
+    remote = fake.tree(HUB_REPO, branch)
+    names = json.loads(remote[f"{FIGURES_DIR}/{INDEX}"])["figures"]
+    assert set(names) == FIGURES
+    card = remote[CARD].decode()
+    for name in names:
+        assert remote[f"{FIGURES_DIR}/{name}.png"] == (out / FIGURES_DIR / f"{name}.png").read_bytes()
+        assert f"](figures/{name}.png)" in card
