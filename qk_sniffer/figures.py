@@ -36,7 +36,7 @@ def render_figures(root: Path) -> list[Path]:
     from .report_plots import draw_all
 
     root = root.expanduser()
-    layout = _capture_layout(root)
+    layout = capture_layout(root)
     parts = committed_parts(root)
     if not parts:
         raise UserError(f"output.dir={str(root)!r} holds no committed rows to draw")
@@ -45,6 +45,10 @@ def render_figures(root: Path) -> list[Path]:
     )
     out = root / FIGURES_DIR
     previous = _index(root).get("figures", [])
+    # Until every PNG is replaced the record matches no data: a crash midway never passes a mix of old
+    # and new figures off as current.
+    with atomic_file(out / INDEX, "w") as f:
+        json.dump({"data": None, "figures": previous}, f, indent=1)
     paths = []
     for name, figure in figures.items():
         path = out / f"{name}.png"
@@ -58,7 +62,7 @@ def render_figures(root: Path) -> list[Path]:
     return paths
 
 
-def _capture_layout(root: Path) -> dict[str, object]:
+def capture_layout(root: Path) -> dict[str, object]:
     if not root.is_dir():
         raise UserError(f"output.dir={str(root)!r} does not exist")
     layout = read_metadata(root).get("layout")

@@ -22,14 +22,19 @@ def main(cfg: DictConfig) -> None:
         if not cfg.output.dir:
             raise UserError("output.dir is required: python -m qk_sniffer.report output.dir=PATH")
         from .card import write_card
-        from .figures import FIGURES_DIR, render_figures
+        from .figures import FIGURES_DIR, capture_layout, render_figures
         from .hub import SYNC_STATE
+        from .outdir import maintenance_lock
 
         root = Path(str(cfg.output.dir)).expanduser().resolve()
+        capture_layout(root)  # refuse a dir that is not a capture before anything is written into it
+        # Drawn outside the lock (minutes on a big dir): figures.json names the committed files they show,
+        # so a card written after more rows arrive marks them out of date instead of showing them.
         paths = render_figures(root)
-        # A pushed dir's card names its repo and branch: keep them (the last sync recorded them).
-        synced = json.loads((root / SYNC_STATE).read_text()) if (root / SYNC_STATE).is_file() else {}
-        write_card(root, synced.get("repo_id"), synced.get("branch"))
+        with maintenance_lock(root):
+            # A pushed dir's card names its repo and branch: keep them (the last sync recorded them).
+            synced = json.loads((root / SYNC_STATE).read_text()) if (root / SYNC_STATE).is_file() else {}
+            write_card(root, synced.get("repo_id"), synced.get("branch"))
     print(f"qk_sniffer.report: wrote {len(paths)} figures to {root / FIGURES_DIR}")
 
 
