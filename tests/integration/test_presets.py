@@ -127,7 +127,10 @@ def test_cli_cfg_job_prints_the_preset(tmp_path, preset):
     proc = run_cli([f"+experiment=attention-plasticity/{preset}", "--cfg", "job"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
-    composed = OmegaConf.to_container(compose_cfg([f"+experiment=attention-plasticity/{preset}"]))
+    # report.enabled=true: the CLI's default, which compose_cfg turns off for speed
+    composed = OmegaConf.to_container(
+        compose_cfg([f"+experiment=attention-plasticity/{preset}", "report.enabled=true"])
+    )
     assert {k: v for k, v in shown.items() if k not in LOGGING} == {
         k: v for k, v in composed.items() if k not in LOGGING
     }
