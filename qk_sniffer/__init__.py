@@ -10,6 +10,8 @@ already loaded::
     tables = cap.tables()       # {(layer, head, "q" | "k"): pyarrow.Table}
     cap.write("out")            # Parquet layout + dataset card, as the CLI writes them
 
+    rows = qk_sniffer.load("out", "l00h00q")   # numpy: rows.vectors (N, head_dim), rows.positions, ...
+
 ``help(qk_sniffer.attach)`` and ``help(qk_sniffer.Capture)`` describe every option.
 """
 
@@ -21,12 +23,13 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .api import Capture, attach
+    from .loading import load
     from .patching import CaptureSessionActiveError
 
-__all__ = ["Capture", "CaptureSessionActiveError", "UserError", "attach"]
+__all__ = ["Capture", "CaptureSessionActiveError", "UserError", "attach", "load"]
 
 # Imported on first use: the CLI composes configs (and `--cfg job` prints them) without loading torch.
-_LAZY = {"attach": "api", "Capture": "api", "CaptureSessionActiveError": "patching"}
+_LAZY = {"attach": "api", "Capture": "api", "CaptureSessionActiveError": "patching", "load": "loading"}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,10 +17,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
+from .figures import figure_section
 from .ranges import format_ranges
 from .store import DatasetView, Store
-from .store.files import DamagedFile, atomic_file, read_json
-from .store.layout import METADATA, parse_config_name
+from .store.files import atomic_file
+from .store.layout import parse_config_name
 
 # The shape first; whatever else the layout records follows in its own order.
 # Readable names for the layout fields whose key alone would puzzle a reader; others are shown by key.
@@ -81,16 +82,6 @@ def _unique(values: Any) -> tuple[Any, Any]:
     return np.unique(values, return_counts=True)  # type: ignore[no-any-return]
 
 
-def read_metadata(root: Path) -> dict[str, Any]:
-    """The dir's recorded metadata; {} when there is none or it cannot be read (it is rewritten whole by
-    the next run or push, from the manifest)."""
-    try:
-        data = read_json(root / METADATA)
-    except (FileNotFoundError, DamagedFile):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def front_matter(view: DatasetView, summary: DiskSummary, metadata: dict[str, Any]) -> dict[str, Any]:
     model = metadata.get("model", {})
     matter: dict[str, Any] = {
@@ -115,13 +106,16 @@ def front_matter(view: DatasetView, summary: DiskSummary, metadata: dict[str, An
 
 def render(store: Store, repo_id: str | None = None, branch: str | None = None) -> str:
     """The card for what the dataset holds. With a repo the loading snippet names it and its branch
-    (the caller derives it like the push does); without one it names the local dir."""
+    (the caller derives it like the push does); without one it names the local dir. Figures drawn from
+    exactly this data are embedded."""
     view = store.view()
     summary = summarize(store, view)
-    metadata = read_metadata(store.root)
+    metadata = store.recorded_metadata()
     matter = yaml.safe_dump(front_matter(view, summary, metadata), sort_keys=False)
     where = repo_id or str(store.root.resolve())
-    return f"---\n{matter}---\n\n{_body(summary, metadata, where, branch if repo_id else None)}"
+    figures = "\n".join(figure_section(store.root))
+    body = _body(summary, metadata, where, branch if repo_id else None)
+    return f"---\n{matter}---\n\n{body}" + (f"\n{figures}" if figures else "")
 
 
 def write_card(store: Store, repo_id: str | None = None, branch: str | None = None) -> Path:

@@ -160,6 +160,12 @@ class TrackingConfig:
 
 
 @dataclass
+class ReportConfig:
+    # Render the figures (figures/*.png, linked from the card) at the end of a run.
+    enabled: bool = True
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -172,6 +178,8 @@ class Config:
     wandb: TrackingConfig = MISSING
     # Print what would be captured and its expected size, loading no weights and writing nothing.
     dry_run: bool = False
+    # Draw the figures at the end of a run (python -m qk_sniffer.report draws them on demand).
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 @dataclass
@@ -245,6 +253,13 @@ class FamiliesAppConfig:
     write: bool = False
 
 
+@dataclass
+class ReportAppConfig:
+    """``python -m qk_sniffer.report``: the output dir whose figures to draw."""
+
+    output: DirConfig = field(default_factory=DirConfig)
+
+
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore, and the presets' resolver in OmegaConf. Idempotent."""
     OmegaConf.register_new_resolver("preset_slug", preset_slug, replace=True)
@@ -255,6 +270,7 @@ def register_configs() -> None:
     cs.store(name="verify_schema", node=VerifyAppConfig)
     cs.store(name="publish_schema", node=PublishAppConfig)
     cs.store(name="families_schema", node=FamiliesAppConfig)
+    cs.store(name="report_schema", node=ReportAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import card
+from .figures import render_after_run
 from .metadata import refreshed_metadata, write_metadata
 from .store import Store
 
@@ -26,9 +27,11 @@ def settle(
     repo_id: str | None = None,
     branch: str | None = None,
     change: Callable[[], object] | None = None,
+    draw: bool = False,
 ) -> None:
     """Under the lock: ``change`` (take over, compact, repair), then the metadata (from ``metadata``, or
-    the dir's own refreshed from the manifest) and the card, then delete what left the dataset."""
+    the dir's own refreshed from the manifest), the figures (``draw``) and the card, then delete what left
+    the dataset."""
     with store.maintenance():
         if change is not None:
             change()
@@ -36,6 +39,8 @@ def settle(
             meta = metadata() if metadata is not None else _recorded(store)
             if meta is not None:
                 write_metadata(store.root, meta)
+            if draw:
+                render_after_run(store.root)
             if meta is not None or store.paths.card.exists():  # a stale card must not list what goes next
                 card.write_card(store, repo_id, branch)
         except OSError as exc:
@@ -44,5 +49,5 @@ def settle(
 
 
 def _recorded(store: Store) -> dict[str, Any] | None:
-    meta = card.read_metadata(store.root)
+    meta = store.recorded_metadata()
     return refreshed_metadata(store, meta) if meta else None

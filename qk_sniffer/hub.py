@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import card, documents
+from . import documents
 from .config import Config, HubConfig
 from .errors import UserError
 from .gitref import branch_problem
@@ -345,7 +345,7 @@ def read_capture(out_dir: Path) -> dict[str, Any]:
         raise UserError(
             f"output.dir={str(out_dir)!r} holds no qk-sniffer capture (.qk_sniffer/model.json is missing)"
         )
-    metadata = card.read_metadata(out_dir)
+    metadata = Store(out_dir).recorded_metadata()
     if not metadata:
         raise UserError(
             f"output.dir={str(out_dir)!r}: {METADATA} is missing or damaged; run the capture command again "

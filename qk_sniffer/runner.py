@@ -204,6 +204,7 @@ def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
         repo_id=cfg.output.hub.repo_id,
         branch=hub.branch_name(cfg) if cfg.output.hub.repo_id else None,
         change=change,
+        draw=cfg.report.enabled,
     )
 
 

@@ -456,7 +456,7 @@ class RunTracker:
         url = dataset_url(self.cfg)
         if url:
             summary["dataset_url"] = url
-        self.sink.close(summary, self._charts())
+        self.sink.close(summary, {**self._charts(), **self._figures(Path(result.output_dir))})
         self._summarized = True
 
     def _charts(self) -> dict[str, Any]:
@@ -493,6 +493,14 @@ class RunTracker:
             "tables/mean_norm": long,
             "tables/mean_norm_heatmap": heatmap,
         }
+
+    def _figures(self, out_dir: Path) -> dict[str, Any]:
+        """The figures the run drew for the card (report.enabled), as the same images."""
+        import wandb
+
+        from .figures import current_figures
+
+        return {f"figures/{path.stem}": wandb.Image(str(path)) for path in current_figures(out_dir)}
 
     def finish(self) -> None:
         self.progress.close()

@@ -34,7 +34,8 @@ def save_checkpoint(root: Path, model_type: str, **overrides) -> Path:
 
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=["wandb=disabled", *overrides])
+        # Figures take seconds to draw: only the tests that look at them turn report.enabled back on.
+        return compose(config_name="config", overrides=["wandb=disabled", "report.enabled=false", *overrides])
 
 
 def every_row_overrides(ckpt: Path, data: Path, out: Path, pre_rope: bool) -> list[str]:

@@ -40,7 +40,7 @@ PART_NAME = re.compile(r"^part-([A-Za-z0-9]+)-([0-9a-f]+)-([A-Za-z0-9]+)\.parque
 PART_PATH = re.compile(r"^(l\d+h\d+[qk])/(part-[A-Za-z0-9]+-[0-9a-f]+-[A-Za-z0-9]+\.parquet)$")
 # The manifest files that travel with the part files (Hub push and pull).
 SHARED_STATE = re.compile(r"^\.qk_sniffer/(?:model\.json|recipes/[^/]+\.json|commits/[^/]+/[^/]+\.json)$")
-FIGURE_PATH = re.compile(r"^figures/[A-Za-z0-9_.-]+\.png$")
+FIGURE_PATH = re.compile(r"^figures/(?:[A-Za-z0-9_.-]+\.png|figures\.json)$")
 # Names at the top of a dir that this tool writes; anything else there is the user's and is left alone.
 TOP_LEVEL = (CARD, METADATA, FIGURES, STATE, HUB_SYNC, HUB_PULL)
 

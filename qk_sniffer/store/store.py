@@ -126,6 +126,15 @@ class Store:
             ) from None
         return data if isinstance(data, dict) else {}
 
+    def recorded_metadata(self) -> dict[str, Any]:
+        """The dir's ``qk_sniffer.json``; {} when there is none or it cannot be read (the next run or push
+        rewrites it whole, from the manifest)."""
+        try:
+            data = read_json(self.paths.metadata)
+        except (FileNotFoundError, DamagedFile):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def check_claim(self, identity: dict[str, Any]) -> None:
         """Refuse a dir this tool cannot account for, or one that holds another model. Writes nothing."""
         root = self.root

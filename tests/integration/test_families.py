@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from helpers import embedded_tokenizer, every_row_overrides, read_configs, run_cli, write_jsonl
-from qk_sniffer.export import config_name
 from reference import check_table, eager_reference
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -23,6 +22,7 @@ from qk_sniffer.errors import UserError
 from qk_sniffer.family_docs import README_BEGIN, README_END, readme_table
 from qk_sniffer.models import build_config, layout_from_config, load_model
 from qk_sniffer.selfcheck import capture_blocks, every_head
+from qk_sniffer.store.layout import config_name
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = families.support_matrix()

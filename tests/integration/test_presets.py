@@ -129,7 +129,10 @@ def test_cli_cfg_job_prints_the_original_run(tmp_path, preset):
     assert proc.returncode == 0, proc.stderr
     shown = OmegaConf.create(yaml.safe_load(proc.stdout))
     assert ours_in_original_terms(shown) == original_in_comparable_terms(ORIGINAL[preset])
-    composed = OmegaConf.to_container(compose_cfg([f"+experiment=attention-plasticity/{preset}"]))
+    # report.enabled=true: the CLI's default, which compose_cfg turns off for speed
+    composed = OmegaConf.to_container(
+        compose_cfg([f"+experiment=attention-plasticity/{preset}", "report.enabled=true"])
+    )
     assert {k: v for k, v in OmegaConf.to_container(shown).items() if k not in LOGGING} == {
         k: v for k, v in composed.items() if k not in LOGGING
     }

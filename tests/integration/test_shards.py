@@ -13,7 +13,13 @@ from qk_sniffer.store.layout import METADATA
 
 # batch_size=1: an example's forward is then the same computation in every process, so vectors match bit
 # for bit (with larger batches, other padding widths change kernel shapes and the last bits).
-COMMON = ["capture.layers=[0,3]", "output.flush_every_examples=2", "inference.batch_size=1"]
+# report.enabled=true: the card embeds the figures drawn by the last shard from every shard's rows.
+COMMON = [
+    "capture.layers=[0,3]",
+    "output.flush_every_examples=2",
+    "inference.batch_size=1",
+    "report.enabled=true",
+]
 
 
 def test_shard_union_equals_the_single_process_run(tmp_path):
@@ -49,6 +55,7 @@ def test_shard_union_equals_the_single_process_run(tmp_path):
         for c, fs in listed.items()
     )
     assert set(read_configs(sharded)) == set(read_configs(single))
+    assert "(figures/logit_vs_distance.png)" in card
 
 
 def test_slurm_launchers_compose():

@@ -207,6 +207,13 @@ def test_offline_run_log_holds_config_one_point_per_batch_and_the_exported_rows(
         ]
         for b in {*disk["rows_per_bucket"]["q"], *disk["rows_per_bucket"]["k"]}
     }
+    # The report's figures, as the card embeds them, ride on the same point.
+    drawn = json.loads((out_dir / "figures" / "figures.json").read_text())["figures"]
+    assert len(drawn) == 5
+    for name in drawn:
+        assert wb.history[-1][f"figures/{name}/_type"] == "image-file"
+        logged = log_path.parent / "files" / wb.history[-1][f"figures/{name}/path"]
+        assert logged.stat().st_size > 0
     heatmap = read_table(log_path, wb.history[-1], "tables/mean_norm_heatmap")
     buckets = heatmap["columns"][2:]
     assert heatmap["columns"][:2] == ["layer_kind", "rows"]

@@ -97,3 +97,27 @@ def test_expected_rows_per_bucket_follow_base_rate():
 def test_bad_sampler_settings_name_the_key(cfg, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         build_sampler(cfg)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        LogBucketSampler(base_rate=4.0),
+        UniformSampler(base_rate=8.0, bucket_size=32),
+        AllSampler(bucket_size=16),
+    ],
+    ids=["log_bucket", "uniform", "all"],
+)
+def test_keep_probability_is_the_kept_fraction_of_each_bucket(sampler):
+    """What qk_sniffer.load reports as keep_prob is what the masks actually do: over 400 examples of 256
+    tokens, each bucket's kept fraction is within 4 binomial standard deviations of keep_probability."""
+    length, examples = 256, 400
+    buckets = sampler.buckets(np.arange(length))
+    kept = np.zeros(buckets.max() + 1)
+    for example_id in range(examples):
+        kept += np.bincount(sample_positions(sampler, example_id, 0, "q", length)[1], minlength=len(kept))
+    positions = np.bincount(buckets) * examples
+    p = sampler.keep_probability(np.arange(len(kept)))
+    sd = np.sqrt(p * (1 - p) / positions)
+    assert np.all(np.abs(kept / positions - p) <= 4 * sd + 1e-12)
+    assert kept.sum() < positions.sum() or isinstance(sampler, AllSampler)

@@ -1,0 +1,129 @@
+"""The figures of a capture, drawn from its committed rows (``python -m qk_sniffer.report`` draws them too).
+
+The PNGs go to ``PATH/figures/`` with ``figures.json``, which records the committed files they were drawn
+from. They are part of the dataset (pushed with it, linked from the card), and the card links them only
+while that record matches what the dir commits now: figures of older data are never shown as current.
+A run redraws them at the end (``report.enabled``); this command redraws them on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from .errors import UserError
+from .loading import CommittedPart, committed_parts
+from .store import Store
+from .store.files import atomic_file
+from .store.layout import FIGURES, METADATA
+
+log = logging.getLogger(__name__)
+
+FIGURES_DIR = FIGURES
+INDEX = "figures.json"
+
+
+def data_fingerprint(parts: dict[str, list[CommittedPart]]) -> str:
+    """A hash of the committed files (config, name, rows): it changes whenever the dataset does."""
+    listing = sorted(f"{config}/{p.path.name}:{p.rows}" for config, files in parts.items() for p in files)
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
+
+
+def render_figures(root: Path) -> list[Path]:
+    """Draw every figure of ``root`` into ``root/figures/``; returns the PNG paths."""
+    from .report_data import coverage, logit_by_distance, norm_stats
+    from .report_plots import draw_all
+
+    root = root.expanduser()
+    layout = capture_layout(root)
+    parts = committed_parts(root)
+    if not parts:
+        raise UserError(f"output.dir={str(root)!r} holds no committed rows to draw")
+    figures = draw_all(
+        norm_stats(parts), coverage(parts, layout), logit_by_distance(parts, layout), _layers(layout)
+    )
+    out = root / FIGURES_DIR
+    previous = _index(root).get("figures", [])
+    # Until every PNG is replaced the record matches no data: a crash midway never passes a mix of old
+    # and new figures off as current.
+    with atomic_file(out / INDEX, "w") as f:
+        json.dump({"data": None, "figures": previous}, f, indent=1)
+    paths = []
+    for name, figure in figures.items():
+        path = out / f"{name}.png"
+        with atomic_file(path, "wb") as f:
+            figure.savefig(f, format="png")
+        paths.append(path)
+    for name in set(previous) - set(figures):  # a figure this data no longer has (only files we made)
+        (out / f"{name}.png").unlink(missing_ok=True)
+    with atomic_file(out / INDEX, "w") as f:
+        json.dump({"data": data_fingerprint(parts), "figures": list(figures)}, f, indent=1)
+    return paths
+
+
+def capture_layout(root: Path) -> dict[str, object]:
+    if not root.is_dir():
+        raise UserError(f"output.dir={str(root)!r} does not exist")
+    layout = Store(root).recorded_metadata().get("layout")
+    if not layout:
+        raise UserError(f"output.dir={str(root)!r} holds no qk-sniffer capture ({METADATA} is missing)")
+    return dict(layout)
+
+
+def _layers(layout: dict[str, object]) -> int:
+    return int(str(layout["num_layers"]))
+
+
+def _index(root: Path) -> dict[str, list[str] | str]:
+    path = root / FIGURES_DIR / INDEX
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def current_figures(root: Path) -> list[Path]:
+    """The PNGs drawn from exactly the data ``root`` commits now (none when they are out of date)."""
+    index = _index(root)
+    try:
+        fresh = index.get("data") == data_fingerprint(committed_parts(root))
+    except UserError:
+        return []
+    names = index.get("figures", []) if fresh else []
+    return [p for p in (root / FIGURES_DIR / f"{n}.png" for n in names) if p.is_file()]
+
+
+def figure_section(root: Path) -> list[str]:
+    """The card's "Figures" section: every current figure embedded by a relative link."""
+    figures = current_figures(root)
+    if figures:
+        lines = ["## Figures", ""]
+        for path in figures:
+            title = path.stem.replace("_", " ").capitalize()
+            lines += [f"![{title}]({FIGURES_DIR}/{path.name})", ""]
+        return lines
+    if (root / FIGURES_DIR / INDEX).exists():
+        return [
+            "## Figures",
+            "",
+            f"The figures in `{FIGURES_DIR}/` were drawn from older data; redraw them with "
+            "`python -m qk_sniffer.report output.dir=<this dir>`.",
+            "",
+        ]
+    return []
+
+
+def render_after_run(root: Path) -> None:
+    """The run's last step: a failure to draw is logged, never fatal (the rows are committed already)."""
+    try:
+        paths = render_figures(root)
+    except Exception as exc:  # noqa: BLE001 - figures must not turn a finished capture into a failed one
+        log.warning(
+            "drawing the figures failed (%s); redraw them with: python -m qk_sniffer.report output.dir=%s",
+            exc,
+            root,
+        )
+        return
+    log.info("figures: %s", ", ".join(p.name for p in paths))

@@ -1,0 +1,246 @@
+"""The report's numbers, computed from the committed part files with bounded memory.
+
+Norms and counts are running sums over record batches (one batch of rows in memory at a time). The
+logit-by-distance statistic pairs the query rows and key rows of the same example: a first pass reads only
+the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
+whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
+the row groups that hold them, and each example's (query x key) block is cut into slices of
+:data:`PAIR_BLOCK` pairs. Plotting lives in :mod:`qk_sniffer.report_plots`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .loading import CommittedPart, vectors_of
+from .store.layout import CONFIG_DIR
+
+BATCH_ROWS = 65_536
+PAIR_BUDGET_BYTES = 256 * 2**20
+PAIR_BLOCK = 4_000_000
+# Position bins per octave in the norm-against-position figure.
+POSITION_BINS_PER_OCTAVE = 4
+
+
+@dataclass
+class Sums:
+    """Running sums of a value, by integer bin (grows as bins appear)."""
+
+    total: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def add(self, bins: np.ndarray, values: np.ndarray) -> None:
+        if not len(bins):
+            return
+        size = max(len(self.count), int(bins.max()) + 1)
+        self.total = _grow(self.total, size) + np.bincount(bins, weights=values, minlength=size)
+        self.count = _grow(self.count, size) + np.bincount(bins, minlength=size)
+
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
+
+
+def _grow(array: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(array, (0, size - len(array))) if len(array) < size else array
+
+
+@dataclass
+class ConfigKey:
+    layer: int
+    head: int
+    kind: str
+
+
+def parse_config(name: str) -> ConfigKey:
+    match = CONFIG_DIR.match(name)
+    assert match is not None, name
+    return ConfigKey(int(match[1]), int(match[2]), match[3])
+
+
+@dataclass
+class NormStats:
+    """Per kind: rows per bucket; per (kind, layer): norm sums by bucket; per config: norm sums by position
+    bin (bin b holds positions p with floor(POSITION_BINS_PER_OCTAVE * log2(p + 1)) == b)."""
+
+    rows_per_bucket: dict[str, Sums] = field(default_factory=dict)
+    norm_by_layer_bucket: dict[tuple[str, int], Sums] = field(default_factory=dict)
+    norm_by_position: dict[str, Sums] = field(default_factory=dict)
+    position_by_bin: dict[str, Sums] = field(default_factory=dict)
+
+
+def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
+    stats = NormStats()
+    for config in sorted(parts):
+        key = parse_config(config)
+        by_bucket = stats.norm_by_layer_bucket.setdefault((key.kind, key.layer), Sums())
+        rows = stats.rows_per_bucket.setdefault(key.kind, Sums())
+        by_position = stats.norm_by_position.setdefault(config, Sums())
+        positions_in_bin = stats.position_by_bin.setdefault(config, Sums())
+        for batch in _batches(parts[config], ["bucket", "position", "vector"]):
+            buckets = batch["bucket"].to_numpy().astype(np.int64)
+            positions = batch["position"].to_numpy().astype(np.int64)
+            norms = row_norms(vectors_of(batch["vector"]))
+            rows.add(buckets, np.ones(len(buckets)))
+            by_bucket.add(buckets, norms)
+            bins = position_bins(positions)
+            by_position.add(bins, norms)
+            positions_in_bin.add(bins, positions.astype(np.float64))
+    return stats
+
+
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+
+
+def position_bins(positions: np.ndarray) -> np.ndarray:
+    return np.floor(POSITION_BINS_PER_OCTAVE * np.log2(positions + 1.0)).astype(np.int64)
+
+
+def _batches(parts: list[CommittedPart], columns: list[str]) -> Iterator[Any]:
+    for part in parts:
+        f = pq.ParquetFile(part.path)
+        yield from f.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+
+
+def coverage(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per kind, a (layers, heads) boolean map of the configs that hold committed rows."""
+    layers = int(layout["num_layers"])
+    maps = {
+        "q": np.zeros((layers, int(layout["num_q_heads"])), dtype=bool),
+        "k": np.zeros((layers, int(layout["num_kv_heads"])), dtype=bool),
+    }
+    for config, files in parts.items():
+        key = parse_config(config)
+        if sum(f.rows for f in files):
+            maps[key.kind][key.layer, key.head] = True
+    return maps
+
+
+# ------------------------------------------------------------------------------ logit against distance
+
+
+def distance_bins(distance: np.ndarray) -> np.ndarray:
+    """0 for distance 0, else floor(log2(distance)) + 1: bin b >= 1 holds distances [2**(b-1), 2**b)."""
+    return np.frexp(distance.astype(np.float64))[1].astype(np.int64)
+
+
+@dataclass
+class LogitByDistance:
+    """Mean of q·k/sqrt(head_dim) over pairs (query at i, key at j <= i, same example), by distance bin,
+    per (layer, query head); the key head is the one that query head reads."""
+
+    sums: dict[tuple[int, int], Sums] = field(default_factory=dict)
+    kv_head: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def mean(self, layer: int, q_head: int) -> np.ndarray:
+        return self.sums[(layer, q_head)].mean()
+
+
+def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> LogitByDistance:
+    num_q, num_kv = int(layout["num_q_heads"]), int(layout["num_kv_heads"])
+    group = num_q // num_kv  # query head h reads KV head h // group
+    scale = 1.0 / np.sqrt(float(layout["head_dim"]))
+    names = {(k.layer, k.head, k.kind): c for c in parts for k in [parse_config(c)]}
+    result = LogitByDistance()
+    for (layer, kv, kind), k_config in sorted(names.items()):
+        if kind != "k":
+            continue
+        q_configs = {
+            h: names[(layer, h, "q")] for h in range(kv * group, (kv + 1) * group) if (layer, h, "q") in names
+        }
+        if not q_configs:
+            continue
+        k_index = RowIndex(parts[k_config])
+        q_indexes = {h: RowIndex(parts[c]) for h, c in q_configs.items()}
+        for h in q_configs:
+            result.sums[(layer, h)] = Sums()
+            result.kv_head[(layer, h)] = kv
+        width = int(layout["head_dim"]) * 4 + 16
+        for examples in k_index.groups(list(q_indexes.values()), PAIR_BUDGET_BYTES // width):
+            keys = k_index.rows(examples)
+            for h, q_index in q_indexes.items():
+                queries = q_index.rows(examples)
+                for example in examples:
+                    if example in queries and example in keys:
+                        _add_pairs(result.sums[(layer, h)], queries[example], keys[example], scale)
+    return result
+
+
+Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
+
+
+def _add_pairs(sums: Sums, queries: Rows, keys: Rows, scale: float) -> None:
+    q_pos, q_vec = queries
+    k_pos, k_vec = keys
+    k64 = k_vec.astype(np.float64)
+    step = max(1, PAIR_BLOCK // max(len(k_pos), 1))
+    for start in range(0, len(q_pos), step):
+        logits = (q_vec[start : start + step].astype(np.float64) @ k64.T) * scale
+        distance = q_pos[start : start + step, None].astype(np.int64) - k_pos[None, :].astype(np.int64)
+        causal = distance >= 0
+        sums.add(distance_bins(distance[causal]), logits[causal])
+
+
+class RowIndex:
+    """Where each example's rows sit in a config's part files (row groups), from the example_id column."""
+
+    def __init__(self, parts: list[CommittedPart]) -> None:
+        self.parts = parts
+        self.counts: dict[int, int] = {}
+        self.locations: dict[int, list[tuple[int, int]]] = {}  # example -> [(part, row group)]
+        for p, part in enumerate(parts):
+            f = pq.ParquetFile(part.path)
+            for g in range(f.num_row_groups):
+                ids = f.read_row_group(g, columns=["example_id"]).column(0).to_numpy()
+                values, counts = np.unique(ids, return_counts=True)
+                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                    self.counts[value] = self.counts.get(value, 0) + count
+                    self.locations.setdefault(value, []).append((p, g))
+
+    def groups(self, others: list[RowIndex], max_rows: int) -> Iterator[list[int]]:
+        """This index's examples, in file order, in groups whose rows here and in ``others`` stay within
+        ``max_rows`` (an example above it forms a group alone)."""
+        group: list[int] = []
+        rows = 0
+        for example in self.locations:
+            n = self.counts[example] + sum(o.counts.get(example, 0) for o in others)
+            if group and rows + n > max_rows:
+                yield group
+                group, rows = [], 0
+            group.append(example)
+            rows += n
+        if group:
+            yield group
+
+    def rows(self, examples: list[int]) -> dict[int, Rows]:
+        wanted = np.array(examples, dtype=np.int64)
+        places = sorted({loc for e in examples for loc in self.locations.get(e, [])})
+        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for p, g in places:
+            f = pq.ParquetFile(self.parts[p].path)
+            for batch in f.iter_batches(
+                batch_size=BATCH_ROWS, row_groups=[g], columns=["example_id", "position", "vector"]
+            ):
+                ids = batch["example_id"].to_numpy()
+                keep = np.isin(ids, wanted)
+                if keep.any():
+                    vectors = vectors_of(batch["vector"])[keep]
+                    pieces.append((ids[keep], batch["position"].to_numpy()[keep], vectors))
+        out: dict[int, Rows] = {}
+        if not pieces:
+            return out
+        ids = np.concatenate([p[0] for p in pieces])
+        positions = np.concatenate([p[1] for p in pieces])
+        vectors = np.concatenate([p[2] for p in pieces])
+        order = np.argsort(ids, kind="stable")
+        ids, positions, vectors = ids[order], positions[order], vectors[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(ids)], strict=True):
+            out[int(ids[start])] = (positions[start:end], vectors[start:end])
+        return out
