@@ -35,7 +35,7 @@ from .errors import UserError
 from .gitref import branch_problem
 from .store import RunInfo, Store
 from .store.files import DamagedFile, atomic_file, read_json
-from .store.layout import CARD, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
+from .store.layout import CARD, FIGURE_PATH, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
 from .store.manifest import Manifest, model_identity, recipe_difference, recipe_id
 
 log = logging.getLogger(__name__)
@@ -425,8 +425,9 @@ def local_files(store: Store) -> list[str]:
     for name in (CARD, METADATA):
         if (store.root / name).is_file():
             files.add(name)
-    for path in store.paths.figures.glob("*.png"):
-        files.add(store.paths.rel(path))
+    for path in store.paths.figures.glob("*"):
+        if FIGURE_PATH.match(store.paths.rel(path)) and path.is_file():
+            files.add(store.paths.rel(path))
     return sorted(files)
 
 

@@ -243,13 +243,14 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             with self.maintenance():
                 self.check_claim(identity)  # again, now that nobody else can change the dir
+                repaired = self.repair() if self.claimed() else []
+                taken = self.check_recipe(recipe, info, mode)
+                self.check_no_overlap(info)
+                # Only a run that passed every check leaves a trace: its model, its recipe, its lease.
                 if not self.paths.model.exists():
                     write_json_atomic(self.paths.model, plain_json(identity))
                 if not self.paths.recipe(info.recipe).is_file():
                     write_json_atomic(self.paths.recipe(info.recipe), recipe)
-                repaired = self.repair()
-                taken = self.check_recipe(recipe, info, mode)
-                self.check_no_overlap(info)
                 lease.__enter__()
         except OSError as exc:
             raise self.write_error("its manifest (.qk_sniffer/)", exc) from None

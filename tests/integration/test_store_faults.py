@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -270,20 +271,27 @@ RACE = ["dataset=synthetic", "dataset.num_examples=60", "dataset.seq_len=256", "
 
 def test_a_run_with_another_recipe_is_refused_while_the_first_is_still_writing(tmp_path):
     out = tmp_path / "capture"
-    first = start(out, *RACE, "sampler=log_bucket", "output.flush_every_examples=1000", cwd=tmp_path)
+    # Long enough to still be capturing when the second starts; it commits only when stopped.
+    long = [*RACE, "dataset.num_examples=5000", "output.flush_every_examples=100000"]
+    first = start(out, *long, "sampler=log_bucket", cwd=tmp_path)
     deadline = time.monotonic() + 240
     while not list(out.glob(".qk_sniffer/runs/*.lock")):  # registered, nothing committed yet
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
-    assert not list(out.glob(".qk_sniffer/commits/*/*.json"))
     second = start(out, *RACE, "sampler=uniform", cwd=tmp_path)
     _, err = second.communicate(timeout=300)
+    assert first.poll() is None, "the first run ended before the second was checked"
+    assert not list(out.glob(".qk_sniffer/commits/*/*.json"))
     assert second.returncode == 2 and "Traceback" not in err, err
     assert "already hold rows captured with a different recipe (being written right now)" in err
+    first.send_signal(signal.SIGTERM)  # it commits what it has and stops
     _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
-    meta = json.loads((out / METADATA).read_text())
-    assert [r["recipe"]["sampler"]["name"] for r in meta["recipes"]] == ["log_bucket"]
+    assert first.returncode == 128 + signal.SIGTERM, err
+    manifest = Store(out).manifest()
+    assert manifest.commits and {c.recipe for c in manifest.commits} == {
+        c.recipe for c in manifest.commits[:1]
+    }
+    assert [r["sampler"]["name"] for r in manifest.recipes.values()] == ["log_bucket"]
 
 
 def test_two_runs_with_different_recipes_started_together_one_wins(tmp_path):
