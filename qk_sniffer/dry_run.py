@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from .config import Config
 from .errors import UserError
-from .export import schema
+from .gather import schema
 from .plan import CapturePlan, plan_capture
 from .samplers import Sampler
 
