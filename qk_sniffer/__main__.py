@@ -5,13 +5,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from .cli import CONFIG_DIR, report_user_errors
+from .cli import CONF_DIR, report_user_errors
 from .config import register_configs
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     from .runner import run
 

@@ -46,10 +46,10 @@ from .gather import ExampleRecord, PendingRows, schema, tables_for
 from .heads import HeadSelection, select_heads
 from .metadata import final_metadata, run_metadata
 from .models import ModelLayout, attention_backend, layout_from_config, text_config
+from .naming import config_name, name_widths
 from .samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .session import CaptureSession
 from .store import RunInfo, Store
-from .store.layout import config_name, name_widths
 from .store.manifest import model_identity, recipe_id, recipe_of
 from .store.writer import PartWriter
 from .tokenization import encoder, pad_id

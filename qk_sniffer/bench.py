@@ -33,7 +33,7 @@ import transformers
 from omegaconf import DictConfig
 from transformers import PreTrainedModel
 
-from .cli import CONFIG_DIR, report_user_errors
+from .cli import CONF_DIR, report_user_errors
 from .config import BenchAppConfig, register_configs
 from .data import Batch, DataStats, batches, synthetic_examples
 from .errors import UserError
@@ -243,7 +243,7 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         record = run_bench(cfg)  # type: ignore[arg-type] # a DictConfig typed by the BenchAppConfig schema

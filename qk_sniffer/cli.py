@@ -11,7 +11,7 @@ from .errors import UserError
 from .store import Store
 
 # conf/ sits next to the package in the repository (installs are editable, see the Makefile).
-CONFIG_DIR = (Path(__file__).resolve().parent.parent / "conf").resolve()
+CONF_DIR = (Path(__file__).resolve().parent.parent / "conf").resolve()
 
 
 @contextmanager

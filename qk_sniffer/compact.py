@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from . import documents
-from .cli import CONFIG_DIR, capture_dir, report_user_errors
+from .cli import CONF_DIR, capture_dir, report_user_errors
 from .config import register_configs
 from .store import RunInfo, Store
 from .store.compact import compact_store
@@ -38,7 +38,7 @@ def compact(store: Store) -> int:
     return merged
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compact")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="compact")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         store = capture_dir(cfg.output.dir, "qk_sniffer.compact")

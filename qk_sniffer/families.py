@@ -196,12 +196,12 @@ def summary(matrix: dict[str, Any]) -> str:
 def main() -> None:
     import hydra
 
-    from .cli import CONFIG_DIR, report_user_errors
+    from .cli import CONF_DIR, report_user_errors
     from .config import register_configs
 
     register_configs()
 
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="families")
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="families")
     def app(cfg: Any) -> None:
         with report_user_errors():
             matrix = run_families(cfg)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .capture import Block, RowPlan
-from .store.layout import config_name
+from .naming import config_name
 
 # (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
 ExampleRecord = tuple[int, int, int, tuple[str, ...]]

@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UserError
+from .naming import CONFIG_NAME
 from .samplers import build_sampler
 from .store import Store
-from .store.layout import CONFIG_DIR, METADATA, STATE
+from .store.layout import METADATA, STATE
 from .store.manifest import Manifest
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -121,7 +122,7 @@ def _flat_values(chunk: pa.FixedSizeListArray, width: int) -> np.ndarray:
 def load(path_or_repo: str | Path, config: str, revision: str | None = None) -> ConfigRows:
     """The committed rows of ``config`` (e.g. ``"l00h00q"``) in an output dir, or in a Hub dataset repo at
     ``revision`` (a branch, tag or commit; the capture branches are named ``<model>-<dataset>``)."""
-    if not CONFIG_DIR.match(config):
+    if not CONFIG_NAME.match(config):
         raise UserError(f"config={config!r} is not a config name such as 'l00h00q' (l<layer>h<head><q|k>)")
     local = Path(path_or_repo).expanduser()
     if local.exists():

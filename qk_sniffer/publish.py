@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from . import hub
-from .cli import CONFIG_DIR, report_user_errors
+from .cli import CONF_DIR, report_user_errors
 from .config import PublishOutputConfig, register_configs
 from .errors import UserError
 
@@ -36,7 +36,7 @@ def settings(cfg: Any) -> PublishOutputConfig:
 
 def parse(overrides: list[str]) -> PublishOutputConfig:
     """The settings the command line ``overrides`` give, composed as the app composes them."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return settings(compose(config_name="publish", overrides=overrides))
 
 
@@ -49,7 +49,7 @@ def publish_dir(output: PublishOutputConfig) -> hub.PushPlan:
     return hub.push_dir(output.hub, out_dir)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="publish")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="publish")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         output = settings(cfg)

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from . import documents
-from .cli import CONFIG_DIR, capture_dir, report_user_errors
+from .cli import CONF_DIR, capture_dir, report_user_errors
 from .config import register_configs
 from .figures import FIGURES_DIR, capture_layout, render_figures
 from .store.files import DamagedFile, read_json
@@ -15,7 +15,7 @@ from .store.files import DamagedFile, read_json
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="report")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         store = capture_dir(cfg.output.dir, "qk_sniffer.report")

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .loading import CommittedPart, vectors_of
-from .store.layout import CONFIG_DIR
+from .naming import CONFIG_NAME
 
 BATCH_ROWS = 65_536
 PAIR_BUDGET_BYTES = 256 * 2**20
@@ -58,7 +58,7 @@ class ConfigKey:
 
 
 def parse_config(name: str) -> ConfigKey:
-    match = CONFIG_DIR.match(name)
+    match = CONFIG_NAME.match(name)
     assert match is not None, name
     return ConfigKey(int(match[1]), int(match[2]), match[3])
 

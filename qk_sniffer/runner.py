@@ -25,12 +25,12 @@ from .gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from .heads import HeadSelection
 from .metadata import final_metadata, run_metadata
 from .models import load_model
+from .naming import config_name, name_widths
 from .plan import CapturePlan, plan_capture
 from .samplers import KINDS
 from .session import CaptureSession
 from .store import RunInfo, Store
 from .store.compact import compact_store
-from .store.layout import config_name, name_widths
 from .store.manifest import model_identity, recipe_id, recipe_of
 from .store.resume import ResumeFilter
 from .store.writer import PartWriter

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig
 
 from . import documents
-from .cli import CONFIG_DIR, capture_dir, report_user_errors
+from .cli import CONF_DIR, capture_dir, report_user_errors
 from .config import register_configs
 from .store import Store
 from .store.layout import CARD
@@ -96,7 +96,7 @@ def report(state: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="verify")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="verify")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         store = capture_dir(cfg.output.dir, "qk_sniffer.verify")

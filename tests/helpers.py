@@ -12,7 +12,7 @@ from conftest import REPO, tiny_model
 from hydra import compose, initialize_config_dir
 from transformers import PreTrainedTokenizerFast
 
-from qk_sniffer.cli import CONFIG_DIR
+from qk_sniffer.cli import CONF_DIR
 from qk_sniffer.config import register_configs
 from qk_sniffer.data import EMBEDDED_TOKENIZER
 
@@ -33,7 +33,7 @@ def save_checkpoint(root: Path, model_type: str, **overrides) -> Path:
 
 
 def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # Figures take seconds to draw: only the tests that look at them turn report.enabled back on.
         return compose(config_name="config", overrides=["wandb=disabled", "report.enabled=false", *overrides])
 

@@ -34,7 +34,6 @@ HUB_SYNC = ".qk_sniffer_hub.json"
 HUB_PULL = ".qk_sniffer_pull"
 TMP_SUFFIX = ".tmp"
 
-CONFIG_DIR = re.compile(r"^l(\d+)h(\d+)([qk])$")
 PART_NAME = re.compile(r"^part-([A-Za-z0-9]+)-([0-9a-f]+)-([A-Za-z0-9]+)\.parquet$")
 # A part file as a path relative to the dir.
 PART_PATH = re.compile(r"^(l\d+h\d+[qk])/(part-[A-Za-z0-9]+-[0-9a-f]+-[A-Za-z0-9]+\.parquet)$")
@@ -43,21 +42,6 @@ SHARED_STATE = re.compile(r"^\.qk_sniffer/(?:model\.json|recipes/[^/]+\.json|com
 FIGURE_PATH = re.compile(r"^figures/(?:[A-Za-z0-9_.-]+\.png|figures\.json)$")
 # Names at the top of a dir that this tool writes; anything else there is the user's and is left alone.
 TOP_LEVEL = (CARD, METADATA, FIGURES, STATE, HUB_SYNC, HUB_PULL)
-
-
-def config_name(layer: int, head: int, kind: str, layer_width: int = 2, head_width: int = 2) -> str:
-    return f"l{layer:0{layer_width}d}h{head:0{head_width}d}{kind}"
-
-
-def name_widths(num_layers: int, num_heads: int) -> tuple[int, int]:
-    """Zero-padding widths: two digits, more when a model has 100 or more layers or heads."""
-    return max(2, len(str(num_layers - 1))), max(2, len(str(num_heads - 1)))
-
-
-def parse_config_name(name: str) -> tuple[int, int, str] | None:
-    """(layer, head, kind) of a config name, None for anything else."""
-    match = CONFIG_DIR.match(name)
-    return (int(match[1]), int(match[2]), match[3]) if match else None
 
 
 def part_name(tag: str, run: str, seq: str) -> str:

@@ -29,9 +29,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from ..errors import UserError
+from ..naming import CONFIG_NAME
 from .files import DamagedFile, read_json, sha256_of, write_json_atomic
 from .layout import (
-    CONFIG_DIR,
     FIGURE_PATH,
     PART_NAME,
     STATE,
@@ -201,14 +201,14 @@ class Store:
         out = []
         for entry in sorted(self.root.iterdir()):
             name = entry.name
-            ours = name in TOP_LEVEL or CONFIG_DIR.match(name)
+            ours = name in TOP_LEVEL or CONFIG_NAME.match(name)
             if ours and entry.is_symlink():
                 out.append(
                     f"{name} is a symbolic link (to {os.readlink(entry)!r}); qk_sniffer writes only real "
                     "files inside output.dir: replace the link with the directory's contents"
                 )
                 continue
-            if CONFIG_DIR.match(name) and entry.is_dir():
+            if CONFIG_NAME.match(name) and entry.is_dir():
                 for item in sorted(entry.iterdir()):
                     if item.is_symlink() or not item.is_file() or not PART_NAME.match(name_of(item)):
                         out.append(f"{name}/{item.name} was not made by qk_sniffer: move it out of the dir")
@@ -454,7 +454,7 @@ class Store:
         needed = manifest.referenced()
         out: list[Path] = []
         for directory in sorted(self.root.glob("l*h*[qk]")):
-            if not CONFIG_DIR.match(directory.name) or not directory.is_dir() or directory.is_symlink():
+            if not CONFIG_NAME.match(directory.name) or not directory.is_dir() or directory.is_symlink():
                 continue
             for item in sorted(directory.iterdir()):
                 run = part_run(item.name)
@@ -482,7 +482,7 @@ class Store:
                 self._unlink(path)
                 removed += path.name.startswith("part-") and not path.name.endswith(TMP_SUFFIX)
             for directory in self.root.glob("l*h*[qk]"):  # a config left with no file is no config
-                if CONFIG_DIR.match(directory.name) and directory.is_dir() and not directory.is_symlink():
+                if CONFIG_NAME.match(directory.name) and directory.is_dir() and not directory.is_symlink():
                     with suppress(OSError):
                         directory.rmdir()  # only succeeds when empty
         if removed:
@@ -496,7 +496,7 @@ class Store:
         if not target.is_relative_to(base) or target == base:
             raise RuntimeError(f"refusing to delete {str(target)!r}: outside {self.where}")
         parts = target.relative_to(base).parts
-        ours = (len(parts) == 2 and CONFIG_DIR.match(parts[0]) and part_run(parts[1])) or parts[0] == STATE
+        ours = (len(parts) == 2 and CONFIG_NAME.match(parts[0]) and part_run(parts[1])) or parts[0] == STATE
         if not ours:
             raise RuntimeError(f"refusing to delete {str(target)!r}: not a file qk_sniffer made")
         target.unlink(missing_ok=True)

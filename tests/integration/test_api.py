@@ -18,9 +18,9 @@ from transformers.modeling_utils import AttentionInterface
 
 import qk_sniffer
 from qk_sniffer.errors import UserError
+from qk_sniffer.naming import config_name
 from qk_sniffer.patching import CaptureSessionActiveError
 from qk_sniffer.runner import run
-from qk_sniffer.store.layout import config_name
 
 TEXTS = [
     "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",

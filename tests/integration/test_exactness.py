@@ -15,8 +15,8 @@ from helpers import (
 from reference import check_table, eager_reference
 from transformers import AutoModelForCausalLM
 
+from qk_sniffer.naming import config_name
 from qk_sniffer.runner import run
-from qk_sniffer.store.layout import config_name
 
 TEXTS = [
     "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",

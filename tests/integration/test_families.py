@@ -21,8 +21,8 @@ from qk_sniffer.config import ModelConfig
 from qk_sniffer.errors import UserError
 from qk_sniffer.family_docs import README_BEGIN, README_END, readme_table
 from qk_sniffer.models import build_config, layout_from_config, load_model
+from qk_sniffer.naming import config_name
 from qk_sniffer.selfcheck import capture_blocks, every_head
-from qk_sniffer.store.layout import config_name
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = families.support_matrix()

@@ -20,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from qk_sniffer.bench import run_bench
 from qk_sniffer.capture import Block
-from qk_sniffer.cli import CONFIG_DIR
+from qk_sniffer.cli import CONF_DIR
 from qk_sniffer.config import CaptureConfig, HeadSamplingConfig
 from qk_sniffer.data import Batch, DataStats, Example, batches
 from qk_sniffer.errors import UserError
@@ -239,7 +239,7 @@ def test_full_attention_layers_get_no_materialized_mask(make_tiny):
 
 
 def bench_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="bench", overrides=overrides)
 
 
