@@ -41,6 +41,7 @@ from .heads import HeadSelection
 from .models import attention_backend, backbone_of, layout_from_config, load_model, text_config
 from .plan import plan_capture
 from .samplers import Sampler
+from .selfcheck import check_unlisted_family
 from .session import CaptureSession, to_device
 
 register_configs()
@@ -86,6 +87,7 @@ def prepare(cfg: BenchAppConfig) -> BenchSetup:
     if not data:
         raise UserError("dataset.num_examples/num_shards leave no example for this shard: nothing to time")
     model = load_model(cfg.model, model_config)
+    check_unlisted_family(model)
     backbone = backbone_of(model)
     device = next(backbone.parameters()).device
     return BenchSetup(model, backbone, device, selection, sampler, data)

@@ -98,6 +98,14 @@ def branch_name(cfg: Config) -> str:
     return default_branch(_model_slug(cfg.model, model_type), _dataset_slug(cfg.dataset))
 
 
+def dataset_url(cfg: Config) -> str | None:
+    """The pushed branch on the Hub; None when nothing is pushed."""
+    hub_cfg = cfg.output.hub
+    if not (hub_cfg.push and hub_cfg.repo_id):
+        return None
+    return f"https://huggingface.co/datasets/{hub_cfg.repo_id}/tree/{branch_name(cfg)}"
+
+
 def branch_for_metadata(hub: HubConfig, metadata: dict[str, Any]) -> str:
     """The branch :func:`branch_name` gives, read from a capture's ``qk_sniffer.json`` (no Config needed)."""
     if hub.branch:

@@ -21,6 +21,7 @@ from .capture import Block
 from .config import Config
 from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
 from .errors import UserError
+from .figures import current_figures
 from .gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from .heads import HeadSelection
 from .metadata import final_metadata, run_metadata
@@ -28,6 +29,7 @@ from .models import load_model
 from .naming import config_name, name_widths
 from .plan import CapturePlan, plan_capture
 from .samplers import KINDS
+from .selfcheck import check_unlisted_family
 from .session import CaptureSession
 from .store import RunInfo, Store
 from .store.compact import compact_store
@@ -92,6 +94,7 @@ def run(cfg: Config) -> RunResult:
     try:
         with _phase(phases, "load_s"):
             model = load_model(cfg.model, prep.plan.model_config)
+            check_unlisted_family(model)
         prep.metadata["attn_implementation"] = str(model.config.get_text_config()._attn_implementation)
         run_id = uuid.uuid4().hex[:12]
         shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
@@ -125,7 +128,7 @@ def run(cfg: Config) -> RunResult:
             resumed_examples=prep.resume.skipped,
         )
         phases["total_s"] = time.perf_counter() - t_start
-        tracker.summary(result, writer.bytes_written)
+        tracker.summary(result, writer.bytes_written, hub.dataset_url(cfg), current_figures(prep.out_dir))
     finally:
         tracker.finish()
     if result.skipped_empty:

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from . import families
 from .capture import Block
 from .data import DataStats, Example, batches
 from .errors import UserError
 from .heads import HeadSelection
-from .models import ModelLayout, backbone_of
+from .models import ModelLayout, backbone_of, layout_from_config, text_config
 from .patching import attention_modules, pre_rope_pair, rotary_call, rotary_functions
 from .samplers import AllSampler, Sampler
 
@@ -226,14 +227,18 @@ HALF_TOLERANCE = 5e-2
 PROBE_LENGTHS = (23, 14, 31)
 
 
+def check_unlisted_family(model: PreTrainedModel) -> None:
+    """After loading: a family the support matrix does not list must pass :func:`require_exact`."""
+    if families.matrix_entry(model.config.model_type) is None:
+        require_exact(model)
+
+
 def require_exact(model: PreTrainedModel) -> None:
     """Refuse a family the support matrix does not list unless a probe batch captures exactly.
 
     The probe is a fixed batch of unequal lengths of token ids (every row checked, both modes); a mismatch is
     a UserError naming the first differing vector, raised before any data is read or written.
     """
-    from .models import layout_from_config, text_config  # noqa: PLC0415 - models imports this module lazily
-
     layout = layout_from_config(model.config)
     vocab = int(text_config(model.config).vocab_size)
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,7 +54,9 @@ class Tracker(Protocol):
         self, batch: Batch, blocks: list[Block], step: dict[str, float], wall_s: float, buffer_bytes: int
     ) -> None: ...
 
-    def summary(self, result: Any, bytes_written: int) -> None: ...
+    def summary(
+        self, result: Any, bytes_written: int, dataset_url: str | None = None, figures: Sequence[Path] = ()
+    ) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -439,7 +441,10 @@ class RunTracker:
         }
         self.sink.batch(metrics, self.stats.add(blocks))
 
-    def summary(self, result: Any, bytes_written: int) -> None:
+    def summary(
+        self, result: Any, bytes_written: int, dataset_url: str | None = None, figures: Sequence[Path] = ()
+    ) -> None:
+        """``dataset_url``: where the data was pushed; ``figures``: the PNGs drawn for the card."""
         if self.sink is None:
             return
         summary: dict[str, Any] = {
@@ -453,10 +458,9 @@ class RunTracker:
             "rows_per_bucket": self.stats.rows_per_bucket(),
             "mean_norm": self.stats.mean_norms(),
         }
-        url = dataset_url(self.cfg)
-        if url:
-            summary["dataset_url"] = url
-        self.sink.close(summary, {**self._charts(), **self._figures(Path(result.output_dir))})
+        if dataset_url:
+            summary["dataset_url"] = dataset_url
+        self.sink.close(summary, {**self._charts(), **self._images(figures)})
         self._summarized = True
 
     def _charts(self) -> dict[str, Any]:
@@ -494,28 +498,16 @@ class RunTracker:
             "tables/mean_norm_heatmap": heatmap,
         }
 
-    def _figures(self, out_dir: Path) -> dict[str, Any]:
+    def _images(self, figures: Sequence[Path]) -> dict[str, Any]:
         """The figures the run drew for the card (report.enabled), as the same images."""
         import wandb
 
-        from .figures import current_figures
-
-        return {f"figures/{path.stem}": wandb.Image(str(path)) for path in current_figures(out_dir)}
+        return {f"figures/{path.stem}": wandb.Image(str(path)) for path in figures}
 
     def finish(self) -> None:
         self.progress.close()
         if self.sink is not None:
             self.sink.finish(failed=not self._summarized)
-
-
-def dataset_url(cfg: Config) -> str | None:
-    """The pushed branch on the Hub; None when nothing is pushed."""
-    hub_cfg = cfg.output.hub
-    if not (hub_cfg.push and hub_cfg.repo_id):
-        return None
-    from .hub import branch_name
-
-    return f"https://huggingface.co/datasets/{hub_cfg.repo_id}/tree/{branch_name(cfg)}"
 
 
 def make_tracker(cfg: Config, metadata: dict[str, Any]) -> Tracker:

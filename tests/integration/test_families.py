@@ -22,7 +22,7 @@ from qk_sniffer.errors import UserError
 from qk_sniffer.family_docs import README_BEGIN, README_END, readme_table
 from qk_sniffer.models import build_config, layout_from_config, load_model
 from qk_sniffer.naming import config_name
-from qk_sniffer.selfcheck import capture_blocks, every_head
+from qk_sniffer.selfcheck import capture_blocks, check_unlisted_family, every_head
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = families.support_matrix()
@@ -163,6 +163,7 @@ def test_an_unlisted_family_is_loaded_after_a_passing_self_check(monkeypatch, dt
     monkeypatch.delitem(MATRIX["families"], "olmo3")
     cfg = _architecture("olmo3", dtype)
     model = load_model(cfg, build_config(cfg))
+    check_unlisted_family(model)  # passes: nothing raised
     assert type(model).__name__ == "Olmo3ForCausalLM"
     assert next(model.parameters()).dtype == getattr(torch, dtype)
 
@@ -171,7 +172,7 @@ def test_an_unlisted_family_that_fails_its_self_check_is_refused(monkeypatch):
     monkeypatch.delitem(MATRIX["families"], "flint")
     cfg = _architecture("flint")
     with pytest.raises(UserError) as err:
-        load_model(cfg, build_config(cfg))
+        check_unlisted_family(load_model(cfg, build_config(cfg)))
     assert str(err.value).startswith(
         "model family 'flint' is not in the support matrix and its first-batch self-check against its "
         "own eager attention failed: l0: the config says a rotation, the model did the opposite"
