@@ -52,7 +52,8 @@ test-compat: install ## Architecture + exactness tests on the oldest and newest 
 	  $(PIP) install --quiet --no-deps --target $(VENV)/compat/transformers-$$v "transformers==$$v"; \
 	  echo "== transformers $$v"; \
 	  PYTHONPATH=$(VENV)/compat/transformers-$$v $(PY) -m pytest -q -p no:cacheprovider \
-	    tests/integration/test_architectures.py tests/integration/test_exactness.py $(PYTEST_ARGS); \
+	    tests/unit/test_compat.py tests/integration/test_architectures.py tests/integration/test_exactness.py \
+	    $(PYTEST_ARGS); \
 	done
 
 clean: ## Remove caches (keeps .venv and outputs/)

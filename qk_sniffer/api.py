@@ -307,7 +307,7 @@ class Capture:
     def _metadata(self, dataset: str | None) -> dict[str, Any]:
         """The run metadata the CLI records, for a model and texts handed over in Python."""
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        name = getattr(self.model.config, "_name_or_path", None) or None
+        name = self.model.config.name_or_path or None
         cfg = Config(
             # Without a name (a model built from a config) the card and branch fall back to the family.
             model=ModelConfig(name=name, slug=None if name else self.layout.model_type, dtype=dtype),

@@ -26,6 +26,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .compat import routes_attention as compat_routes_attention
 from .errors import UserError
 from .registry import Registry
 
@@ -112,7 +113,7 @@ def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
 
 def routes_attention(model_class: type) -> bool:
     """Whether the modeling code dispatches attention through transformers' registry (our only seam)."""
-    return bool(getattr(model_class, "_supports_attention_backend", False))
+    return compat_routes_attention(model_class)
 
 
 def unsupported_family_error(model_type: str, model_class_name: str, reason: str) -> UserError:

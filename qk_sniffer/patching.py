@@ -16,12 +16,10 @@ Traps handled here:
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -29,12 +27,14 @@ from torch import Tensor
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from .compat import (
+    attention_implementation,
+    eager_attention,
+    module_globals,
+    rotary_functions,
+    unregister_attention,
+)
 from .errors import UserError
-
-ROTARY_FUNCTION = "apply_rotary_pos_emb"
-# Rotary function names the modeling code may call: the common one and its variants (``*_interleave``), and
-# the complex-number form of DeepSeek V2 and Llama 4.
-ROTARY_PREFIXES = (ROTARY_FUNCTION, "apply_rotary_emb")
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, int | None], None]
@@ -189,8 +189,7 @@ def whole_pre_rope(
 def delegate_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]:
     """The real attention function for backend ``name`` as ``module``'s family would use it."""
     if name == "eager":
-        modeling = sys.modules[type(module).__module__]
-        fn = getattr(modeling, "eager_attention_forward", None)
+        fn = eager_attention(module)
         if fn is None:
             raise UserError(f"{type(module).__name__} has no eager attention function; use sdpa")
         return fn
@@ -218,18 +217,6 @@ def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     return found
 
 
-def rotary_functions(modules: list[torch.nn.Module]) -> list[tuple[ModuleType, str]]:
-    """(modeling module, name) of every rotary function the attention modules' code may call: the plain
-    ``apply_rotary_pos_emb`` and its variants (DeepSeek V3's ``apply_rotary_pos_emb_interleave``)."""
-    seen: dict[tuple[str, str], tuple[ModuleType, str]] = {}
-    for module in modules:
-        mod = sys.modules[type(module).__module__]
-        for name in vars(mod):
-            if name.startswith(ROTARY_PREFIXES) and callable(getattr(mod, name)):
-                seen[(mod.__name__, name)] = (mod, name)
-    return list(seen.values())
-
-
 @contextmanager
 def attention_tap(
     backbone: torch.nn.Module,
@@ -254,9 +241,7 @@ def attention_tap(
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
-    saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
     rotary = rotary_functions(modules) if pre_rope else []
-    saved_rotary = [(mod, fn_name, getattr(mod, fn_name)) for mod, fn_name in rotary]
     stash = _RotaryStash()
 
     def tapped_attention(
@@ -290,16 +275,11 @@ def attention_tap(
         AttentionInterface.register(name, tapped_attention)
         mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
-        for cfg in configs.values():
-            cfg._attn_implementation_internal = name
-        for mod, fn_name, original in saved_rotary:
-            setattr(mod, fn_name, wrap_rotary(original))
-        yield
+        with (
+            attention_implementation(configs.values(), name),
+            module_globals([(mod, fn_name, wrap_rotary) for mod, fn_name in rotary]),
+        ):
+            yield
     finally:
-        for mod, fn_name, original in saved_rotary:
-            setattr(mod, fn_name, original)
-        for key, cfg in configs.items():
-            cfg._attn_implementation_internal = saved_impl[key]
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
+        unregister_attention(name)
         _session_lock.release()

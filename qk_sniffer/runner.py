@@ -25,7 +25,7 @@ from .figures import current_figures
 from .gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from .heads import HeadSelection
 from .metadata import final_metadata, run_metadata
-from .models import load_model
+from .models import attention_backend, load_model
 from .naming import config_name, name_widths
 from .plan import CapturePlan, plan_capture
 from .samplers import KINDS
@@ -95,7 +95,7 @@ def run(cfg: Config) -> RunResult:
         with _phase(phases, "load_s"):
             model = load_model(cfg.model, prep.plan.model_config)
             check_unlisted_family(model)
-        prep.metadata["attn_implementation"] = str(model.config.get_text_config()._attn_implementation)
+        prep.metadata["attn_implementation"] = attention_backend(model)
         run_id = uuid.uuid4().hex[:12]
         shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
         info = RunInfo(run_id, prep.rid, shard, prep.configs)

@@ -10,7 +10,6 @@ mismatch names its (layer, kind, example, position).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +19,18 @@ from transformers import PreTrainedModel
 
 from . import families
 from .capture import Block
+from .compat import (
+    EAGER_ATTENTION,
+    attention_implementation,
+    modeling_module,
+    module_globals,
+    rotary_functions,
+)
 from .data import DataStats, Example, batches
 from .errors import UserError
 from .heads import HeadSelection
 from .models import ModelLayout, backbone_of, layout_from_config, text_config
-from .patching import attention_modules, pre_rope_pair, rotary_call, rotary_functions
+from .patching import attention_modules, pre_rope_pair, rotary_call
 from .samplers import AllSampler, Sampler
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
@@ -50,15 +56,12 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
     """The model's own eager Q/K for one unpadded example, per layer that called its eager attention."""
     backbone = backbone_of(model)
     modules = attention_modules(backbone)
-    modeling = {sys.modules[type(m).__module__] for m in modules}
-    missing = [mod.__name__ for mod in modeling if not hasattr(mod, "eager_attention_forward")]
+    modeling = {modeling_module(m) for m in modules}
+    missing = [mod.__name__ for mod in modeling if not hasattr(mod, EAGER_ATTENTION)]
     if missing or not modeling:
         raise NoEagerPath(f"no eager_attention_forward in {', '.join(missing) or 'any attention module'}")
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     configs[id(backbone.config)] = backbone.config
-    saved_impl = {key: cfg._attn_implementation for key, cfg in configs.items()}
-    saved_eager = {mod: getattr(mod, "eager_attention_forward") for mod in modeling}  # noqa: B009
-    saved_rotary = [(mod, name, getattr(mod, name)) for mod, name in rotary_functions(modules)]
     layers: dict[int, LayerQK] = {}
     pending: dict[str, Any] = {}
 
@@ -85,22 +88,11 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
 
         return recorder
 
-    try:
-        for cfg in configs.values():
-            cfg._attn_implementation_internal = "eager"
-        for mod, fn in saved_eager.items():
-            setattr(mod, "eager_attention_forward", record_eager(fn))  # noqa: B010
-        for mod, name, fn in saved_rotary:
-            setattr(mod, name, record_rotary(fn))
+    replaced = [(mod, EAGER_ATTENTION, record_eager) for mod in modeling]
+    replaced += [(mod, name, record_rotary) for mod, name in rotary_functions(modules)]
+    with attention_implementation(configs.values(), "eager"), module_globals(replaced):
         device = next(model.parameters()).device
         backbone(input_ids=torch.tensor([input_ids], device=device), use_cache=False)
-    finally:
-        for mod, fn in saved_eager.items():
-            setattr(mod, "eager_attention_forward", fn)  # noqa: B010
-        for mod, name, fn in saved_rotary:
-            setattr(mod, name, fn)
-        for key, cfg in configs.items():
-            cfg._attn_implementation_internal = saved_impl[key]
     return layers
 
 
