@@ -1,15 +1,18 @@
-"""Test helpers: tiny checkpoints on disk, composing the real Hydra config, reading the output back."""
+"""Test helpers: texts and corpora, tiny checkpoints on disk, composing the real Hydra config, running the
+CLI, reading the output back."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import REPO, tiny_model
 from hydra import compose, initialize_config_dir
+from tiny_models import EMBEDDED_VOCAB, tiny_model
 from transformers import PreTrainedTokenizerFast
 
 from qk_sniffer.cli import CONF_DIR
@@ -17,6 +20,31 @@ from qk_sniffer.config import register_configs
 from qk_sniffer.data import EMBEDDED_TOKENIZER
 
 register_configs()
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Of unequal lengths (a batch of them is right-padded), each longer than any sliding window in the tests (8).
+TEXTS = [
+    "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
+    "Short one, still longer than a window.",
+    "A mechanical clock is a negotiation between a falling weight and a stubborn escapement; the pendulum "
+    "sets the pace.",
+    "Counting looks simple until you try it with both hands.",
+]
+WORDS = [
+    "attention",
+    "keys",
+    "queries",
+    "rotary",
+    "position",
+    "long",
+    "context",
+    "sink",
+    "head",
+    "layer",
+    "token",
+    "vector",
+]
 
 
 def embedded_tokenizer() -> PreTrainedTokenizerFast:
@@ -26,7 +54,7 @@ def embedded_tokenizer() -> PreTrainedTokenizerFast:
 def save_checkpoint(root: Path, model_type: str, **overrides) -> Path:
     """A tiny random model plus the embedded tokenizer, saved as a local checkpoint (save_pretrained)."""
     path = root / f"tiny-{model_type}"
-    model = tiny_model(model_type, vocab_size=512, **overrides)
+    model = tiny_model(model_type, vocab_size=EMBEDDED_VOCAB, **overrides)
     model.save_pretrained(path)
     embedded_tokenizer().save_pretrained(path)
     return path
@@ -60,36 +88,100 @@ def read_configs(out_dir: Path) -> dict[str, pq.Table]:
     return tables
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **(env or {})}
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **(env or {})}
+
+
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+    module: str = "qk_sniffer",
+) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` to its end, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "qk_sniffer", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    import json
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``python -m qk_sniffer ARGS`` started in the background, to be signalled or raced."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "qk_sniffer", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
+
+def wait_for_commits(out_dir: Path, proc: subprocess.Popen, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(out_dir.glob(".qk_sniffer/commits/*/*.json"))) >= count:
+            return
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
+        time.sleep(0.01)
+    raise AssertionError("no commit appeared in time")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-__all__ = [
-    "REPO",
-    "compose_cfg",
-    "embedded_tokenizer",
-    "loaded_rows",
-    "every_row_overrides",
-    "read_configs",
-    "run_cli",
-    "save_checkpoint",
-    "write_jsonl",
-]
+def corpus(path: Path, n: int = 160) -> Path:
+    """``n`` texts of 8 to 20 words, enough batches and flushes for a run to be interrupted midway."""
+    return write_jsonl(
+        path,
+        [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8 + i % 13))} for i in range(n)],
+    )
+
+
+def cli_args(checkpoint: Path, data: Path, out_dir: Path) -> list[str]:
+    """A run of ``corpus`` that commits every few examples: the one the interruption tests stop midway."""
+    return [
+        f"model.name={checkpoint}",
+        "model.dtype=float32",
+        "dataset=local",
+        f"dataset.data_files={data}",
+        "capture.layers=[0,2]",
+        "inference.batch_size=2",
+        "output.flush_every_examples=4",
+        f"output.dir={out_dir}",
+    ]
+
+
+def start_to_interrupt(root: Path, commits: int) -> tuple[subprocess.Popen, list[str]]:
+    """The CLI over a 160-text ``corpus`` into ``root/out``, returned still running once ``commits`` commits
+    landed, with its arguments (to run the same command again)."""
+    args = cli_args(save_checkpoint(root, "qwen3"), corpus(root / "docs.jsonl"), root / "out")
+    proc = start_cli(args, root)
+    wait_for_commits(root / "out", proc, commits)
+    return proc, args
+
+
+def rows(out_dir: Path) -> list[tuple]:
+    """Every row of every config on disk as (config, example_id, position, vector), sorted."""
+    out = []
+    for name, table in read_configs(out_dir).items():
+        data = table.to_pydict()
+        out += [
+            (name, e, p, tuple(v))
+            for e, p, v in zip(data["example_id"], data["position"], data["vector"], strict=True)
+        ]
+    return sorted(out)
+
+
+def files_with_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def loaded_rows(out_dir: Path, cache: Path) -> list[tuple]:

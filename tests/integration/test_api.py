@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
-from helpers import compose_cfg, embedded_tokenizer, read_configs, save_checkpoint, write_jsonl
+from helpers import TEXTS, compose_cfg, embedded_tokenizer, read_configs, save_checkpoint, write_jsonl
 from reference import check_table, eager_reference
+from tiny_models import EMBEDDED_VOCAB, tiny_model
 from transformers import AutoModelForCausalLM
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
@@ -22,17 +22,9 @@ from qk_sniffer.naming import config_name
 from qk_sniffer.patching import CaptureSessionActiveError
 from qk_sniffer.runner import run
 
-TEXTS = [
-    "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
-    "Short one.",
-    "A mechanical clock is a negotiation between a falling weight and a stubborn escapement; the pendulum "
-    "sets the pace.",
-    "Counting looks simple.",
-]
-
 
 def model_of(model_type: str) -> torch.nn.Module:
-    return tiny_model(model_type, vocab_size=512)  # the embedded tokenizer's ids fit
+    return tiny_model(model_type, vocab_size=EMBEDDED_VOCAB)
 
 
 def as_rows(table) -> dict[tuple[int, int], tuple[int, np.ndarray]]:

@@ -17,9 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, compose_cfg, embedded_tokenizer, every_row_overrides, read_configs, write_jsonl
+from helpers import (
+    REPO,
+    TEXTS,
+    compose_cfg,
+    embedded_tokenizer,
+    every_row_overrides,
+    read_configs,
+    write_jsonl,
+)
 from reference import TOLERANCE as TOL
 from reference import Reference, check_table, eager_reference
+from tiny_models import EMBEDDED_VOCAB, SHAPE
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from qk_sniffer.errors import UserError
@@ -37,25 +46,13 @@ from qk_sniffer.runner import run
 from qk_sniffer.store.layout import METADATA, config_name
 
 WINDOW = 6
-TEXTS = [
-    "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
-    "Short one, still longer than a window.",
-    "A mechanical clock is a negotiation between a falling weight and a stubborn escapement; the pendulum "
-    "sets the pace.",
-    "Counting looks simple until you try it with both hands.",
-]
 TEXT_IDS = [embedded_tokenizer()(t)["input_ids"] for t in TEXTS]
 
-# One small decoder shape; each family adds what makes it different.
+# The shared tiny shape (tiny_models.py) with the embedded tokenizer's vocabulary, and the special ids and
+# untied head these checkpoints were first written with; each family adds what makes it different.
 BASE = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=256,
+    SHAPE,
+    vocab_size=EMBEDDED_VOCAB,
     tie_word_embeddings=False,
     pad_token_id=0,
     bos_token_id=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import (
+    TEXTS,
     compose_cfg,
     embedded_tokenizer,
     every_row_overrides,
@@ -17,14 +18,6 @@ from transformers import AutoModelForCausalLM
 
 from qk_sniffer.naming import config_name
 from qk_sniffer.runner import run
-
-TEXTS = [
-    "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
-    "Short one.",
-    "A mechanical clock is a negotiation between a falling weight and a stubborn escapement; the pendulum "
-    "sets the pace. Everything else is bookkeeping, and every part exists for a reason you can point at.",
-    "Counting looks simple.",
-]
 
 
 def check_exact(out_dir, model, texts, pre_rope):

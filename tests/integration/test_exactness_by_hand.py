@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hand_reference import hand_qk
 from helpers import (
+    TEXTS,
     compose_cfg,
     embedded_tokenizer,
     every_row_overrides,
@@ -19,12 +20,6 @@ from transformers import AutoModelForCausalLM
 
 from qk_sniffer.runner import run
 
-TEXTS = [
-    "The river starts as a thin line of meltwater under a grey ridge, and by the first village it is wide.",
-    "Short one.",
-    "A mechanical clock is a negotiation between a falling weight and a stubborn escapement; the pendulum "
-    "sets the pace. Everything else is bookkeeping, and every part exists for a reason you can point at.",
-]
 TOLERANCE = 1e-4  # float32 capture against float64 arithmetic, absolute, per component
 ROPES = {
     "default": None,
@@ -52,7 +47,7 @@ ROPES = {
 def test_capture_equals_q_and_k_computed_by_hand(tmp_path, model_type, rope, pre_rope):
     extra = {"rope_parameters": ROPES[rope]} if ROPES[rope] else {}
     ckpt = save_checkpoint(tmp_path, model_type, **extra)
-    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS[:3]])
     out = tmp_path / "out"
     run(compose_cfg(every_row_overrides(ckpt, data, out, pre_rope)))
 
@@ -60,7 +55,7 @@ def test_capture_equals_q_and_k_computed_by_hand(tmp_path, model_type, rope, pre
     if ROPES[rope]:
         assert model.config.rope_parameters["rope_type"] == rope
     tok = embedded_tokenizer()
-    ids = {i: tok(t)["input_ids"] for i, t in enumerate(TEXTS)}
+    ids = {i: tok(t)["input_ids"] for i, t in enumerate(TEXTS[:3])}
     assert max(len(x) for x in ids.values()) > 16  # past the scaled ropes' original context
     hand = {i: hand_qk(model, x) for i, x in ids.items()}
     tables = read_configs(out)

@@ -1,5 +1,5 @@
 """The manifest travels with the data: a capture continued on a second machine through the Hub branch (the
-recording stand-in of HfApi from test_publish) resumes, checks recipes, replaces and compacts exactly as it
+recording stand-in of HfApi in hub_stand_in) resumes, checks recipes, replaces and compacts exactly as it
 would in one dir, and nothing machine-local ever reaches the branch."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg, save_checkpoint
-from test_merge import rows
-from test_publish import REPO, FakeHub, files_with_bytes, install_stand_in
-from test_resume import corpus
+from helpers import compose_cfg, corpus, files_with_bytes, rows, save_checkpoint
+from hub_stand_in import REPO_ID as REPO
+from hub_stand_in import FakeHub
 
 from qk_sniffer import hub, publish
 from qk_sniffer.compact import compact
@@ -25,11 +24,6 @@ from qk_sniffer.store.manifest import Manifest, recipe_id
 
 PUSH = ("output.hub.push=true", f"output.hub.repo_id={REPO}")
 LOCAL_ONLY = re.compile(r"(^|/)(runs|trash)/|\.lock$|\.tmp$|^\.qk_sniffer_(hub|pull)")
-
-
-@pytest.fixture
-def stand_in(monkeypatch, tmp_path) -> FakeHub:
-    return install_stand_in(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -78,7 +72,7 @@ def assert_nothing_local_was_pushed(fake: FakeHub) -> None:
     assert pushed and not [p for p in pushed if LOCAL_ONLY.search(p)]
 
 
-def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(stand_in, sources, tmp_path):
+def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(fake, sources, tmp_path):
     a, b, ref = tmp_path / "machine-a", tmp_path / "machine-b", tmp_path / "ref"
     run(cfg(sources, a, "dataset.max_samples=4", *PUSH))
     branch = hub.branch_name(cfg(sources, a))
@@ -92,8 +86,8 @@ def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(st
     assert by_run.pop(run_a) == {0, 1, 2, 3} and list(by_run.values()) == [{4, 5, 6, 7}]
     # The branch (and B's dir) hold exactly the rows of one uninterrupted 8-example run: none lost or doubled.
     reference = rows(ref)
-    assert rows(branch_files(stand_in, branch, tmp_path / "branch-1")) == reference == rows(b)
-    remote_meta = json.loads(stand_in.tree(REPO, branch)[METADATA])
+    assert rows(branch_files(fake, branch, tmp_path / "branch-1")) == reference == rows(b)
+    remote_meta = json.loads(fake.tree(REPO, branch)[METADATA])
     ref_meta = json.loads((ref / METADATA).read_text())
     assert (remote_meta["examples"], remote_meta["tokens"]) == (8, ref_meta["tokens"])
     assert ref_meta["examples"] == 8
@@ -111,23 +105,21 @@ def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(st
     plan = publish.publish_dir(publish.parse([f"output.dir={a}", f"output.hub.repo_id={REPO}"]))
     assert sorted(plan.deleted) == sorted(f for f in old_a if not (a / f).exists()) and plan.deleted
     assert json.loads((a / METADATA).read_text())["examples"] == 8
-    assert rows(branch_files(stand_in, branch, tmp_path / "branch-2")) == reference
+    assert rows(branch_files(fake, branch, tmp_path / "branch-2")) == reference
     # B publishes: it pulls A's compaction and finishes it here (A's old files go), so no row is doubled.
     plan = publish.publish_dir(publish.parse([f"output.dir={b}", f"output.hub.repo_id={REPO}"]))
     assert plan.deleted == [] and any("/commits/" in f for f in plan.pulled)
     assert rows(b) == reference
-    remote = stand_in.tree(REPO, branch)
+    remote = fake.tree(REPO, branch)
     assert {f: remote[f] for f in shared(b)} == shared(b) and set(remote) == {*shared(b), ".gitattributes"}
-    assert_nothing_local_was_pushed(stand_in)
+    assert_nothing_local_was_pushed(fake)
 
 
-def test_other_recipe_on_the_branch_is_refused_and_replace_takes_the_configs_over(
-    stand_in, sources, tmp_path
-):
+def test_other_recipe_on_the_branch_is_refused_and_replace_takes_the_configs_over(fake, sources, tmp_path):
     a, b, ref = tmp_path / "machine-a", tmp_path / "machine-b", tmp_path / "ref"
     run(cfg(sources, a, "dataset.max_samples=4", *PUSH))
     branch = hub.branch_name(cfg(sources, a))
-    before, commits = dict(stand_in.tree(REPO, branch)), len(stand_in.commit_ops(branch))
+    before, commits = dict(fake.tree(REPO, branch)), len(fake.commit_ops(branch))
     configs = sorted(p.name for p in a.glob("l*"))
 
     with pytest.raises(UserError) as err:
@@ -139,21 +131,21 @@ def test_other_recipe_on_the_branch_is_refused_and_replace_takes_the_configs_ove
         "old files are deleted once the new rows are complete), or another output.hub.branch"
     )
     assert not b.exists()
-    assert stand_in.tree(REPO, branch) == before and len(stand_in.commit_ops(branch)) == commits
+    assert fake.tree(REPO, branch) == before and len(fake.commit_ops(branch)) == commits
 
     run(cfg(sources, b, "dataset.max_samples=4", "sampler.base_rate=0.5", "output.mode=replace", *PUSH))
     run(cfg(sources, ref, "dataset.max_samples=4", "sampler.base_rate=0.5"))
     # One commit adds B's rows and deletes every part and commit file of A's recipe.
-    (last,) = stand_in.commit_ops(branch)[commits:]
+    (last,) = fake.commit_ops(branch)[commits:]
     a_data = sorted(f for f in shared(a) if f.endswith(".parquet") or "/commits/" in f)
     assert sorted(path for op, path in last if op == "delete") == a_data
-    assert rows(branch_files(stand_in, branch, tmp_path / "branch")) == rows(ref) == rows(b)
-    recipes = json.loads(stand_in.tree(REPO, branch)[METADATA])["recipes"]
+    assert rows(branch_files(fake, branch, tmp_path / "branch")) == rows(ref) == rows(b)
+    recipes = json.loads(fake.tree(REPO, branch)[METADATA])["recipes"]
     assert [r["recipe"]["sampler"]["base_rate"] for r in recipes] == [0.5]
-    assert_nothing_local_was_pushed(stand_in)
+    assert_nothing_local_was_pushed(fake)
 
 
-def test_shards_on_two_machines_merge_through_the_branch(stand_in, sources, tmp_path):
+def test_shards_on_two_machines_merge_through_the_branch(fake, sources, tmp_path):
     a, b, ref = tmp_path / "machine-a", tmp_path / "machine-b", tmp_path / "ref"
     shards = ("dataset.max_samples=4", "dataset.num_shards=2")
     run(cfg(sources, a, *shards, "dataset.shard_index=0", *PUSH))
@@ -166,12 +158,12 @@ def test_shards_on_two_machines_merge_through_the_branch(stand_in, sources, tmp_
 
 
 def test_a_pull_whose_parts_do_not_arrive_is_refused_and_such_commits_are_not_trusted(
-    stand_in, sources, tmp_path
+    fake, sources, tmp_path
 ):
     a, b = tmp_path / "machine-a", tmp_path / "machine-b"
     run(cfg(sources, a, "dataset.max_samples=4", *PUSH))
     lost = sorted(f for f in shared(a) if f.endswith(".parquet"))[0]
-    stand_in.lost_in_download.add(lost)
+    fake.lost_in_download.add(lost)
     with pytest.raises(UserError) as err:
         run(cfg(sources, b, "dataset.max_samples=4", *PUSH))
     assert str(err.value) == f"the download of {lost} from the branch failed; nothing was pulled"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, compose_cfg, read_configs
+from helpers import REPO, compose_cfg, files_with_bytes, read_configs
+from hub_stand_in import REPO_ID as HUB_REPO
+from hub_stand_in import FakeHub, install_stand_in
 from matplotlib.image import imread
-from test_publish import REPO as HUB_REPO
-from test_publish import FakeHub, files_with_bytes, install_stand_in
 
 import qk_sniffer
 from qk_sniffer import hub_download, report_data

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg, read_configs
+from helpers import compose_cfg, read_configs, rows
 
 from qk_sniffer.compact import compact
 from qk_sniffer.errors import UserError
@@ -14,17 +14,6 @@ from qk_sniffer.runner import run
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import METADATA
 from qk_sniffer.store.manifest import Manifest
-
-
-def rows(out_dir: Path) -> list[tuple]:
-    out = []
-    for name, table in read_configs(out_dir).items():
-        data = table.to_pydict()
-        out += [
-            (name, e, p, tuple(v))
-            for e, p, v in zip(data["example_id"], data["position"], data["vector"], strict=True)
-        ]
-    return sorted(out)
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:

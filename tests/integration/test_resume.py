@@ -2,86 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-from helpers import compose_cfg, read_configs, save_checkpoint, write_jsonl
-from test_merge import rows
+from helpers import compose_cfg, read_configs, rows, start_cli, start_to_interrupt
 
 from qk_sniffer.runner import run
 from qk_sniffer.store.manifest import Manifest
 
-WORDS = [
-    "attention",
-    "keys",
-    "queries",
-    "rotary",
-    "position",
-    "long",
-    "context",
-    "sink",
-    "head",
-    "layer",
-    "token",
-    "vector",
-]
-
-
-def corpus(path: Path, n: int = 160) -> Path:
-    return write_jsonl(
-        path,
-        [{"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8 + i % 13))} for i in range(n)],
-    )
-
-
-def cli_args(checkpoint: Path, data: Path, out_dir: Path) -> list[str]:
-    return [
-        f"model.name={checkpoint}",
-        "model.dtype=float32",
-        "dataset=local",
-        f"dataset.data_files={data}",
-        "capture.layers=[0,2]",
-        "inference.batch_size=2",
-        "output.flush_every_examples=4",
-        f"output.dir={out_dir}",
-    ]
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "qk_sniffer", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_commits(out_dir: Path, proc: subprocess.Popen, count: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(list(out_dir.glob(".qk_sniffer/commits/*/*.json"))) >= count:
-            return
-        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
-        time.sleep(0.01)
-    raise AssertionError("no commit appeared in time")
-
 
 def test_kill_9_midway_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    checkpoint = save_checkpoint(tmp_path, "qwen3")
-    data = corpus(tmp_path / "docs.jsonl")
     out, ref = tmp_path / "out", tmp_path / "ref"
-    args = cli_args(checkpoint, data, out)
-
-    proc = start(args, tmp_path)
-    wait_for_commits(out, proc, 3)
+    proc, args = start_to_interrupt(tmp_path, 3)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -96,7 +28,7 @@ def test_kill_9_midway_then_rerun_equals_an_uninterrupted_run(tmp_path):
     run_id = next(iter({c.run for c in done.commits}))
     shutil.copy(some_part, some_part.parent / f"part-000-{run_id}-99999.parquet")
 
-    again = start(args, tmp_path)
+    again = start_cli(args, tmp_path)
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr
 

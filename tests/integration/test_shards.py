@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from helpers import REPO, compose_cfg, read_configs, run_cli
-from test_merge import rows
+from helpers import REPO, compose_cfg, read_configs, rows, run_cli
 
 from qk_sniffer.runner import run
 from qk_sniffer.store.layout import METADATA

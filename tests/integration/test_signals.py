@@ -6,9 +6,7 @@ import errno
 import signal
 
 import pytest
-from helpers import compose_cfg, read_configs, save_checkpoint
-from test_merge import rows
-from test_resume import cli_args, corpus, start, wait_for_commits
+from helpers import compose_cfg, read_configs, rows, start_to_interrupt
 
 from qk_sniffer.errors import UserError
 from qk_sniffer.runner import run
@@ -18,13 +16,8 @@ from qk_sniffer.store.manifest import Manifest
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_commits_what_is_complete_exits_non_zero_and_resumes(tmp_path, sig):
-    checkpoint = save_checkpoint(tmp_path, "qwen3")
-    data = corpus(tmp_path / "docs.jsonl")
     out, ref = tmp_path / "out", tmp_path / "ref"
-    args = cli_args(checkpoint, data, out)
-
-    proc = start(args, tmp_path)
-    wait_for_commits(out, proc, 2)
+    proc, args = start_to_interrupt(tmp_path, 2)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, run_cli
 from hydra import compose, initialize_config_dir
 from reference import eager_reference
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
@@ -51,18 +51,10 @@ def selection_for(model, **capture) -> HeadSelection:
 def capture_all(
     model, selection: HeadSelection, sampler: Sampler, data: list[Batch], **session
 ) -> list[Block]:
-    """The runner's pattern: batch i's copy is collected only after batch i+1's forward was queued."""
-    blocks: list[Block] = []
+    """Every batch through the runner's own pipelined loop (``CaptureSession.stream``), blocks in order."""
+    assert data, "no batch to capture"
     with CaptureSession(model, selection, sampler, **session) as s:
-        pending = None
-        for batch in data:
-            copy = s.forward(batch)
-            if pending is not None:
-                blocks += pending.result()
-            pending = copy
-        assert pending is not None
-        blocks += pending.result()
-    return blocks
+        return [block for _, blocks, _ in s.stream(data) for block in blocks]
 
 
 def as_rows(blocks: list[Block]) -> dict[tuple[int, str, int, int, int], np.ndarray]:
@@ -278,13 +270,7 @@ def test_bench_rejects_bad_settings(override, message):
 
 
 def test_bench_cli_prints_table_then_json_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "qk_sniffer.bench", *TINY_BENCH],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli(TINY_BENCH, cwd=tmp_path, module="qk_sniffer.bench")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     record = json.loads(lines[-1])
@@ -297,13 +283,7 @@ def test_bench_cli_prints_table_then_json_line(tmp_path):
 
 
 def test_bench_cli_user_error_exits_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "qk_sniffer.bench", *TINY_BENCH, "bench.warmup=-1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli([*TINY_BENCH, "bench.warmup=-1"], cwd=tmp_path, module="qk_sniffer.bench")
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg, loaded_rows, run_cli
+from helpers import compose_cfg, files_with_bytes, loaded_rows, run_cli, start_cli
 
 from qk_sniffer.errors import UserError
 from qk_sniffer.runner import run
@@ -29,17 +29,6 @@ ARGS = ["capture.layers=[0]", "output.flush_every_examples=2", "wandb=disabled"]
 
 def capture(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_cli([f"output.dir={out}", *ARGS, *extra], cwd=cwd)
-
-
-def module_cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def one_message(proc: subprocess.CompletedProcess) -> str:
@@ -102,7 +91,7 @@ def test_a_corrupted_part_is_found_by_its_hash(copy, reference, tmp_path):
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
     damaged.write_bytes(bytes(data))
-    check = module_cli("qk_sniffer.verify", [f"output.dir={copy}"], cwd=tmp_path)
+    check = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.verify")
     assert check.returncode == 1, check.stderr
     assert "does not match the recorded sha256" in check.stdout
     assert f"repair: python -m qk_sniffer.verify output.dir={copy} repair=true" in check.stdout
@@ -116,7 +105,7 @@ def test_a_corrupted_part_is_found_by_its_hash(copy, reference, tmp_path):
 def test_a_truncated_part_and_verify_repair(copy, reference, tmp_path):
     damaged = copy / named_files(commits(copy)[-1])[0]
     damaged.write_bytes(damaged.read_bytes()[:40])
-    repaired = module_cli("qk_sniffer.verify", [f"output.dir={copy}", "repair=true"], cwd=tmp_path)
+    repaired = run_cli([f"output.dir={copy}", "repair=true"], cwd=tmp_path, module="qk_sniffer.verify")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     state = json.loads(repaired.stdout.splitlines()[-1])
     assert state["ok"] and state["damage"] == [] and not damaged.exists()
@@ -147,7 +136,7 @@ def test_a_truncated_commit_is_named_and_its_rows_captured_again(copy, reference
 
 def test_compaction_keeps_orphans_out(copy, reference, tmp_path):
     commits(copy)[0].unlink()  # its files are orphans now
-    proc = module_cli("qk_sniffer.compact", [f"output.dir={copy}"], cwd=tmp_path)
+    proc = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.compact")
     assert proc.returncode == 0, proc.stderr
     assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
     rows = loaded_rows(copy, tmp_path / "compacted")
@@ -159,10 +148,10 @@ def test_compaction_keeps_orphans_out(copy, reference, tmp_path):
 
 def test_a_lost_manifest_is_refused_and_nothing_changes(copy, tmp_path):
     shutil.rmtree(copy / ".qk_sniffer")
-    before = snapshot(copy)
+    before = files_with_bytes(copy)
     message = one_message(capture(copy, cwd=tmp_path))
     assert "holds qk_sniffer.json but no manifest (.qk_sniffer/)" in message
-    assert snapshot(copy) == before
+    assert files_with_bytes(copy) == before
 
 
 def test_a_users_folder_with_a_readme_and_a_stray_metadata_file_is_refused(tmp_path):
@@ -170,21 +159,21 @@ def test_a_users_folder_with_a_readme_and_a_stray_metadata_file_is_refused(tmp_p
     folder.mkdir()
     (folder / CARD).write_text("# my notes\n")
     (folder / METADATA).write_text("{}")
-    before = snapshot(folder)
+    before = files_with_bytes(folder)
     message = one_message(capture(folder, cwd=tmp_path))
     assert f"output.dir={str(folder)!r} holds qk_sniffer.json but no manifest" in message
-    assert snapshot(folder) == before and not (folder / ".qk_sniffer").exists()
+    assert files_with_bytes(folder) == before and not (folder / ".qk_sniffer").exists()
 
 
 def test_a_config_dir_linked_out_of_the_dir_is_refused(copy, tmp_path):
     outside = tmp_path / "elsewhere"
     shutil.move(copy / "l00h00q", outside)
     (copy / "l00h00q").symlink_to(outside)
-    before, outside_before = snapshot(copy), snapshot(outside)
+    before, outside_before = files_with_bytes(copy), files_with_bytes(outside)
     for extra in ([], ["output.mode=replace", "sampler=uniform"]):
         message = one_message(capture(copy, *extra, cwd=tmp_path))
         assert "l00h00q is a symbolic link" in message
-    assert snapshot(copy) == before and snapshot(outside) == outside_before
+    assert files_with_bytes(copy) == before and files_with_bytes(outside) == outside_before
 
 
 def test_a_foreign_file_in_a_config_dir_is_refused(copy, tmp_path):
@@ -245,25 +234,13 @@ def test_compaction_killed_at_any_point_shows_every_row_once(point, copy, refere
     )
     assert killed.returncode == -9, killed.stderr
     assert loaded_rows(copy, tmp_path / "killed") == reference[1]
-    again = module_cli("qk_sniffer.compact", [f"output.dir={copy}"], cwd=tmp_path)
+    again = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.compact")
     assert again.returncode == 0, again.stderr
     assert_exactly_the_reference(copy, reference, tmp_path)
     assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
 
 
 # ------------------------------------------------------------------------------------ two processes
-
-
-def start(out: Path, *extra: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "qk_sniffer", f"output.dir={out}", *extra],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 RACE = ["dataset=synthetic", "dataset.num_examples=60", "dataset.seq_len=256", "wandb=disabled"]
@@ -273,12 +250,12 @@ def test_a_run_with_another_recipe_is_refused_while_the_first_is_still_writing(t
     out = tmp_path / "capture"
     # Long enough to still be capturing when the second starts; it commits only when stopped.
     long = [*RACE, "dataset.num_examples=5000", "output.flush_every_examples=100000"]
-    first = start(out, *long, "sampler=log_bucket", cwd=tmp_path)
+    first = start_cli([f"output.dir={out}", *long, "sampler=log_bucket"], cwd=tmp_path)
     deadline = time.monotonic() + 240
     while not list(out.glob(".qk_sniffer/runs/*.lock")):  # registered, nothing committed yet
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
-    second = start(out, *RACE, "sampler=uniform", cwd=tmp_path)
+    second = start_cli([f"output.dir={out}", *RACE, "sampler=uniform"], cwd=tmp_path)
     _, err = second.communicate(timeout=300)
     assert first.poll() is None, "the first run ended before the second was checked"
     assert not list(out.glob(".qk_sniffer/commits/*/*.json"))
@@ -296,7 +273,10 @@ def test_a_run_with_another_recipe_is_refused_while_the_first_is_still_writing(t
 
 def test_two_runs_with_different_recipes_started_together_one_wins(tmp_path):
     out = tmp_path / "capture"
-    procs = [start(out, *RACE, f"sampler={s}", cwd=tmp_path) for s in ("log_bucket", "uniform")]
+    procs = [
+        start_cli([f"output.dir={out}", *RACE, f"sampler={s}"], cwd=tmp_path)
+        for s in ("log_bucket", "uniform")
+    ]
     codes = sorted(p.wait(timeout=400) for p in procs)
     assert codes == [0, 2]
     meta = json.loads((out / METADATA).read_text())
