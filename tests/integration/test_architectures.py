@@ -41,9 +41,10 @@ from qk_sniffer.models import (
     layout_from_config,
     model_class_for,
 )
+from qk_sniffer.naming import config_name
 from qk_sniffer.patching import attention_modules
 from qk_sniffer.runner import run
-from qk_sniffer.store.layout import METADATA, config_name
+from qk_sniffer.store.layout import METADATA
 
 WINDOW = 6
 TEXT_IDS = [embedded_tokenizer()(t)["input_ids"] for t in TEXTS]
