@@ -8,9 +8,9 @@ pinned to the branch head it was computed from, so a concurrent push fails inste
 data. With push on, a run also pulls before it reads its manifest (``pull_before_run``), so a second
 machine resumes where the branch stands and its recipe check sees the branch's configs.
 
-``huggingface_hub`` is imported lazily; ``API_FACTORY`` builds the client and is the seam tests use to
-put a recording stand-in in place of ``HfApi``. The token is passed to the client and nowhere else: it is
-redacted from every message this module produces.
+The client comes from :mod:`qk_sniffer.hub_client` (``hub_client.API_FACTORY``, the seam tests use for a
+recording stand-in of ``HfApi``). The token is passed to the client and nowhere else: it is redacted from
+every message this module produces.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import documents
+from . import documents, hub_client
 from .config import Config, HubConfig
 from .errors import UserError
 from .gitref import branch_problem
+from .hub_client import REPO_TYPE, describe, find_token, redact
 from .store import RunInfo, Store
 from .store.files import DamagedFile, atomic_file, read_json
 from .store.layout import CARD, FIGURE_PATH, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
@@ -40,20 +41,9 @@ from .store.manifest import Manifest, model_identity, recipe_difference, recipe_
 
 log = logging.getLogger(__name__)
 
-REPO_TYPE = "dataset"
 PREFLIGHT_TIMEOUT_S = 15.0
 TRUTHY = {"1", "true", "yes", "on"}
 BRANCH_SAFE = re.compile(r"[^a-z0-9._-]+")
-
-
-def _default_api(token: str) -> Any:
-    from huggingface_hub import HfApi
-
-    return HfApi(token=token)
-
-
-# token -> client. Tests replace it with a recording stand-in of HfApi.
-API_FACTORY: Callable[[str], Any] = _default_api
 
 
 class PushError(UserError):
@@ -126,30 +116,6 @@ def check_branch(branch: str) -> str:
 # ------------------------------------------------------------------------------------------------------ token
 
 
-def find_token() -> str | None:
-    """``HF_TOKEN``, else ``HF_TOKEN`` in a ``.env`` file (searched from the working dir up), else the token
-    saved by ``hf auth login``. The .env is read, not loaded: nothing else in the process sees it."""
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        return token
-    from dotenv import dotenv_values, find_dotenv
-
-    env_file = find_dotenv(usecwd=True)
-    token = dotenv_values(env_file).get("HF_TOKEN") if env_file else None
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "<token>") if token else text
-
-
-# -------------------------------------------------------------------------------------------------- preflight
-
-
 def preflight(hub: HubConfig) -> None:
     """With push on, check that ``output.hub.repo_id`` is reachable and writable, within seconds, before any
     weights load. Raises UserError naming the repo and the reason (offline, no token, no write access)."""
@@ -161,10 +127,10 @@ def preflight(hub: HubConfig) -> None:
         raise UserError("output.hub.push=true needs output.hub.repo_id (e.g. your-name/qk-captures)")
     token = _token_or_fail(hub.repo_id)
     problem = _within(
-        PREFLIGHT_TIMEOUT_S, lambda: _write_access_problem(API_FACTORY(token), hub.repo_id or "")
+        PREFLIGHT_TIMEOUT_S, lambda: _write_access_problem(hub_client.API_FACTORY(token), hub.repo_id or "")
     )
     if problem:
-        raise UserError(f"output.hub.repo_id={hub.repo_id!r}: cannot push: {_redact(problem, token)}")
+        raise UserError(f"output.hub.repo_id={hub.repo_id!r}: cannot push: {redact(problem, token)}")
 
 
 def _token_or_fail(repo_id: str) -> str:
@@ -218,27 +184,6 @@ def _write_access_problem(api: Any, repo_id: str) -> str | None:
         if namespace in ours:
             return None
         return f"the dataset repo does not exist and {me.get('name')!r} cannot create it in {namespace!r}"
-
-
-def describe(exc: BaseException) -> str:
-    """One line saying why a Hub call failed."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, OfflineModeIsEnabled):
-        return "the Hub is offline (HF_HUB_OFFLINE is set)"
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if status == 401:
-            return f"the token was rejected ({first_line})"
-        if status == 403:
-            return f"no write access ({first_line})"
-        return f"the Hub answered HTTP {status} ({first_line})"
-    from huggingface_hub import constants
-
-    return f"cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})"
 
 
 # ------------------------------------------------------------------------------------------------------- push
@@ -302,7 +247,7 @@ def pull_before_run(
     token = _token_or_fail(repo_id)
     with _scratch(out_dir):
         try:
-            api = API_FACTORY(token)
+            api = hub_client.API_FACTORY(token)
             parent = _branch_head(api, repo_id, branch)
             if parent is None:
                 return []
@@ -314,7 +259,7 @@ def pull_before_run(
             raise
         except Exception as exc:
             raise UserError(
-                f"{place}: cannot pull before the capture: {_redact(describe(exc), token)}"
+                f"{place}: cannot pull before the capture: {redact(describe(exc), token)}"
             ) from None
     if pulled:
         state.files |= set(pulled)
@@ -337,9 +282,9 @@ def push_dir(hub: HubConfig, out_dir: Path) -> PushPlan:
     try:
         token = _token_or_fail(hub.repo_id)
         with _scratch(out_dir):
-            return _push(API_FACTORY(token), hub, out_dir, branch, metadata)
+            return _push(hub_client.API_FACTORY(token), hub, out_dir, branch, metadata)
     except Exception as exc:
-        reason = _redact(describe(exc), token)
+        reason = redact(describe(exc), token)
         raise PushError(
             f"pushing {str(out_dir)!r} to {hub.repo_id}@{branch} failed: {reason}. The captured data is kept "
             f"in {str(out_dir)!r}; retry the push alone with:\n  {retry}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import hub
+from . import hub_client
 from .errors import UserError
 from .store.layout import METADATA, STATE
 from .store.manifest import Manifest
@@ -25,28 +25,35 @@ def cache_root() -> Path:
 def download_config(repo_id: str, config: str, revision: str | None) -> tuple[Path, set[str]]:
     """The local copy holding ``config``'s committed files, and every path the branch holds (so commits
     that also name other configs' files are trusted without downloading those)."""
-    token = hub.find_token()  # None: anonymous, enough for a public repo
+    token = hub_client.find_token()  # None: anonymous, enough for a public repo
     where = f"{repo_id}@{revision or 'main'}"
     try:
-        api = hub.API_FACTORY(token)  # type: ignore[arg-type] # HfApi takes None
-        sha = str(api.repo_info(repo_id, repo_type=hub.REPO_TYPE, revision=revision or "main").sha)
-        remote = set(api.list_repo_files(repo_id, repo_type=hub.REPO_TYPE, revision=sha))
+        api = hub_client.API_FACTORY(token)  # type: ignore[arg-type] # HfApi takes None
+        sha = str(api.repo_info(repo_id, repo_type=hub_client.REPO_TYPE, revision=revision or "main").sha)
+        remote = set(api.list_repo_files(repo_id, repo_type=hub_client.REPO_TYPE, revision=sha))
         local = cache_root() / repo_id / sha
         manifest = [f"{STATE}/model.json", f"{STATE}/recipes/*", f"{STATE}/commits/*", METADATA]
         api.snapshot_download(
-            repo_id, repo_type=hub.REPO_TYPE, revision=sha, local_dir=str(local), allow_patterns=manifest
+            repo_id,
+            repo_type=hub_client.REPO_TYPE,
+            revision=sha,
+            local_dir=str(local),
+            allow_patterns=manifest,
         )
         wanted = sorted(
             p.rel for c in Manifest(local, remote=remote).commits for p in c.parts if p.config == config
         )
         if wanted:
             api.snapshot_download(
-                repo_id, repo_type=hub.REPO_TYPE, revision=sha, local_dir=str(local), allow_patterns=wanted
+                repo_id,
+                repo_type=hub_client.REPO_TYPE,
+                revision=sha,
+                local_dir=str(local),
+                allow_patterns=wanted,
             )
     except Exception as exc:
-        raise UserError(
-            f"downloading {config!r} from {where} failed: {hub._redact(hub.describe(exc), token)}"
-        ) from None
+        reason = hub_client.redact(hub_client.describe(exc), token)
+        raise UserError(f"downloading {config!r} from {where} failed: {reason}") from None
     missing = [f for f in wanted if not (local / f).is_file()]
     if missing:
         raise UserError(f"downloading {config!r} from {where} did not deliver {', '.join(missing[:3])}")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import httpx2
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from qk_sniffer import hub
+from qk_sniffer import hub_client
 
 SECRET = "hf_SeCrEt0123456789abcdefTOKEN"
 REPO_ID = "alice/qk-captures"
@@ -133,7 +133,7 @@ class FakeApi:
 def install_stand_in(monkeypatch, tmp_path) -> FakeHub:
     """The stand-in, a token in HF_TOKEN, online, and no stray .env or saved login."""
     stand_in = FakeHub()
-    monkeypatch.setattr(hub, "API_FACTORY", stand_in.factory)
+    monkeypatch.setattr(hub_client, "API_FACTORY", stand_in.factory)
     monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
