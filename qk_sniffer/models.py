@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
 )
 
-from . import families
+from . import support as families
 from .config import DTYPES, ModelConfig
 from .errors import UserError
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from . import families
+from . import support as families
 from .capture import Block
 from .compat import (
     EAGER_ATTENTION,

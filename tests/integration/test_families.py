@@ -16,7 +16,8 @@ from helpers import embedded_tokenizer, every_row_overrides, read_configs, run_c
 from reference import check_table, eager_reference
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from qk_sniffer import families, sweep
+from qk_sniffer import support as families
+from qk_sniffer import sweep
 from qk_sniffer.config import ModelConfig
 from qk_sniffer.errors import UserError
 from qk_sniffer.family_docs import README_BEGIN, README_END, readme_table

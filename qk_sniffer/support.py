@@ -7,18 +7,14 @@ module only answers three questions the generic reading cannot:
 - which layers apply no rotation (their pre-RoPE vectors equal their post-RoPE ones);
 - which layers are cross-attention (they attend to image features, never to the text, and are skipped);
 - whether a family can be captured exactly at all: the support matrix (``resources/families.json``,
-  measured by :mod:`qk_sniffer.sweep` on tiny models of every family) says so, and a family it does not list
-  falls back to whether its class routes attention through transformers' ``AttentionInterface``.
-
-Run as ``python -m qk_sniffer.families`` it prints the matrix (``sweep=true``: measured live;
-``write=true``: also rewrites the shipped matrix, ``docs/families.md`` and the README's family table, which
-``make sweep`` does).
+  measured by ``python -m qk_sniffer.families sweep=true`` on tiny models of every family) says so, and a
+  family it does not list falls back to whether its class routes attention through transformers'
+  ``AttentionInterface`` (and a self-check against eager after loading).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -131,87 +127,3 @@ def matrix_refusal(model_type: str, model_class_name: str, entry: dict[str, Any]
         f"model family {model_type!r} ({model_class_name}) cannot be captured exactly: {entry['status']}: "
         f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md)"
     )
-
-
-# --- python -m qk_sniffer.families ----------------------------------------------------------------------
-
-
-def run_families(cfg: Any) -> dict[str, Any]:
-    """The matrix to print: the shipped one, or one measured now (and written, with ``write=true``)."""
-    only = list(cfg.only) if cfg.only else None
-    if cfg.write and not cfg.sweep:
-        raise UserError("write=true needs sweep=true: only a measured matrix is written")
-    if cfg.write and only:
-        raise UserError("write=true cannot be combined with only=...: the shipped matrix lists every family")
-    if cfg.sweep:
-        from . import sweep  # the sweep loads models; printing the shipped matrix needs none of it
-
-        unknown = sorted(set(only or ()) - set(sweep.candidates()))
-        if unknown:
-            raise UserError(f"only: unknown model types {unknown}; see transformers' causal-LM mapping")
-        matrix = sweep.sweep(only, log=lambda line: print(line, file=sys.stderr, flush=True))
-        if cfg.write:
-            write_matrix(matrix, sweep.STATUSES, sweep.QUIRKS)
-        return matrix
-    matrix = support_matrix()
-    if only:
-        unknown = sorted(set(only) - set(matrix["families"]))
-        if unknown:
-            raise UserError(f"only: model types {unknown} are not in the support matrix")
-        matrix = {**matrix, "families": {k: matrix["families"][k] for k in only}}
-    return matrix
-
-
-def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:
-    """The shipped matrix, docs/families.md and the README table, from one measured matrix."""
-    from .family_docs import docs_page, replace_readme_table
-
-    repo = MATRIX_PATH.parent.parent.parent
-    shipped = {**matrix, "families": {k: {f: v for f, v in e.items() if f != "seconds"} for k, e in
-                                      matrix["families"].items()}}  # fmt: skip
-    MATRIX_PATH.write_text(matrix_json(shipped))
-    (repo / "docs").mkdir(exist_ok=True)
-    (repo / "docs" / "families.md").write_text(docs_page(shipped, statuses, quirks))
-    readme = repo / "README.md"
-    readme.write_text(replace_readme_table(readme.read_text(), shipped))
-
-
-def matrix_json(matrix: dict[str, Any]) -> str:
-    """The matrix as JSON with one line per family, so a re-measurement diffs family by family."""
-    rows = ",\n".join(
-        f"  {json.dumps(name)}: {json.dumps(entry, sort_keys=True)}"
-        for name, entry in sorted(matrix["families"].items())
-    )
-    head = {k: v for k, v in matrix.items() if k != "families"}
-    return json.dumps(head, sort_keys=True)[:-1] + ',\n "families": {\n' + rows + "\n }\n}\n"
-
-
-def summary(matrix: dict[str, Any]) -> str:
-    counts: dict[str, int] = {}
-    for entry in matrix["families"].values():
-        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-    parts = ", ".join(f"{status} {n}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return f"transformers {matrix['transformers']}: {len(matrix['families'])} model types: {parts}"
-
-
-def main() -> None:
-    import hydra
-
-    from .cli import CONF_DIR, report_user_errors
-    from .config import register_configs
-
-    register_configs()
-
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="families")
-    def app(cfg: Any) -> None:
-        with report_user_errors():
-            matrix = run_families(cfg)
-        print(summary(matrix))
-        record = {"transformers": matrix["transformers"], "families": matrix["families"]}
-        print(json.dumps(record), flush=True)
-
-    app()
-
-
-if __name__ == "__main__":
-    main()

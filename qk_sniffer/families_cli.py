@@ -1,0 +1,94 @@
+"""``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``: tiny models
+of every family transformers ships, each captured and compared with its own eager attention; ``write=true``
+also rewrites the shipped matrix, ``docs/families.md`` and the README's family table, as ``make sweep``
+does). The last stdout line is one JSON object ``{"transformers": ..., "families": {...}}``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .errors import UserError
+from .support import MATRIX_PATH, support_matrix
+
+
+def run_families(cfg: Any) -> dict[str, Any]:
+    """The matrix to print: the shipped one, or one measured now (and written, with ``write=true``)."""
+    only = list(cfg.only) if cfg.only else None
+    if cfg.write and not cfg.sweep:
+        raise UserError("write=true needs sweep=true: only a measured matrix is written")
+    if cfg.write and only:
+        raise UserError("write=true cannot be combined with only=...: the shipped matrix lists every family")
+    if cfg.sweep:
+        from . import sweep  # the sweep loads models; printing the shipped matrix needs none of it
+
+        unknown = sorted(set(only or ()) - set(sweep.candidates()))
+        if unknown:
+            raise UserError(f"only: unknown model types {unknown}; see transformers' causal-LM mapping")
+        matrix = sweep.sweep(only, log=lambda line: print(line, file=sys.stderr, flush=True))
+        if cfg.write:
+            write_matrix(matrix, sweep.STATUSES, sweep.QUIRKS)
+        return matrix
+    matrix = support_matrix()
+    if only:
+        unknown = sorted(set(only) - set(matrix["families"]))
+        if unknown:
+            raise UserError(f"only: model types {unknown} are not in the support matrix")
+        matrix = {**matrix, "families": {k: matrix["families"][k] for k in only}}
+    return matrix
+
+
+def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:
+    """The shipped matrix, docs/families.md and the README table, from one measured matrix."""
+    from .family_docs import docs_page, replace_readme_table
+
+    repo = MATRIX_PATH.parent.parent.parent
+    shipped = {**matrix, "families": {k: {f: v for f, v in e.items() if f != "seconds"} for k, e in
+                                      matrix["families"].items()}}  # fmt: skip
+    MATRIX_PATH.write_text(matrix_json(shipped))
+    (repo / "docs").mkdir(exist_ok=True)
+    (repo / "docs" / "families.md").write_text(docs_page(shipped, statuses, quirks))
+    readme = repo / "README.md"
+    readme.write_text(replace_readme_table(readme.read_text(), shipped))
+
+
+def matrix_json(matrix: dict[str, Any]) -> str:
+    """The matrix as JSON with one line per family, so a re-measurement diffs family by family."""
+    rows = ",\n".join(
+        f"  {json.dumps(name)}: {json.dumps(entry, sort_keys=True)}"
+        for name, entry in sorted(matrix["families"].items())
+    )
+    head = {k: v for k, v in matrix.items() if k != "families"}
+    return json.dumps(head, sort_keys=True)[:-1] + ',\n "families": {\n' + rows + "\n }\n}\n"
+
+
+def summary(matrix: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for entry in matrix["families"].values():
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    parts = ", ".join(f"{status} {n}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"transformers {matrix['transformers']}: {len(matrix['families'])} model types: {parts}"
+
+
+def main() -> None:
+    import hydra
+
+    from .cli import CONF_DIR, report_user_errors
+    from .config import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="families")
+    def app(cfg: Any) -> None:
+        with report_user_errors():
+            matrix = run_families(cfg)
+        print(summary(matrix))
+        record = {"transformers": matrix["transformers"], "families": matrix["families"]}
+        print(json.dumps(record), flush=True)
+
+    app()
+
+
+if __name__ == "__main__":
+    main()
