@@ -32,7 +32,7 @@ from tiny_models import EMBEDDED_VOCAB, SHAPE
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from qk_sniffer.errors import UserError
-from qk_sniffer.families import VERIFIED_FAMILIES
+from qk_sniffer.support import VERIFIED_FAMILIES
 from qk_sniffer.models import (
     ModelLayout,
     backbone_of,
