@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from .errors import UserError
 
 if TYPE_CHECKING:
+    from .analysis.loading import load
     from .api import Capture, attach
-    from .loading import load
-    from .patching import CaptureSessionActiveError
+    from .capture.tap import CaptureSessionActiveError
 
 __all__ = ["Capture", "CaptureSessionActiveError", "UserError", "attach", "load"]
 

@@ -1,6 +1,6 @@
 """Capture query/key vectors from a model you already loaded, e.g. in a notebook.
 
-This is the Python face of the same capture path the command line uses (:class:`~qk_sniffer.session.
+This is the Python face of the same capture path the command line uses (:class:`~qk_sniffer.capture.session.
 CaptureSession`): the same samplers, head selection, pre/post-RoPE switch, Parquet layout and dataset card.
 
 Example::
@@ -15,7 +15,7 @@ Example::
 Everything :func:`attach` patches (transformers' attention registry, the model config's attention backend,
 the rotary function for pre-RoPE capture) is restored when the ``with`` block ends, also on an exception.
 Only one capture may be attached at a time in a process; a second one raises
-:class:`~qk_sniffer.patching.CaptureSessionActiveError`.
+:class:`~qk_sniffer.capture.tap.CaptureSessionActiveError`.
 """
 
 from __future__ import annotations
@@ -30,25 +30,19 @@ from typing import Any
 import pyarrow as pa
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import documents, tokenization
-from .capture import Block
-from .config import (
-    CaptureConfig,
-    Config,
-    DatasetConfig,
-    HeadSamplingConfig,
-    ModelConfig,
-    TokenizerConfig,
-)
+from . import tokenization
+from .capture.gather import ExampleRecord, PendingRows, schema, tables_for
+from .capture.heads import HeadSelection, select_heads
+from .capture.models import ModelLayout, attention_backend, layout_from_config, text_config
+from .capture.rows import Block
+from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
+from .capture.session import CaptureSession
+from .config import CaptureConfig, Config, DatasetConfig, HeadSamplingConfig, ModelConfig, TokenizerConfig
 from .data import DataStats, Example, batches, make_example, stable_id
 from .errors import UserError
-from .gather import ExampleRecord, PendingRows, schema, tables_for
-from .heads import HeadSelection, select_heads
-from .metadata import final_metadata, run_metadata
-from .models import ModelLayout, attention_backend, layout_from_config, text_config
 from .naming import config_name, name_widths
-from .samplers import KINDS, SAMPLERS, Sampler, build_sampler
-from .session import CaptureSession
+from .publish import documents
+from .publish.metadata import final_metadata, run_metadata
 from .store import RunInfo, Store
 from .store.manifest import model_identity, recipe_id, recipe_of
 from .store.writer import PartWriter

@@ -33,16 +33,16 @@ import transformers
 from omegaconf import DictConfig
 from transformers import PreTrainedModel
 
+from .capture.heads import HeadSelection
+from .capture.models import attention_backend, backbone_of, layout_from_config, load_model, text_config
+from .capture.samplers import Sampler
+from .capture.selfcheck import check_unlisted_family
+from .capture.session import CaptureSession, to_device
 from .cli import CONF_DIR, report_user_errors
 from .config import BenchAppConfig, register_configs
 from .data import Batch, DataStats, batches, synthetic_examples
 from .errors import UserError
-from .heads import HeadSelection
-from .models import attention_backend, backbone_of, layout_from_config, load_model, text_config
 from .plan import plan_capture
-from .samplers import Sampler
-from .selfcheck import check_unlisted_family
-from .session import CaptureSession, to_device
 
 register_configs()
 

@@ -12,9 +12,9 @@ import uuid
 import hydra
 from omegaconf import DictConfig
 
-from . import documents
 from .cli import CONF_DIR, capture_dir, report_user_errors
 from .config import register_configs
+from .publish import documents
 from .store import RunInfo, Store
 from .store.compact import compact_store
 

@@ -5,7 +5,7 @@ from its row index, so the same text always samples the same rows. Rows are the 
 output, so ids must be present and unique and texts must be strings: anything else is refused, naming the
 column and the row (a loaded dataset is checked whole before the weights load; a stream as it is read).
 Empty or null texts are skipped and counted, never fatal. A text longer than the model's positions is cut
-to them when ``tokenizer.max_length`` is null, and counted (see :mod:`qk_sniffer.positions`).
+to them when ``tokenizer.max_length`` is null, and counted (see :mod:`qk_sniffer.capture.positions`).
 """
 
 from __future__ import annotations

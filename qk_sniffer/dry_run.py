@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .capture.gather import schema
+from .capture.samplers import Sampler
 from .config import Config
 from .errors import UserError
-from .gather import schema
 from .plan import CapturePlan, plan_capture
-from .samplers import Sampler
 
 
 def expected_kept_positions(sampler: Sampler, length: int) -> float:

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .gather import schema
-from .loading import COLUMNS, load
-from .samplers import LogBucketSampler
+from .analysis.loading import COLUMNS, load
+from .capture.gather import schema
+from .capture.samplers import LogBucketSampler
 from .store import RunInfo, Store
 from .store.layout import METADATA
 from .store.manifest import model_identity, recipe_id

@@ -1,15 +1,16 @@
 """``python -m qk_sniffer.report output.dir=PATH``: redraw a capture's figures and its card (see
-:mod:`qk_sniffer.figures`). A Hydra app like the others: ``--help``, ``--cfg job``, the same overrides."""
+:mod:`qk_sniffer.analysis.figures`). A Hydra app like the others: ``--help``, ``--cfg job``, the same
+overrides."""
 
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
-from . import documents
+from .analysis.figures import FIGURES_DIR, capture_layout, render_figures
 from .cli import CONF_DIR, capture_dir, report_user_errors
 from .config import register_configs
-from .figures import FIGURES_DIR, capture_layout, render_figures
+from .publish import documents
 from .store.files import DamagedFile, read_json
 
 register_configs()

@@ -16,21 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from . import documents, hub
-from .capture import Block
+from .analysis.figures import current_figures
+from .capture.gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
+from .capture.heads import HeadSelection
+from .capture.models import attention_backend, load_model
+from .capture.rows import Block
+from .capture.samplers import KINDS
+from .capture.selfcheck import check_unlisted_family
+from .capture.session import CaptureSession
 from .config import Config
 from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
 from .errors import UserError
-from .figures import current_figures
-from .gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
-from .heads import HeadSelection
-from .metadata import final_metadata, run_metadata
-from .models import attention_backend, load_model
 from .naming import config_name, name_widths
 from .plan import CapturePlan, plan_capture
-from .samplers import KINDS
-from .selfcheck import check_unlisted_family
-from .session import CaptureSession
+from .publish import documents, hub
+from .publish.metadata import final_metadata, run_metadata
 from .store import RunInfo, Store
 from .store.compact import compact_store
 from .store.manifest import model_identity, recipe_id, recipe_of

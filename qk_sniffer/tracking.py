@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .capture import Block
+from .capture.rows import Block
+from .capture.samplers import KINDS
 from .config import Config, DatasetConfig
 from .data import Batch
 from .errors import UserError
-from .samplers import KINDS
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .capture.heads import check_ranges, select_heads
+from .capture.models import ModelLayout
+from .capture.positions import PositionLimit
+from .capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
 from .config import DTYPES, Config
 from .errors import UserError
-from .gitref import branch_problem
-from .heads import check_ranges, select_heads
-from .models import ModelLayout
-from .positions import PositionLimit
-from .samplers import INT32_MAX, SAMPLERS, parameter_problems
+from .publish.gitref import branch_problem
 from .tracking import choose_mode
 
 OUTPUT_MODES = ("append", "replace")

@@ -17,9 +17,9 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from . import documents
 from .cli import CONF_DIR, capture_dir, report_user_errors
 from .config import register_configs
+from .publish import documents
 from .store import Store
 from .store.layout import CARD
 

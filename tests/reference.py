@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from qk_sniffer.models import backbone_of
-from qk_sniffer.patching import attention_modules
+from qk_sniffer.capture.models import backbone_of
+from qk_sniffer.capture.tap import attention_modules
 
 
 @dataclass

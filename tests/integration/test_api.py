@@ -17,9 +17,9 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
 import qk_sniffer
+from qk_sniffer.capture.tap import CaptureSessionActiveError
 from qk_sniffer.errors import UserError
 from qk_sniffer.naming import config_name
-from qk_sniffer.patching import CaptureSessionActiveError
 from qk_sniffer.runner import run
 
 

@@ -31,9 +31,7 @@ from reference import Reference, check_table, eager_reference
 from tiny_models import EMBEDDED_VOCAB, SHAPE
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from qk_sniffer.errors import UserError
-from qk_sniffer.support import VERIFIED_FAMILIES
-from qk_sniffer.models import (
+from qk_sniffer.capture.models import (
     ModelLayout,
     backbone_of,
     build_config,
@@ -41,8 +39,10 @@ from qk_sniffer.models import (
     layout_from_config,
     model_class_for,
 )
+from qk_sniffer.capture.support import VERIFIED_FAMILIES
+from qk_sniffer.capture.tap import attention_modules
+from qk_sniffer.errors import UserError
 from qk_sniffer.naming import config_name
-from qk_sniffer.patching import attention_modules
 from qk_sniffer.runner import run
 from qk_sniffer.store.layout import METADATA
 
@@ -395,7 +395,7 @@ def test_default_backend_is_sdpa_unless_the_family_has_none(model_type):
 
 
 def test_default_backend_is_flash_attention_on_cuda_when_installed(monkeypatch):
-    import qk_sniffer.models as models
+    import qk_sniffer.capture.models as models
 
     monkeypatch.setattr(
         models.importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None
@@ -430,7 +430,7 @@ def test_a_backend_the_family_cannot_run_is_a_clear_error_before_loading(tmp_pat
 
 
 def test_flash_attention_without_the_package_is_a_clear_error(monkeypatch):
-    import qk_sniffer.models as models
+    import qk_sniffer.capture.models as models
 
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="needs the flash_attn package, which is not installed"):

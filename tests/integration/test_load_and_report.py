@@ -20,12 +20,13 @@ from hub_stand_in import FakeHub, install_stand_in
 from matplotlib.image import imread
 
 import qk_sniffer
-from qk_sniffer import hub_download, report_data
+from qk_sniffer.analysis import hub_download
+from qk_sniffer.analysis import numbers as report_data
+from qk_sniffer.analysis.figures import FIGURES_DIR, INDEX, figure_section
+from qk_sniffer.analysis.loading import committed_parts
+from qk_sniffer.capture.samplers import build_sampler
 from qk_sniffer.errors import UserError
-from qk_sniffer.figures import FIGURES_DIR, INDEX, figure_section
-from qk_sniffer.loading import committed_parts
 from qk_sniffer.runner import run
-from qk_sniffer.samplers import build_sampler
 from qk_sniffer.store.layout import CARD, METADATA
 
 FIGURES = {
@@ -281,7 +282,7 @@ def test_coverage_and_rows_per_bucket_count_the_committed_rows(out):
 
 
 def test_many_buckets_fold_into_64_ranges_that_keep_every_row():
-    from qk_sniffer.report_plots import fold
+    from qk_sniffer.analysis.plots import fold
 
     sums = report_data.Sums()
     buckets = np.arange(1000)

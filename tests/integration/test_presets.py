@@ -17,9 +17,9 @@ import yaml
 from helpers import REPO, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
+from qk_sniffer.capture.models import build_config, layout_from_config
+from qk_sniffer.capture.positions import position_limit
 from qk_sniffer.dry_run import dry_run_plan
-from qk_sniffer.models import build_config, layout_from_config
-from qk_sniffer.positions import position_limit
 from qk_sniffer.validate import config_problems, model_problems
 
 EXPERIMENTS = REPO / "conf" / "experiment" / "attention-plasticity"

@@ -19,15 +19,15 @@ from reference import eager_reference
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from qk_sniffer.bench import run_bench
-from qk_sniffer.capture import Block
+from qk_sniffer.capture.heads import HeadSelection, select_heads
+from qk_sniffer.capture.models import backbone_of, layout_from_config
+from qk_sniffer.capture.rows import Block
+from qk_sniffer.capture.samplers import AllSampler, Sampler, UniformSampler, sample_positions
+from qk_sniffer.capture.session import CaptureSession
 from qk_sniffer.cli import CONF_DIR
 from qk_sniffer.config import CaptureConfig, HeadSamplingConfig
 from qk_sniffer.data import Batch, DataStats, Example, batches
 from qk_sniffer.errors import UserError
-from qk_sniffer.heads import HeadSelection, select_heads
-from qk_sniffer.models import backbone_of, layout_from_config
-from qk_sniffer.samplers import AllSampler, Sampler, UniformSampler, sample_positions
-from qk_sniffer.session import CaptureSession
 
 TOL = 1e-4
 LENGTHS = (23, 9, 17)  # unequal, so right padding is exercised
@@ -330,7 +330,7 @@ def test_bench_imports_without_optional_packages():
     )
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "qk_sniffer.bench" in loaded and "qk_sniffer.session" in loaded
+    assert "qk_sniffer.bench" in loaded and "qk_sniffer.capture.session" in loaded
     offenders = []
     for name, path in sorted(loaded.items()):
         if path is None:

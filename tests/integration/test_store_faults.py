@@ -192,7 +192,7 @@ KILL_POINTS = {
     # after the superseding commit, before the card lists the merged files
     "committed": ("qk_sniffer.store.compact", "write_commit"),
     # after the card, before the old files are deleted
-    "card": ("qk_sniffer.card", "write_card"),
+    "card": ("qk_sniffer.publish.card", "write_card"),
     # in the middle of deleting the old files
     "deleting": ("qk_sniffer.store.store.Store", "_unlink"),
 }
@@ -287,7 +287,7 @@ def test_two_runs_with_different_recipes_started_together_one_wins(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "target", ["qk_sniffer.store.store.write_json_atomic", "qk_sniffer.card.atomic_file"]
+    "target", ["qk_sniffer.store.store.write_json_atomic", "qk_sniffer.publish.card.atomic_file"]
 )
 def test_a_full_disk_while_registering_or_writing_the_card_is_one_message_and_a_rerun_recovers(
     target, reference, tmp_path, monkeypatch

@@ -20,7 +20,7 @@ import torch
 from helpers import compose_cfg, read_configs, run_cli
 
 from qk_sniffer import tracking
-from qk_sniffer.capture import Block, RowPlan
+from qk_sniffer.capture.rows import Block, RowPlan
 from qk_sniffer.data import Batch, Example
 from qk_sniffer.errors import UserError
 from qk_sniffer.runner import run

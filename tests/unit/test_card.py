@@ -11,9 +11,9 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from qk_sniffer import card, hub
+from qk_sniffer.capture.gather import schema
 from qk_sniffer.config import HubConfig
-from qk_sniffer.gather import schema
+from qk_sniffer.publish import card, hub
 from qk_sniffer.store import RunInfo, Store
 from qk_sniffer.store.layout import CARD
 from qk_sniffer.store.layout import METADATA as METADATA_FILE

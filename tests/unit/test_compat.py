@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_model
 from transformers import AttentionInterface
 
-from qk_sniffer import compat
+from qk_sniffer.capture import compat
 
 
 def test_every_private_attribute_the_tap_uses_exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
-from qk_sniffer.positions import position_limit
+from qk_sniffer.capture.positions import position_limit
 
 
 def config(**kwargs):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qk_sniffer.errors import UserError
-from qk_sniffer.samplers import (
+from qk_sniffer.capture.samplers import (
     AllSampler,
     LogBucketSampler,
     UniformSampler,
@@ -14,6 +13,7 @@ from qk_sniffer.samplers import (
     mask_seed,
     sample_positions,
 )
+from qk_sniffer.errors import UserError
 
 
 def test_log_bucket_buckets_are_floor_log2_of_position_plus_one():
@@ -71,7 +71,11 @@ def test_seed_is_stable_across_processes():
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-c", "from qk_sniffer.samplers import mask_seed;print(mask_seed(12, 3, 'k'))"],
+        [
+            sys.executable,
+            "-c",
+            "from qk_sniffer.capture.samplers import mask_seed;print(mask_seed(12, 3, 'k'))",
+        ],
         capture_output=True,
         text=True,
         check=True,

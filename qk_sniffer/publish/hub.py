@@ -29,15 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import documents, hub_client
-from .config import Config, HubConfig
-from .errors import UserError
+from .. import hub_client
+from ..config import Config, HubConfig
+from ..errors import UserError
+from ..hub_client import REPO_TYPE, describe, find_token, redact
+from ..store import RunInfo, Store
+from ..store.files import DamagedFile, atomic_file, read_json
+from ..store.layout import CARD, FIGURE_PATH, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
+from ..store.manifest import Manifest, model_identity, recipe_difference, recipe_id
+from . import documents
 from .gitref import branch_problem
-from .hub_client import REPO_TYPE, describe, find_token, redact
-from .store import RunInfo, Store
-from .store.files import DamagedFile, atomic_file, read_json
-from .store.layout import CARD, FIGURE_PATH, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
-from .store.manifest import Manifest, model_identity, recipe_difference, recipe_id
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import UserError
-from .naming import CONFIG_NAME
-from .samplers import build_sampler
-from .store import Store
-from .store.layout import METADATA, STATE
-from .store.manifest import Manifest
+from ..capture.samplers import build_sampler
+from ..errors import UserError
+from ..naming import CONFIG_NAME
+from ..store import Store
+from ..store.layout import METADATA, STATE
+from ..store.manifest import Manifest
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 COLUMNS = ["bucket", "example_id", "position", "vector"]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .capture import Block, RowPlan
-from .naming import config_name
+from ..naming import config_name
+from .rows import Block, RowPlan
 
 # (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
 ExampleRecord = tuple[int, int, int, tuple[str, ...]]

@@ -3,9 +3,9 @@
 For each model type of transformers' causal-LM and image-text-to-text mappings, the sweep shrinks the
 family's own default config (:func:`tiny_config`), builds a random model from it, captures every head of
 every layer pre- and post-RoPE on one right-padded batch of unequal lengths (each longer than any window),
-and compares each vector with the model's own eager computation (:mod:`qk_sniffer.selfcheck`). A family is
-``exact`` only when every vector matched; otherwise it gets the refusal class of the first thing that was
-measured to fail, with the measurement as its reason. Nothing here knows a family by name.
+and compares each vector with the model's own eager computation
+(:mod:`qk_sniffer.capture.selfcheck`). A family is ``exact`` only when every vector matched; otherwise it
+gets the refusal class of the first thing that was measured to fail, with the measurement as its reason. Nothing here knows a family by name.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
 )
 
-from .errors import UserError
-from .models import (
+from ..capture.models import (
     _auto_class,
     attention_backend,
     backbone_of,
@@ -33,8 +32,9 @@ from .models import (
     model_class_for,
     text_config,
 )
-from .patching import attention_modules
-from .selfcheck import TOLERANCE, Comparison, NoEagerPath, check_against_eager
+from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, check_against_eager
+from ..capture.tap import attention_modules
+from ..errors import UserError
 
 # Refusal classes, each with what it means; the matrix, the docs and the runtime refusal use these words.
 STATUSES = {

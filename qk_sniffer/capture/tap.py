@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from ..errors import UserError
 from .compat import (
     attention_implementation,
     eager_attention,
@@ -34,7 +35,6 @@ from .compat import (
     rotary_functions,
     unregister_attention,
 )
-from .errors import UserError
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, int | None], None]

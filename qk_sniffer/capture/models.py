@@ -22,9 +22,9 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
 )
 
+from ..config import DTYPES, ModelConfig
+from ..errors import UserError
 from . import support as families
-from .config import DTYPES, ModelConfig
-from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def _auto_class(config: PretrainedConfig, trust_remote_code: bool) -> Any:
 
 def check_capturable(model: PreTrainedModel) -> None:
     """After loading, before any forward: every self-attention layer must have a module our tap can reach."""
-    from .patching import attention_modules  # patching needs nothing from here; keep the import one-way
+    from .tap import attention_modules  # patching needs nothing from here; keep the import one-way
 
     model_type = text_config(model.config).model_type
     measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls

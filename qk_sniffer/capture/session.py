@@ -14,12 +14,12 @@ from types import TracebackType
 import torch
 from transformers import PreTrainedModel
 
-from .capture import BatchCapture, Block, PendingCopy
-from .data import Batch
+from ..data import Batch
 from .heads import HeadSelection
 from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
-from .patching import StopForward, attention_tap
+from .rows import BatchCapture, Block, PendingCopy
 from .samplers import Sampler
+from .tap import StopForward, attention_tap
 
 
 def _never() -> bool:

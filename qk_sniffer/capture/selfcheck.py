@@ -4,7 +4,7 @@ self-check of families outside the support matrix both measure.
 The reference is recorded without our tap: every attention module is switched to ``eager`` and the
 modeling module's own ``eager_attention_forward`` is swapped for a recorder (post-RoPE query/key), and its
 rotary functions for recorders (pre-RoPE). Each example runs alone and unpadded; the capture runs them as one
-right-padded batch through :class:`~qk_sniffer.session.CaptureSession`, the path every run takes. A
+right-padded batch through :class:`~qk_sniffer.capture.session.CaptureSession`, the path every run takes. A
 mismatch names its (layer, kind, example, position).
 """
 
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from ..data import DataStats, Example, batches
+from ..errors import UserError
 from . import support as families
-from .capture import Block
 from .compat import (
     EAGER_ATTENTION,
     attention_implementation,
@@ -26,12 +27,11 @@ from .compat import (
     module_globals,
     rotary_functions,
 )
-from .data import DataStats, Example, batches
-from .errors import UserError
 from .heads import HeadSelection
 from .models import ModelLayout, backbone_of, layout_from_config, text_config
-from .patching import attention_modules, pre_rope_pair, rotary_call
+from .rows import Block
 from .samplers import AllSampler, Sampler
+from .tap import attention_modules, pre_rope_pair, rotary_call
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
 

@@ -14,10 +14,10 @@ import hydra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ..cli import CONF_DIR, report_user_errors
+from ..config import PublishOutputConfig, register_configs
+from ..errors import UserError
 from . import hub
-from .cli import CONF_DIR, report_user_errors
-from .config import PublishOutputConfig, register_configs
-from .errors import UserError
 
 register_configs()
 
@@ -59,7 +59,3 @@ def main(cfg: DictConfig) -> None:
         f"{len(plan.added)} files added or updated, {len(plan.pulled)} pulled from the branch first, "
         f"{len(plan.deleted)} stale files deleted"
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -17,11 +17,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from .figures import figure_section
-from .naming import parse_config_name
-from .ranges import format_ranges
-from .store import DatasetView, Store
-from .store.files import atomic_file
+from ..analysis.figures import figure_section
+from ..naming import parse_config_name
+from ..ranges import format_ranges
+from ..store import DatasetView, Store
+from ..store.files import atomic_file
 
 # The shape first; whatever else the layout records follows in its own order.
 # Readable names for the layout fields whose key alone would puzzle a reader; others are shown by key.

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..analysis.figures import render_after_run
+from ..store import Store
 from . import card
-from .figures import render_after_run
 from .metadata import refreshed_metadata, write_metadata
-from .store import Store
 
 MetadataFactory = Callable[[], dict[str, Any]]
 

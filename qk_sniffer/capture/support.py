@@ -22,13 +22,13 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ..errors import UserError
+from ..registry import Registry
 from .compat import routes_attention as compat_routes_attention
-from .errors import UserError
-from .registry import Registry
 
 LayerSet = tuple[int, ...]
 
-MATRIX_PATH = Path(__file__).resolve().parent / "resources" / "families.json"
+MATRIX_PATH = Path(__file__).resolve().parent.parent / "resources" / "families.json"
 
 
 @cache

@@ -13,11 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from ..store import Store
+from ..store.files import atomic_file
+from ..store.layout import FIGURES, METADATA
 from .loading import CommittedPart, committed_parts
-from .store import Store
-from .store.files import atomic_file
-from .store.layout import FIGURES, METADATA
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ def data_fingerprint(parts: dict[str, list[CommittedPart]]) -> str:
 
 def render_figures(root: Path) -> list[Path]:
     """Draw every figure of ``root`` into ``root/figures/``; returns the PNG paths."""
-    from .report_data import coverage, logit_by_distance, norm_stats
-    from .report_plots import draw_all
+    from .numbers import coverage, logit_by_distance, norm_stats
+    from .plots import draw_all
 
     root = root.expanduser()
     layout = capture_layout(root)

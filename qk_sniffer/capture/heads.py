@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .config import CaptureConfig
-from .errors import UserError
+from ..config import CaptureConfig
+from ..errors import UserError
+from ..ranges import format_ranges
 from .models import ModelLayout
-from .ranges import format_ranges
 
 
 @dataclass(frozen=True)

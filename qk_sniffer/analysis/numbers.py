@@ -5,7 +5,7 @@ logit-by-distance statistic pairs the query rows and key rows of the same exampl
 the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
 whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
 the row groups that hold them, and each example's (query x key) block is cut into slices of
-:data:`PAIR_BLOCK` pairs. Plotting lives in :mod:`qk_sniffer.report_plots`.
+:data:`PAIR_BLOCK` pairs. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..naming import CONFIG_NAME
 from .loading import CommittedPart, vectors_of
-from .naming import CONFIG_NAME
 
 BATCH_ROWS = 65_536
 PAIR_BUDGET_BYTES = 256 * 2**20

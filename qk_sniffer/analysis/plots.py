@@ -1,4 +1,4 @@
-"""The report's figures, drawn from :mod:`qk_sniffer.report_data`'s numbers.
+"""The report's figures, drawn from :mod:`qk_sniffer.analysis.numbers`'s numbers.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot): no global state,
 no display needed, safe in a worker or a notebook kernel that uses another backend.
@@ -13,7 +13,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .report_data import POSITION_BINS_PER_OCTAVE, LogitByDistance, NormStats, Sums, parse_config
+from .numbers import POSITION_BINS_PER_OCTAVE, LogitByDistance, NormStats, Sums, parse_config
 
 KINDS = {"q": "queries", "k": "keys"}
 # Finer samplers (e.g. `all`, one bucket per position) are folded into at most this many equal ranges of

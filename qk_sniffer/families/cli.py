@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any
 
-from .errors import UserError
-from .support import MATRIX_PATH, support_matrix
+from ..capture.support import MATRIX_PATH, support_matrix
+from ..errors import UserError
 
 
 def run_families(cfg: Any) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def run_families(cfg: Any) -> dict[str, Any]:
 
 def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:
     """The shipped matrix, docs/families.md and the README table, from one measured matrix."""
-    from .family_docs import docs_page, replace_readme_table
+    from .docs import docs_page, replace_readme_table
 
     repo = MATRIX_PATH.parent.parent.parent
     shipped = {**matrix, "families": {k: {f: v for f, v in e.items() if f != "seconds"} for k, e in
@@ -74,8 +74,8 @@ def summary(matrix: dict[str, Any]) -> str:
 def main() -> None:
     import hydra
 
-    from .cli import CONF_DIR, report_user_errors
-    from .config import register_configs
+    from ..cli import CONF_DIR, report_user_errors
+    from ..config import register_configs
 
     register_configs()
 
@@ -88,7 +88,3 @@ def main() -> None:
         print(json.dumps(record), flush=True)
 
     app()
-
-
-if __name__ == "__main__":
-    main()

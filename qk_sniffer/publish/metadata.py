@@ -13,15 +13,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import Config
-from .data import DataStats
-from .heads import HeadSelection
-from .models import ModelLayout
-from .samplers import Sampler
-from .store import Store
-from .store.files import atomic_file
-from .store.layout import METADATA
-from .store.manifest import recipe_difference, recipe_id, recipe_of
+from ..capture.heads import HeadSelection
+from ..capture.models import ModelLayout
+from ..capture.samplers import Sampler
+from ..config import Config
+from ..data import DataStats
+from ..store import Store
+from ..store.files import atomic_file
+from ..store.layout import METADATA
+from ..store.manifest import recipe_difference, recipe_id, recipe_of
 
 
 def run_metadata(

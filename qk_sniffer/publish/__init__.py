@@ -1,0 +1,12 @@
+"""Publishing: the dataset's documents and the Hub. Reads the store; never writes part files.
+
+- :mod:`.metadata`   ``qk_sniffer.json``: what the card, later runs and the Hub need to know
+- :mod:`.card`       the dataset card (README.md), listing exactly the committed files
+- :mod:`.documents`  :func:`~.documents.settle`, the one sequence that changes what a dir shows
+- :mod:`.hub`        branch names, preflight, pull before a run, one-commit push
+- :mod:`.gitref`     git's branch-name rules
+- :mod:`.cli`        ``python -m qk_sniffer.publish`` (run through ``__main__``)
+
+May import: ``qk_sniffer.store``, ``.analysis`` (the figures the card embeds), ``.hub_client``, ``.config``
+and the base modules; never the capture's model side or tracking.
+"""

@@ -1,0 +1,5 @@
+"""``python -m qk_sniffer.publish``: see :mod:`qk_sniffer.publish.cli`."""
+
+from .cli import main
+
+main()
