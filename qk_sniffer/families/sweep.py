@@ -5,7 +5,8 @@ family's own default config (:func:`tiny_config`), builds a random model from it
 every layer pre- and post-RoPE on one right-padded batch of unequal lengths (each longer than any window),
 and compares each vector with the model's own eager computation
 (:mod:`qk_sniffer.capture.selfcheck`). A family is ``exact`` only when every vector matched; otherwise it
-gets the refusal class of the first thing that was measured to fail, with the measurement as its reason. Nothing here knows a family by name.
+gets the refusal class of the first thing that was measured to fail, with the measurement as its reason.
+Nothing here knows a family by name.
 """
 
 from __future__ import annotations
