@@ -32,10 +32,11 @@ test: install ## Run the whole test suite (unit + integration, CPU)
 test-fast: install ## Unit tests only
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-lint: install ## ruff (lint + format check) and mypy
+lint: install ## ruff (lint + format check), mypy, and the import contracts (layers, no cycles)
 	$(VENV)/bin/ruff check qk_sniffer tests
 	$(VENV)/bin/ruff format --check qk_sniffer tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix qk_sniffer tests

@@ -1,8 +1,9 @@
-"""Run tracking: a terminal progress bar, capture statistics, and (optionally) a Weights & Biases run.
+"""Run tracking: a terminal progress bar and (optionally) a Weights & Biases run. Knows no Hub.
 
-The runner calls one tracker: :meth:`Tracker.batch` after each forward, :meth:`Tracker.rows` with each batch's
-captured blocks, :meth:`Tracker.summary` once the data is exported, :meth:`Tracker.finish` always. The W&B
-run gets one history point per batch and a summary. ``wandb`` is imported only when a run is wanted; when it
+The runner calls one tracker: :meth:`Tracker.watch_writer` once, :meth:`Tracker.batch` after each batch with
+its blocks and timings, :meth:`Tracker.summary` once the data is exported (with the dataset URL and the
+figures, which the runner hands over), :meth:`Tracker.finish` always. The statistics it logs are computed
+in :mod:`qk_sniffer.capture.stats`. The W&B run gets one history point per batch and a summary. ``wandb`` is imported only when a run is wanted; when it
 is missing, disabled, or fails, the capture goes on with the progress bar alone: watching a capture must
 never be what breaks it.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import netrc
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from .capture.rows import Block
 from .capture.samplers import KINDS
+from .capture.stats import CaptureStats, layer_kind
 from .config import Config, DatasetConfig
 from .data import Batch
 from .errors import UserError
@@ -39,9 +40,6 @@ MODES = ("online", "offline", "disabled")
 # Older spellings wandb itself still accepts in $WANDB_MODE.
 MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
-# Bucket columns in charts and the norm heatmap; finer samplers (e.g. `all` with bucket_size=1) are folded
-# into equal ranges of buckets so a table stays readable and under W&B's row limits.
-MAX_CHART_BUCKETS = 64
 MAX_GROUP_CHARS = 128
 SECRET_PREFIXES = ("hf_", "sk-", "ghp_", "gho_", "github_pat_", "wandb_", "api_")
 LONG_OPAQUE = re.compile(r"[A-Za-z0-9_\-]{32,}")
@@ -180,88 +178,6 @@ def looks_secret(value: Any) -> bool:
     return isinstance(value, str) and (
         value.startswith(SECRET_PREFIXES) or bool(LONG_OPAQUE.fullmatch(value))
     )
-
-
-# ------------------------------------------------------------------------------------------ statistics
-
-
-@dataclass
-class CaptureStats:
-    """Rows and summed Q/K vector L2 norms per (layer, kind), indexed by bucket, from each batch's blocks.
-
-    Computed as the rows arrive (one vectorised pass over vectors already on the host), so the statistics
-    need no second read of the exported data."""
-
-    norm_sums: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
-    counts: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
-
-    def add(self, blocks: list[Block]) -> dict[str, int]:
-        """Accumulate; returns this batch's rows by kind (a row = one head's vector at one position)."""
-        rows = dict.fromkeys(KINDS, 0)
-        for block in blocks:
-            n_heads, n_rows = block.vectors.shape[:2]
-            if n_heads == 0 or n_rows == 0:
-                continue
-            # (K,) norms summed over heads: every head of a (layer, kind) shares the row plan.
-            norms = np.linalg.norm(block.vectors, axis=-1).sum(axis=0, dtype=np.float64)
-            buckets = np.asarray(block.plan.buckets, dtype=np.int64)
-            key = (block.layer, block.kind)
-            _add_into(self.norm_sums, key, np.bincount(buckets, weights=norms))
-            _add_into(self.counts, key, np.bincount(buckets).astype(np.float64) * n_heads)
-            rows[block.kind] += n_heads * n_rows
-        return rows
-
-    def bucket_groups(self) -> tuple[int, list[str]]:
-        """(width, labels): buckets folded into at most MAX_CHART_BUCKETS equal ranges."""
-        size = max((len(c) for c in self.counts.values()), default=0)
-        width = max(1, math.ceil(size / MAX_CHART_BUCKETS))
-        groups = math.ceil(size / width)
-        labels = [str(g) if width == 1 else f"{g * width}-{(g + 1) * width - 1}" for g in range(groups)]
-        return width, labels
-
-    def folded(self, store: dict[tuple[int, str], np.ndarray], key: tuple[int, str]) -> np.ndarray:
-        width, labels = self.bucket_groups()
-        values = np.zeros(len(labels) * width)
-        values[: len(store[key])] = store[key]
-        return values.reshape(len(labels), width).sum(axis=1)
-
-    def rows_per_layer_kind(self) -> dict[str, int]:
-        return {_layer_kind(*key): int(self.counts[key].sum()) for key in sorted(self.counts)}
-
-    def rows_per_bucket(self) -> dict[str, dict[str, int]]:
-        _, labels = self.bucket_groups()
-        out: dict[str, dict[str, int]] = {}
-        for key in sorted(self.counts):
-            per_kind = out.setdefault(key[1], dict.fromkeys(labels, 0))
-            for label, count in zip(labels, self.folded(self.counts, key), strict=True):
-                per_kind[label] += int(count)
-        return out
-
-    def mean_norms(self) -> dict[str, dict[str, float]]:
-        """(layer, kind) -> bucket -> mean L2 norm, only where rows were captured."""
-        _, labels = self.bucket_groups()
-        out = {}
-        for key in sorted(self.counts):
-            sums, counts = self.folded(self.norm_sums, key), self.folded(self.counts, key)
-            out[_layer_kind(*key)] = {
-                label: float(s / c) for label, s, c in zip(labels, sums, counts, strict=True) if c > 0
-            }
-        return out
-
-
-def _add_into(store: dict[tuple[int, str], np.ndarray], key: tuple[int, str], values: np.ndarray) -> None:
-    old = store.get(key)
-    if old is None:
-        store[key] = values.astype(np.float64)
-        return
-    if len(old) < len(values):
-        old = np.pad(old, (0, len(values) - len(old)))
-    old[: len(values)] += values
-    store[key] = old
-
-
-def _layer_kind(layer: int, kind: str) -> str:
-    return f"l{layer:02d}{kind}"
 
 
 def expected_examples(dataset: DatasetConfig) -> int | None:
@@ -454,7 +370,7 @@ class RunTracker:
             "bytes_written": int(bytes_written),
             "output_dir": str(result.output_dir),
             **{f"phase/{name}": float(seconds) for name, seconds in result.phases.items()},
-            "rows_per_layer_kind": self.stats.rows_per_layer_kind(),
+            "rows_per_layer_kind": self.stats.rows_perlayer_kind(),
             "rows_per_bucket": self.stats.rows_per_bucket(),
             "mean_norm": self.stats.mean_norms(),
         }
@@ -481,10 +397,10 @@ class RunTracker:
             ],
         )
         norms = self.stats.mean_norms()
-        rows = self.stats.rows_per_layer_kind()
+        rows = self.stats.rows_perlayer_kind()
         long = wandb.Table(columns=["layer", "kind", "bucket", "mean_norm"])
         for key in sorted(self.stats.counts):
-            for label, value in norms[_layer_kind(*key)].items():
+            for label, value in norms[layer_kind(*key)].items():
                 long.add_data(key[0], key[1], label, value)
         # One row per (layer, kind), one column per bucket: the position-effect heatmap at a glance.
         heatmap = wandb.Table(

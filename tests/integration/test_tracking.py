@@ -21,6 +21,7 @@ from helpers import compose_cfg, read_configs, run_cli
 
 from qk_sniffer import tracking
 from qk_sniffer.capture.rows import Block, RowPlan
+from qk_sniffer.capture.stats import CaptureStats
 from qk_sniffer.data import Batch, Example
 from qk_sniffer.errors import UserError
 from qk_sniffer.runner import run
@@ -349,7 +350,7 @@ def _block(layer: int, kind: str, vectors: np.ndarray, buckets: list[int]) -> Bl
 
 
 def test_norm_statistics_accumulate_exactly_across_batches():
-    stats = tracking.CaptureStats()
+    stats = CaptureStats()
     # Two heads, rows in buckets 0, 2, 2: norms 5 and 1 (bucket 0), 2 and 0 and 3 and 4 (bucket 2).
     first = np.array([[[3, 4], [2, 0], [0, 0]], [[1, 0], [0, 3], [4, 0]]])
     assert stats.add([_block(1, "q", first, [0, 2, 2])]) == {"q": 6, "k": 0}
@@ -369,7 +370,7 @@ def test_norm_statistics_accumulate_exactly_across_batches():
 
 
 def test_many_buckets_fold_into_at_most_64_ranges():
-    stats = tracking.CaptureStats()
+    stats = CaptureStats()
     buckets = list(range(130))  # 130 buckets -> width 3 -> 44 ranges
     stats.add([_block(0, "q", np.ones((1, 130, 2)), buckets)])
     width, labels = stats.bucket_groups()
