@@ -12,7 +12,7 @@ already loaded::
 
     rows = qk_sniffer.load("out", "l00h00q")   # numpy: rows.vectors (N, head_dim), rows.positions, ...
 
-``help(qk_sniffer.attach)`` and ``help(qk_sniffer.Capture)`` describe every option.
+``help(qk_sniffer.attach)`` and ``help(qk_sniffer.Recording)`` describe every option.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .analysis.loading import load
-    from .api import Capture, attach
+    from .api import Recording, attach
     from .capture.tap import CaptureSessionActiveError
 
-__all__ = ["Capture", "CaptureSessionActiveError", "UserError", "attach", "load"]
+__all__ = ["Recording", "CaptureSessionActiveError", "UserError", "attach", "load"]
 
 # Imported on first use: the CLI composes configs (and `--cfg job` prints them) without loading torch.
-_LAZY = {"attach": "api", "Capture": "api", "CaptureSessionActiveError": "patching", "load": "loading"}
+_LAZY = {"attach": "api", "Recording": "api", "CaptureSessionActiveError": "patching", "load": "loading"}
 
 
 def __getattr__(name: str) -> Any:

@@ -34,6 +34,7 @@ from . import tokenization
 from .capture.gather import ExampleRecord, PendingRows, schema, tables_for
 from .capture.heads import HeadSelection, select_heads
 from .capture.models import ModelLayout, attention_backend, layout_from_config, text_config
+from .capture.points import CapturePoint
 from .capture.rows import Block
 from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .capture.session import CaptureSession
@@ -51,7 +52,7 @@ from .tokenization import encoder, pad_id
 TableKey = tuple[int, int, str]
 
 
-class Capture:
+class Recording:
     """Captured query/key rows of one model; attach it with ``with`` and feed it texts with :meth:`run`.
 
     Create it with :func:`attach`. Inside the ``with`` block call :meth:`run` as often as you like; the rows
@@ -100,9 +101,11 @@ class Capture:
         # Example ids captured so far: a repeat would give (example_id, position) twice in one dataset.
         self._ids: dict[int, int] = {}
         self._session: CaptureSession | None = None
+        # pre_rope / post_rope, named as in the metadata and the card.
+        self.capture_point = CapturePoint.of(capture_cfg.pre_rope)
         self._written: set[Path] = set()
 
-    def __enter__(self) -> Capture:
+    def __enter__(self) -> Recording:
         if self._session is not None:
             raise UserError("this capture is already attached; use the object the outer `with` gave you")
         session = CaptureSession(self.model, self.selection, self.sampler, pre_rope=self.capture_cfg.pre_rope)
@@ -146,10 +149,10 @@ class Capture:
         session = self._session
         if session is None:
             raise UserError(
-                "Capture.run needs an attached capture: call it inside `with qk_sniffer.attach(...)`"
+                "Recording.run needs an attached capture: call it inside `with qk_sniffer.attach(...)`"
             )
         if isinstance(inputs, (str, bytes)):
-            raise UserError("Capture.run takes a list of texts or token-id lists, not a single string")
+            raise UserError("Recording.run takes a list of texts or token-id lists, not a single string")
         if example_ids is not None and len(example_ids) != len(inputs):
             raise UserError(f"example_ids has {len(example_ids)} entries for {len(inputs)} inputs")
         examples = self._examples(inputs, example_ids)
@@ -339,7 +342,7 @@ def attach(
     token_strings: bool = False,
     max_length: int | None = None,
     batch_size: int = 1,
-) -> Capture:
+) -> Recording:
     """Prepare a capture of ``model``'s query/key vectors; use the result in a ``with`` block.
 
     The options are the CLI's config keys:
@@ -347,7 +350,7 @@ def attach(
     Args:
         model: a loaded ``transformers`` causal LM, any attention backend (for vision-language wrappers, their
             text decoder is captured).
-        tokenizer: needed to pass texts to :meth:`Capture.run` and for ``token_strings``.
+        tokenizer: needed to pass texts to :meth:`Recording.run` and for ``token_strings``.
         sampler: ``"log_bucket"``, ``"uniform"`` or ``"all"`` (``sampler=`` in the CLI).
         sampler_params: that sampler's keys, e.g. ``{"base_rate": 1.0, "bucket_size": 8192}`` for uniform.
         layers, heads: only these layers / query heads (``capture.layers`` / ``capture.heads``).
@@ -390,4 +393,4 @@ def attach(
         keys=keys,
         token_strings=token_strings,
     )
-    return Capture(model, tokenizer, built, capture_cfg, max_length=max_length, batch_size=batch_size)
+    return Recording(model, tokenizer, built, capture_cfg, max_length=max_length, batch_size=batch_size)

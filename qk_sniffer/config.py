@@ -148,7 +148,7 @@ class OutputConfig:
 
 
 @dataclass
-class TrackingConfig:
+class WandbConfig:
     # online / offline / disabled. Null: $WANDB_MODE, else online with a key and offline without one.
     mode: str | None = None
     project: str = "qk-sniffer"
@@ -175,7 +175,7 @@ class Config:
     sampler: Any = MISSING
     capture: CaptureConfig = MISSING
     output: OutputConfig = MISSING
-    wandb: TrackingConfig = MISSING
+    wandb: WandbConfig = MISSING
     # Print what would be captured and its expected size, loading no weights and writing nothing.
     dry_run: bool = False
     # Draw the figures at the end of a run (python -m qk_sniffer.report draws them on demand).
@@ -275,7 +275,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="capture", name="capture_schema", node=CaptureConfig)
     cs.store(group="output", name="output_schema", node=OutputConfig)
-    cs.store(group="wandb", name="wandb_schema", node=TrackingConfig)
+    cs.store(group="wandb", name="wandb_schema", node=WandbConfig)
     cs.store(group="sampler", name="log_bucket_schema", node=LogBucketSamplerConfig)
     cs.store(group="sampler", name="uniform_schema", node=UniformSamplerConfig)
     cs.store(group="sampler", name="all_schema", node=AllSamplerConfig)

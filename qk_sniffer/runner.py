@@ -110,7 +110,7 @@ def run(cfg: Config) -> RunResult:
             )
             tracker.watch_writer(writer)
             with _phase(phases, "capture_s"):
-                signum = _capture(cfg, prep, model, writer, tracker)
+                signum = _capture_all(cfg, prep, model, writer, tracker)
             if signum is not None:
                 raise RunInterrupted(signum, prep.out_dir, writer.examples_committed)
             with _phase(phases, "export_s"):
@@ -175,7 +175,7 @@ def _prepare(cfg: Config) -> Prepared:
     )
 
 
-def _capture(cfg: Config, prep: Prepared, model: Any, writer: PartWriter, tracker: Tracker) -> int | None:
+def _capture_all(cfg: Config, prep: Prepared, model: Any, writer: PartWriter, tracker: Tracker) -> int | None:
     """Run every batch through the capture session; returns the signal that stopped it early, if any."""
     plan = prep.plan
     with (
@@ -184,7 +184,7 @@ def _capture(cfg: Config, prep: Prepared, model: Any, writer: PartWriter, tracke
     ):
         try:
             tokens = token_strings(prep.tokenizer) if (cfg.capture.token_strings and prep.tokenizer) else None
-            _capture_loop(cfg, session, prep.batches, writer, tracker, prep.resume, prep.widths, tokens, stop)
+            _run_batches(cfg, session, prep.batches, writer, tracker, prep.resume, prep.widths, tokens, stop)
         finally:
             writer.close()  # commits every flush already queued, also when capture failed
     return stop.signum
@@ -243,7 +243,7 @@ def _peek(it: Iterator[Batch]) -> Iterator[Batch]:
     return chained()
 
 
-def _capture_loop(
+def _run_batches(
     cfg: Config,
     session: CaptureSession,
     batch_iter: Iterator[Batch],

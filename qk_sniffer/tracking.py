@@ -3,7 +3,8 @@
 The runner calls one tracker: :meth:`Tracker.watch_writer` once, :meth:`Tracker.batch` after each batch with
 its blocks and timings, :meth:`Tracker.summary` once the data is exported (with the dataset URL and the
 figures, which the runner hands over), :meth:`Tracker.finish` always. The statistics it logs are computed
-in :mod:`qk_sniffer.capture.stats`. The W&B run gets one history point per batch and a summary. ``wandb`` is imported only when a run is wanted; when it
+in :mod:`qk_sniffer.capture.stats`. The W&B run gets one history point per batch and a summary.
+``wandb`` is imported only when a run is wanted; when it
 is missing, disabled, or fails, the capture goes on with the progress bar alone: watching a capture must
 never be what breaks it.
 """

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..naming import config_name
-from .rows import Block, RowPlan
+from .rows import Block, RowKeys
 
 # (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
 ExampleRecord = tuple[int, int, int, tuple[str, ...]]
@@ -134,8 +134,8 @@ def keep_missing(blocks: list[Block], done: Sequence[frozenset[str]], widths: tu
     return out
 
 
-def _subset(plan: RowPlan, keep: np.ndarray) -> RowPlan:
-    return RowPlan(
+def _subset(plan: RowKeys, keep: np.ndarray) -> RowKeys:
+    return RowKeys(
         plan.batch_rows[keep],
         plan.positions[keep],
         plan.buckets[keep],

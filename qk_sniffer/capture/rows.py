@@ -27,7 +27,7 @@ from .samplers import KINDS, Sampler, sample_positions
 
 
 @dataclass
-class RowPlan:
+class RowKeys:
     """The rows kept for one (layer, kind) in one batch, in (example, position) order."""
 
     batch_rows: np.ndarray  # int64, index into the batch
@@ -50,13 +50,13 @@ class Block:
     kind: str
     heads: tuple[int, ...]
     vectors: np.ndarray
-    plan: RowPlan
+    plan: RowKeys
     sliding_window: int | None
 
 
 def plan_rows(
     batch: Batch, sampler: Sampler, layer: int, kind: str, token_matrix: np.ndarray | None = None
-) -> RowPlan:
+) -> RowKeys:
     """Sample the kept positions of every example of ``batch`` for one (layer, kind).
 
     ``token_matrix`` is ``batch.input_ids`` as a host array; pass it when planning several (layer, kind) of
@@ -72,7 +72,7 @@ def plan_rows(
         ids.append(np.full(len(pos), example.example_id, dtype=np.int64))
     batch_rows, kept = np.concatenate(rows), np.concatenate(positions)
     token_ids = tokens[batch_rows, kept].astype(np.int64, copy=False)
-    return RowPlan(batch_rows, kept, np.concatenate(buckets), np.concatenate(ids), token_ids)
+    return RowKeys(batch_rows, kept, np.concatenate(buckets), np.concatenate(ids), token_ids)
 
 
 class _Slot(NamedTuple):
@@ -81,7 +81,7 @@ class _Slot(NamedTuple):
     layer: int
     kind: str
     heads: tuple[int, ...]
-    plan: RowPlan
+    plan: RowKeys
     sliding_window: int | None
     head_dim: int
     chunk: int
@@ -132,7 +132,7 @@ class BatchCapture:
         self.sampler = sampler
         self.batch = batch
         self.device = device
-        self.plans: dict[tuple[int, str], RowPlan] = {}
+        self.plans: dict[tuple[int, str], RowKeys] = {}
         self.head_index: dict[tuple[int, str], torch.Tensor] = {}
         self.windows: dict[int, int | None] = {}
         self.head_dims: dict[tuple[int, str], int] = {}

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..analysis.figures import figure_section
+from ..capture.points import CapturePoint
 from ..naming import parse_config_name
 from ..ranges import format_ranges
 from ..store import DatasetView, Store
@@ -231,15 +232,14 @@ def _sampling_section(meta: dict[str, Any]) -> list[str]:
     capture = meta.get("capture", {})
     name = sampler.pop("name", None)
     params = ", ".join(f"{k}={v}" for k, v in sampler.items()) or "no parameters"
-    pre = capture.get("pre_rope")
+    point = CapturePoint(meta.get("capture_point") or CapturePoint.of(bool(capture.get("pre_rope"))))
     kinds = [
         k for k, on in (("queries", capture.get("queries", True)), ("keys", capture.get("keys", True))) if on
     ]
     lines = [
         "## Sampling",
         "",
-        f"- Vectors: {' and '.join(kinds)}, {'pre' if pre else 'post'}-RoPE "
-        f"({'after any q/k norm, before the rotation' if pre else 'as the attention sees them'}), float32",
+        f"- Vectors: {' and '.join(kinds)} at capture point `{point.value}` ({point.meaning}), float32",
         f"- Sampler: `{name}` with {params}",
         "- Positions are drawn on the host with numpy, seeded by example, layer and q|k. The original "
         "qk-sniffer drew them on the GPU with torch's generator, so qk_sniffer's attention-plasticity "

@@ -40,7 +40,7 @@ def parse(overrides: list[str]) -> PublishOutputConfig:
         return settings(compose(config_name="publish", overrides=overrides))
 
 
-def publish_dir(output: PublishOutputConfig) -> hub.PushPlan:
+def publish_dir(output: PublishOutputConfig) -> hub.PushResult:
     out_dir = Path(output.dir or "").expanduser().resolve()
     if not out_dir.is_dir():
         raise UserError(f"output.dir={str(out_dir)!r} does not exist or is not a directory")

@@ -191,7 +191,7 @@ def _write_access_problem(api: Any, repo_id: str) -> str | None:
 
 
 @dataclass
-class PushPlan:
+class PushResult:
     """What one push does: the branch head it builds on, what it pulls, adds and deletes."""
 
     branch: str
@@ -270,7 +270,7 @@ def pull_before_run(
     return pulled
 
 
-def push_dir(hub: HubConfig, out_dir: Path) -> PushPlan:
+def push_dir(hub: HubConfig, out_dir: Path) -> PushResult:
     """Pull what the branch holds that this dir lacks, regenerate the card, push the dir as one commit.
 
     Any failure leaves the local data in place and raises PushError ending with the retry command."""
@@ -308,7 +308,7 @@ def read_capture(out_dir: Path) -> dict[str, Any]:
     return metadata
 
 
-def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[str, Any]) -> PushPlan:
+def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[str, Any]) -> PushResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     repo_id = hub.repo_id or ""
@@ -356,7 +356,7 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
         parent_commit=parent,
     )
     _write_sync_state(out_dir, repo_id, branch, SyncState(local, digests))
-    return PushPlan(branch, parent, pulled, add, stale)
+    return PushResult(branch, parent, pulled, add, stale)
 
 
 def _needs_upload(rel: str, remote: set[str], state: SyncState, digests: dict[str, str]) -> bool:

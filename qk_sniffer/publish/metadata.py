@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from ..capture.heads import HeadSelection
 from ..capture.models import ModelLayout
+from ..capture.points import CapturePoint
 from ..capture.samplers import Sampler
 from ..config import Config
 from ..data import DataStats
@@ -41,6 +42,7 @@ def run_metadata(
         "max_length": cfg.tokenizer.max_length,
         "sampler": {"name": sampler.name, **sampler.params()},
         "capture": _plain(cfg.capture),
+        "capture_point": CapturePoint.of(cfg.capture.pre_rope).value,
         "selection": {
             "q": {str(k): list(v) for k, v in selection.q_heads.items()},
             "k": {str(k): list(v) for k, v in selection.k_heads.items()},

@@ -303,6 +303,6 @@ def test_help_is_useful():
         "max_length",
     ):
         assert option in doc
-    for method in (qk_sniffer.Capture.run, qk_sniffer.Capture.tables, qk_sniffer.Capture.write):
+    for method in (qk_sniffer.Recording.run, qk_sniffer.Recording.tables, qk_sniffer.Recording.write):
         assert method.__doc__ and len(method.__doc__) > 80
     assert "attach" in (qk_sniffer.__doc__ or "")

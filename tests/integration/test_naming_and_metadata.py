@@ -45,3 +45,23 @@ def test_synthetic_metadata_keeps_its_generator_keys(tmp_path):
     )
     meta = json.loads((run(cfg).output_dir / METADATA).read_text())
     assert meta["dataset"]["seq_len"] == 12 and meta["dataset"]["num_examples"] == 2
+
+
+def test_the_capture_point_has_one_name_in_the_api_the_metadata_and_the_card(tmp_path):
+    from helpers import embedded_tokenizer, tiny_model
+
+    import qk_sniffer
+
+    for pre_rope, point in ((True, "pre_rope"), (False, "post_rope")):
+        out = tmp_path / point
+        run(
+            compose_cfg(
+                [f"output.dir={out}", "capture.layers=[0]", f"capture.pre_rope={str(pre_rope).lower()}"]
+            )
+        )
+        assert json.loads((out / METADATA).read_text())["capture_point"] == point
+        assert f"at capture point `{point}`" in (out / "README.md").read_text()
+        with qk_sniffer.attach(
+            tiny_model("qwen3", vocab_size=512), embedded_tokenizer(), pre_rope=pre_rope
+        ) as cap:
+            assert cap.capture_point == point

@@ -20,7 +20,7 @@ import torch
 from helpers import compose_cfg, read_configs, run_cli
 
 from qk_sniffer import tracking
-from qk_sniffer.capture.rows import Block, RowPlan
+from qk_sniffer.capture.rows import Block, RowKeys
 from qk_sniffer.capture.stats import CaptureStats
 from qk_sniffer.data import Batch, Example
 from qk_sniffer.errors import UserError
@@ -345,7 +345,7 @@ def test_secrets_never_reach_the_logged_config():
 def _block(layer: int, kind: str, vectors: np.ndarray, buckets: list[int]) -> Block:
     n = len(buckets)
     zeros = np.zeros(n, dtype=np.int64)
-    plan = RowPlan(zeros, np.arange(n), np.asarray(buckets, dtype=np.int32), zeros, zeros)
+    plan = RowKeys(zeros, np.arange(n), np.asarray(buckets, dtype=np.int32), zeros, zeros)
     return Block(layer, kind, tuple(range(vectors.shape[0])), vectors.astype(np.float32), plan, None)
 
 

@@ -154,7 +154,8 @@ def test_body_describes_model_source_sampler_layout_and_notes(capture):
         "- Dataset: `viktoroo/longbench-pro-128k-plus`, split `test`, text column `text`, ids from `id`",
         "- Tokenizer: the model's own, max_length 131072",
         "- Captured: 2 examples, 300 tokens",
-        "- Vectors: queries and keys, post-RoPE (as the attention sees them), float32",
+        "- Vectors: queries and keys at capture point `post_rope` (as the attention sees them, after the "
+        "rotation), float32",
         "- Sampler: `log_bucket` with base_rate=2.0, min_bucket_size=4",
         "- Head sampling: 3 query heads sampled with seed 7 (their key heads kept)",
         "- Layers requested: 0-1; query heads requested: all",
