@@ -48,6 +48,7 @@ from .store import RunInfo, Store
 from .store.manifest import model_identity, recipe_id, recipe_of
 from .store.writer import PartWriter
 from .tokenization import encoder, pad_id
+from .validate import capture_problems
 
 TableKey = tuple[int, int, str]
 
@@ -393,4 +394,7 @@ def attach(
         keys=keys,
         token_strings=token_strings,
     )
+    problems = capture_problems(capture_cfg)
+    if problems:  # worded with the CLI's keys, which the docstring maps to these arguments
+        raise UserError("; ".join(problems))
     return Recording(model, tokenizer, built, capture_cfg, max_length=max_length, batch_size=batch_size)

@@ -40,6 +40,15 @@ def _seed(key: str, value: int) -> list[str]:
     return [] if 0 <= value <= SEED_MAX else [f"{key} must be in 0..{SEED_MAX}, got {value}"]
 
 
+def capture_problems(capture: Any) -> list[str]:
+    """The ``capture`` group's own checks; the Python API (:func:`qk_sniffer.attach`) runs them too."""
+    problems = _count("capture.head_sampling.count", capture.head_sampling.count, nullable=True)
+    problems += _seed("capture.head_sampling.seed", capture.head_sampling.seed)
+    if not (capture.queries or capture.keys):
+        problems.append("capture.queries and capture.keys are both false: nothing to capture")
+    return problems
+
+
 def config_problems(cfg: Config) -> list[str]:
     problems = []
     if cfg.model.dtype not in DTYPES:
@@ -66,10 +75,7 @@ def config_problems(cfg: Config) -> list[str]:
             "dataset.num_examples", data.num_examples
         )
         problems += _seed("dataset.seed", data.seed)
-    problems += _count("capture.head_sampling.count", cfg.capture.head_sampling.count, nullable=True)
-    problems += _seed("capture.head_sampling.seed", cfg.capture.head_sampling.seed)
-    if not (cfg.capture.queries or cfg.capture.keys):
-        problems.append("capture.queries and capture.keys are both false: nothing to capture")
+    problems += capture_problems(cfg.capture)
     out = cfg.output
     if out.mode not in OUTPUT_MODES:
         problems.append(f"output.mode={out.mode!r} is unknown; choose one of {', '.join(OUTPUT_MODES)}")

@@ -86,9 +86,7 @@ def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
     candidates = candidate_heads(capture, layout)
 
     count = capture.head_sampling.count
-    if count is not None:
-        if count < 1:
-            raise UserError(f"capture.head_sampling.count must be >= 1, got {count}")
+    if count is not None:  # >= 1: checked with the rest of the config (validate.capture_problems)
         if count > len(candidates):
             raise UserError(
                 f"capture.head_sampling.count={count} exceeds the {len(candidates)} query heads allowed by "

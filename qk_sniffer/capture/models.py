@@ -169,8 +169,7 @@ def apply_config_overrides(config: PretrainedConfig, overrides: dict[str, Any]) 
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UserError(f"model.dtype={name!r} is not supported; choose one of {', '.join(DTYPES)}")
+    assert name in DTYPES, name  # model.dtype is checked with the rest of the config (validate)
     return getattr(torch, name)
 
 

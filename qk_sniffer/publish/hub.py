@@ -124,8 +124,7 @@ def preflight(hub: HubConfig) -> None:
         check_branch(hub.branch)
     if not hub.push:
         return
-    if not hub.repo_id:
-        raise UserError("output.hub.push=true needs output.hub.repo_id (e.g. your-name/qk-captures)")
+    assert hub.repo_id, "checked with the config (validate) or by the publish command's settings"
     token = _token_or_fail(hub.repo_id)
     problem = _within(
         PREFLIGHT_TIMEOUT_S, lambda: _write_access_problem(hub_client.API_FACTORY(token), hub.repo_id or "")
@@ -274,8 +273,7 @@ def push_dir(hub: HubConfig, out_dir: Path) -> PushResult:
     """Pull what the branch holds that this dir lacks, regenerate the card, push the dir as one commit.
 
     Any failure leaves the local data in place and raises PushError ending with the retry command."""
-    if not hub.repo_id:
-        raise UserError("output.hub.repo_id is required to push")
+    assert hub.repo_id, "checked with the config (validate) or by the publish command's settings"
     metadata = read_capture(out_dir)
     branch = branch_for_metadata(hub, metadata)
     retry = retry_command(hub, out_dir, branch)

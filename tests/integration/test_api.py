@@ -261,6 +261,8 @@ def test_a_second_capture_is_refused_nested_or_concurrent():
         ({"layers": [0, 9]}, "capture.layers: layer 9 is out of range; valid layers are 0..2"),
         ({"heads": [4]}, "capture.heads: head 4 is out of range; valid query heads are 0..3"),
         ({"head_count": 13}, "capture.head_sampling.count=13 exceeds the 12 query heads allowed"),
+        ({"head_count": 0}, "capture.head_sampling.count must be >= 1"),
+        ({"queries": False, "keys": False}, "capture.queries and capture.keys are both false"),
         ({"token_strings": True, "tokenizer": None}, "token_strings=True needs a tokenizer"),
         ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
     ],
