@@ -29,7 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["Recording", "CaptureSessionActiveError", "UserError", "attach", "load"]
 
 # Imported on first use: the CLI composes configs (and `--cfg job` prints them) without loading torch.
-_LAZY = {"attach": "api", "Recording": "api", "CaptureSessionActiveError": "patching", "load": "loading"}
+_LAZY = {
+    "attach": "api",
+    "Recording": "api",
+    "CaptureSessionActiveError": "capture.tap",
+    "load": "analysis.loading",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -26,8 +26,12 @@ INDEX = "figures.json"
 
 
 def data_fingerprint(parts: dict[str, list[CommittedPart]]) -> str:
-    """A hash of the committed files (config, name, rows): it changes whenever the dataset does."""
-    listing = sorted(f"{config}/{p.path.name}:{p.rows}" for config, files in parts.items() for p in files)
+    """A hash of what each config holds (its rows and the recipes they come from): it changes whenever the
+    rows do, and not when compaction only merges the same rows into fewer files."""
+    listing = sorted(
+        f"{config}:{sum(p.rows for p in files)}:{','.join(sorted({p.recipe for p in files}))}"
+        for config, files in parts.items()
+    )
     return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
 
 

@@ -337,7 +337,9 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
                 f"{damage[0].line()}); run the capture command again to capture those examples again, then "
                 "publish"
             )
-        documents.settle(store, repo_id=repo_id, branch=branch)
+        # Rows pulled from the branch change the figures; redraw those this dir already had.
+        redraw = bool(pulled) and store.paths.figures.is_dir()
+        documents.settle(store, repo_id=repo_id, branch=branch, draw=redraw)
         local = set(local_files(store))
     # Deleted here since the last sync (replace, compaction, repair): delete on the branch too.
     stale = sorted(f for f in (remote & state.files) - local if _travels(f))
