@@ -54,7 +54,7 @@ def test_shard_union_equals_the_single_process_run(tmp_path):
         for c, fs in listed.items()
     )
     assert set(read_configs(sharded)) == set(read_configs(single))
-    assert "(figures/logit_vs_distance.png)" in card
+    assert "(figures/logit_vs_distance.png)" in card[1]
 
 
 def test_slurm_launchers_compose():
