@@ -347,7 +347,7 @@ def _auto_class(config: PretrainedConfig, trust_remote_code: bool) -> Any:
 
 def check_capturable(model: PreTrainedModel) -> None:
     """After loading, before any forward: every self-attention layer must have a module our tap can reach."""
-    from .tap import attention_modules  # patching needs nothing from here; keep the import one-way
+    from .tap import attention_modules  # the tap needs nothing from here; keep the import one-way
 
     model_type = text_config(model.config).model_type
     measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls

@@ -1,7 +1,7 @@
 """What differs between model families, kept to the few facts a config states in a family's own words.
 
 Everything generic (head counts, head_dim, sliding windows, RoPE parameters) is read in :mod:`models`; the
-capture itself goes through the one attention-registry seam in :mod:`patching` for every family. This
+capture itself goes through the one attention-registry seam in :mod:`.tap` for every family. This
 module only answers three questions the generic reading cannot:
 
 - which layers apply no rotation (their pre-RoPE vectors equal their post-RoPE ones);
