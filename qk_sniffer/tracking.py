@@ -371,7 +371,7 @@ class RunTracker:
             "bytes_written": int(bytes_written),
             "output_dir": str(result.output_dir),
             **{f"phase/{name}": float(seconds) for name, seconds in result.phases.items()},
-            "rows_per_layer_kind": self.stats.rows_perlayer_kind(),
+            "rows_per_layer_kind": self.stats.rows_per_layer_kind(),
             "rows_per_bucket": self.stats.rows_per_bucket(),
             "mean_norm": self.stats.mean_norms(),
         }
@@ -398,7 +398,7 @@ class RunTracker:
             ],
         )
         norms = self.stats.mean_norms()
-        rows = self.stats.rows_perlayer_kind()
+        rows = self.stats.rows_per_layer_kind()
         long = wandb.Table(columns=["layer", "kind", "bucket", "mean_norm"])
         for key in sorted(self.stats.counts):
             for label, value in norms[layer_kind(*key)].items():

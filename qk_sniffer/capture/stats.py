@@ -56,7 +56,7 @@ class CaptureStats:
         values[: len(store[key])] = store[key]
         return values.reshape(len(labels), width).sum(axis=1)
 
-    def rows_perlayer_kind(self) -> dict[str, int]:
+    def rows_per_layer_kind(self) -> dict[str, int]:
         return {layer_kind(*key): int(self.counts[key].sum()) for key in sorted(self.counts)}
 
     def rows_per_bucket(self) -> dict[str, dict[str, int]]:
