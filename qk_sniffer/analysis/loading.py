@@ -45,19 +45,20 @@ class CommittedPart:
 
 
 def committed_parts(root: Path, elsewhere: Collection[str] = ()) -> dict[str, list[CommittedPart]]:
-    """Config name -> its committed part files, in commit order: exactly what the dataset holds.
+    """Config name -> its committed part files, in the card's order: the store's view of the dataset.
     ``elsewhere``: relative paths present on the Hub branch a partial download came from (a commit is
     trusted when all its files exist, also those of configs that were not downloaded)."""
-    if not Store(root).claimed():
+    store = Store(root)
+    if not store.claimed():
         raise UserError(
             f"{str(root)!r} has no {STATE}/ manifest, so which of its files are committed is unknown; "
             "it is not an output dir written by qk_sniffer"
         )
-    parts: dict[str, list[CommittedPart]] = {}
-    for commit in Manifest(root, remote=elsewhere).commits:
-        for part in commit.parts:
-            parts.setdefault(part.config, []).append(CommittedPart(root / part.rel, part.rows, commit.recipe))
-    return parts
+    view = store.view(remote=elsewhere)
+    return {
+        config: [CommittedPart(root / p.rel, p.rows, view.recipe_of[p.rel]) for p in parts]
+        for config, parts in view.files.items()
+    }
 
 
 def recorded_samplers(root: Path) -> dict[str, Any]:

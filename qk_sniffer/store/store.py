@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,7 @@ class DatasetView:
     """What the dataset holds: each config's committed part files, from live trusted commits."""
 
     files: dict[str, list[PartFile]] = field(default_factory=dict)
-    recipes: dict[str, set[str]] = field(default_factory=dict)  # config -> recipes its rows come from
+    recipe_of: dict[str, str] = field(default_factory=dict)  # part file (relative path) -> its recipe
 
     @property
     def configs(self) -> list[str]:
@@ -299,8 +299,8 @@ class Store:
             )
         if mode != "replace":
             other_rid = sorted(owners[taken[0]] - {rid})[0]
-            recipes = {**self.recipes(), **manifest.recipes}
-            diff = recipe_difference(recipes.get(other_rid, {}), recipe)
+            # The manifest read here holds every recipe file in the dir (a live run's too).
+            diff = recipe_difference(manifest.recipes.get(other_rid, {}), recipe)
             now = " (being written right now)" if busy else ""
             raise StoreError(
                 f"{place or self.where}: configs {_shown(taken)} already hold rows captured with a "
@@ -324,9 +324,6 @@ class Store:
                     "values"
                 )
 
-    def recipes(self) -> dict[str, dict[str, Any]]:
-        return Manifest(self.root).recipes
-
     # --------------------------------------------------------------------------------------- commits
 
     def committer(self, rid: str, run: str, tag: str) -> OnDurable:
@@ -344,16 +341,17 @@ class Store:
     def manifest(self) -> Manifest:
         return Manifest(self.root)
 
-    def view(self) -> DatasetView:
-        """The dataset: every config's files named by a live trusted commit."""
-        manifest = self.manifest()
+    def view(self, remote: Collection[str] = ()) -> DatasetView:
+        """The dataset: every config's files named by a live trusted commit. ``remote``: paths present on
+        the Hub branch a partial download came from (a commit naming other configs' files there is still
+        trusted)."""
         view = DatasetView()
-        for commit in manifest.commits:
+        for commit in Manifest(self.root, remote=remote).commits:
             for part in commit.parts:
                 view.files.setdefault(part.config, []).append(part)
+                view.recipe_of[part.rel] = commit.recipe
         for parts in view.files.values():
             parts.sort(key=lambda p: p.name)
-        view.recipes = manifest.recipes_by_config()
         return view
 
     # ------------------------------------------------------------------------------- verification
