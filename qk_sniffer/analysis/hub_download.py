@@ -32,25 +32,23 @@ def download_config(repo_id: str, config: str, revision: str | None) -> tuple[Pa
         sha = str(api.repo_info(repo_id, repo_type=hub_client.REPO_TYPE, revision=revision or "main").sha)
         remote = set(api.list_repo_files(repo_id, repo_type=hub_client.REPO_TYPE, revision=sha))
         local = cache_root() / repo_id / sha
-        manifest = [f"{STATE}/model.json", f"{STATE}/recipes/*", f"{STATE}/commits/*", METADATA]
-        api.snapshot_download(
-            repo_id,
-            repo_type=hub_client.REPO_TYPE,
-            revision=sha,
-            local_dir=str(local),
-            allow_patterns=manifest,
-        )
-        wanted = sorted(
-            p.rel for c in Manifest(local, remote=remote).commits for p in c.parts if p.config == config
-        )
-        if wanted:
+
+        def fetch(patterns: list[str]) -> None:
             api.snapshot_download(
                 repo_id,
                 repo_type=hub_client.REPO_TYPE,
                 revision=sha,
                 local_dir=str(local),
-                allow_patterns=wanted,
+                allow_patterns=patterns,
             )
+
+        # The manifest first: it says which of the config's files are committed, then only those.
+        fetch([f"{STATE}/model.json", f"{STATE}/recipes/*", f"{STATE}/commits/*", METADATA])
+        wanted = sorted(
+            p.rel for c in Manifest(local, remote=remote).commits for p in c.parts if p.config == config
+        )
+        if wanted:
+            fetch(wanted)
     except Exception as exc:
         reason = hub_client.redact(hub_client.describe(exc), token)
         raise UserError(f"downloading {config!r} from {where} failed: {reason}") from None

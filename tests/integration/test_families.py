@@ -222,16 +222,7 @@ def test_an_exact_family_rebuilt_from_its_tiny_config_matches_eager_through_the_
 
 
 def _families_cli(args: list[str], tmp_path: Path):
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "qk_sniffer.families", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(args, tmp_path, module="qk_sniffer.families")
 
 
 def test_the_families_command_prints_the_matrix_as_its_last_line(tmp_path):

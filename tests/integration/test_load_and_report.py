@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, compose_cfg, files_with_bytes, read_configs
+from helpers import REPO, compose_cfg, files_with_bytes, read_configs, run_cli
 from hub_stand_in import REPO_ID as HUB_REPO
 from hub_stand_in import FakeHub, install_stand_in
 from matplotlib.image import imread
@@ -55,14 +54,7 @@ def out(tmp_path_factory) -> Path:
 
 
 def run_report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qk_sniffer.report", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"},
-    )
+    return run_cli(list(args), cwd, env={"PYTHONPATH": str(REPO)}, module="qk_sniffer.report")
 
 
 # ---------------------------------------------------------------------------------------------- load
