@@ -33,7 +33,15 @@ from ..naming import CONFIG_NAME
 from .files import DamagedFile, read_json, sha256_of, write_json_atomic
 from .layout import FIGURE_PATH, PART_NAME, STATE, TMP_SUFFIX, TOP_LEVEL, Paths, part_run
 from .leases import RunInfo, RunLease, live_run_ids, live_runs, maintenance_lock, registered_runs
-from .manifest import Commit, Manifest, PartFile, plain_json, recipe_difference, write_commit
+from .manifest import (
+    Commit,
+    Manifest,
+    PartFile,
+    model_identity,
+    plain_json,
+    recipe_difference,
+    write_commit,
+)
 from .writer import ExampleRecord, OnDurable
 
 log = logging.getLogger(__name__)
@@ -114,7 +122,8 @@ class Store:
         except DamagedFile:
             raise StoreError(
                 f"{self.where}: {STATE}/model.json is damaged (not valid JSON), so the dir's model cannot be "
-                "checked; restore it from a copy, or capture into a new output.dir"
+                f"checked; rebuild it from the dir's metadata with: python -m qk_sniffer.verify "
+                f"output.dir={self.root} repair=true"
             ) from None
         return data if isinstance(data, dict) else {}
 
@@ -359,7 +368,13 @@ class Store:
     def verify(self) -> list[Damage]:
         """Every problem with the files the dataset relies on. Reads only (but caches hashes it checked)."""
         manifest = self.manifest()
-        damage = [Damage(self.paths.rel(p), "cannot be read (not valid JSON)") for p in manifest.damaged]
+        damaged = list(manifest.damaged)
+        if self.claimed():
+            try:
+                read_json(self.paths.model)
+            except DamagedFile:
+                damaged.insert(0, self.paths.model)
+        damage = [Damage(self.paths.rel(p), "cannot be read (not valid JSON)") for p in damaged]
         cache = self._hash_cache()
         checked: dict[str, list[Any]] = {}
         for commit in [*manifest.commits, *manifest.untrusted]:
@@ -411,10 +426,25 @@ class Store:
                 if item.commit:
                     rid, name = item.commit.split("/")
                     self._unlink(self.paths.commit(rid, name))
+                elif self.root / item.path == self.paths.model:
+                    if not self._restore_model():
+                        log.warning(
+                            "%s: %s; it cannot be rebuilt (no readable metadata)", self.where, item.line()
+                        )
+                        continue
                 else:
                     self._unlink(self.root / item.path)
                 log.warning("%s: %s", self.where, item.line())
         return damage
+
+    def _restore_model(self) -> bool:
+        """Rebuild a damaged ``model.json`` from the model the dir's metadata records (never delete it:
+        without it the dir could not be claimed again). Returns whether it was rebuilt."""
+        metadata = self.recorded_metadata()
+        if not metadata.get("model"):
+            return False
+        write_json_atomic(self.paths.model, model_identity(metadata))
+        return True
 
     # ------------------------------------------------------------------------------------ deletions
 

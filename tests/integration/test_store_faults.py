@@ -370,3 +370,19 @@ def test_the_api_refuses_null_and_repeated_example_ids_before_capturing():
         cap.run(["a text"], example_ids=[7])  # the refused calls registered nothing
         with pytest.raises(UserError, match=r"example_ids\[0\]=7 was already used"):
             cap.run(["a third"], example_ids=[7])
+
+
+def test_a_damaged_model_record_is_reported_and_rebuilt_by_repair(copy, reference, tmp_path):
+    model = copy / ".qk_sniffer" / "model.json"
+    recorded = model.read_text()
+    model.write_text("{")
+    message = one_message(capture(copy, cwd=tmp_path))
+    assert f"python -m qk_sniffer.verify output.dir={copy} repair=true" in message
+    check = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.verify")
+    assert check.returncode == 1 and ".qk_sniffer/model.json: cannot be read" in check.stdout
+    repaired = run_cli([f"output.dir={copy}", "repair=true"], cwd=tmp_path, module="qk_sniffer.verify")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(model.read_text()) == json.loads(recorded)
+    proc = capture(copy, cwd=tmp_path)
+    assert proc.returncode == 0 and "resumed:" in proc.stdout, proc.stderr
+    assert_exactly_the_reference(copy, reference, tmp_path)
