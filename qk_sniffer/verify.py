@@ -50,7 +50,9 @@ def inspect(store: Store) -> dict[str, Any]:
     damage = [d.line() for d in store.verify()]
     listed = card_listing(store)
     expected = {c: [p.rel for p in view.files[c]] for c in view.configs}
-    if view.configs and listed != expected:
+    if view.configs and listed is None:
+        damage.append(f"{CARD}: missing or unreadable, so no config can be loaded (a repair writes it)")
+    elif view.configs and listed != expected:
         damage.append(f"{CARD}: lists other files than the commits name (it is rewritten by a repair)")
     examples = {(c.recipe, int(e[0])) for c in manifest.commits for g in c.groups for e in g["examples"]}
     return {

@@ -41,7 +41,9 @@ def settle(
                 write_metadata(store.root, meta)
             if draw:
                 render_after_run(store.root)
-            if meta is not None or store.paths.card.exists():  # a stale card must not list what goes next
+            # Always, for a claimed dir: a stale card must not list what goes next, and a dir whose first
+            # run was killed before its card (no metadata yet) gets one listing what is committed.
+            if meta is not None or store.claimed():
                 card.write_card(store, repo_id, branch)
         except OSError as exc:
             raise store.write_error("the metadata and card", exc, committed=True) from None

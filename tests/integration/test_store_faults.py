@@ -386,3 +386,14 @@ def test_a_damaged_model_record_is_reported_and_rebuilt_by_repair(copy, referenc
     proc = capture(copy, cwd=tmp_path)
     assert proc.returncode == 0 and "resumed:" in proc.stdout, proc.stderr
     assert_exactly_the_reference(copy, reference, tmp_path)
+
+
+def test_a_dir_without_its_card_is_reported_and_repair_writes_it(copy, reference, tmp_path):
+    # What a first run killed before its card leaves; datasets then finds no config by name at all.
+    (copy / CARD).unlink()
+    (copy / METADATA).unlink()
+    check = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.verify")
+    assert check.returncode == 1 and f"{CARD}: missing or unreadable" in check.stdout
+    repaired = run_cli([f"output.dir={copy}", "repair=true"], cwd=tmp_path, module="qk_sniffer.verify")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert loaded_rows(copy, tmp_path / "repaired") == reference[1]
