@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from .core.errors import UserError
 
 if TYPE_CHECKING:
     from .analysis.loading import load

@@ -1,32 +1,6 @@
-"""``python -m qk_sniffer`` / ``sniff-qk``: a thin Hydra entry point around :func:`qk_sniffer.runner.run`."""
+"""``python -m qk_sniffer`` / ``sniff-qk``: the capture command, :mod:`qk_sniffer.commands.capture`."""
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from .cli import CONF_DIR, report_user_errors
-from .config import register_configs
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
-    from .runner import run
-
-    if cfg.dry_run:
-        from .dry_run import dry_run
-
-        with report_user_errors():
-            dry_run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
-        return
-    with report_user_errors():
-        result = run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
-    if result.resumed_examples:
-        print(f"qk_sniffer: resumed: {result.resumed_examples} examples were already saved and were skipped")
-    print(f"qk_sniffer: wrote {result.rows} rows from {result.examples} examples to {result.output_dir}")
-
+from .commands.capture import main
 
 if __name__ == "__main__":
     main()

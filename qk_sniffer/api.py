@@ -30,7 +30,6 @@ from typing import Any
 import pyarrow as pa
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import tokenization
 from .capture.gather import ExampleRecord, PendingRows, schema, tables_for
 from .capture.heads import HeadSelection, select_heads
 from .capture.models import ModelLayout, attention_backend, layout_from_config, text_config
@@ -38,17 +37,25 @@ from .capture.points import CapturePoint
 from .capture.rows import Block
 from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .capture.session import CaptureSession
-from .config import CaptureConfig, Config, DatasetConfig, HeadSamplingConfig, ModelConfig, TokenizerConfig
-from .data import DataStats, Example, batches, make_example, stable_id
-from .errors import UserError
-from .naming import config_name, name_widths
+from .core.config import (
+    CaptureConfig,
+    Config,
+    DatasetConfig,
+    HeadSamplingConfig,
+    ModelConfig,
+    TokenizerConfig,
+)
+from .core.errors import UserError
+from .core.naming import config_name, name_widths
+from .inputs import tokenization
+from .inputs.data import DataStats, Example, batches, make_example, stable_id
+from .inputs.tokenization import encoder, pad_id
+from .pipeline.validate import capture_problems
 from .publish import documents
 from .publish.metadata import final_metadata, run_metadata
 from .store import RunInfo, Store
 from .store.manifest import model_identity, recipe_id, recipe_of
 from .store.writer import PartWriter
-from .tokenization import encoder, pad_id
-from .validate import capture_problems
 
 TableKey = tuple[int, int, str]
 

@@ -31,9 +31,9 @@ from omegaconf import OmegaConf
 from .capture.rows import Block
 from .capture.samplers import KINDS
 from .capture.stats import CaptureStats, layer_kind
-from .config import Config, DatasetConfig
-from .data import Batch
-from .errors import UserError
+from .core.config import Config, DatasetConfig
+from .core.errors import UserError
+from .inputs.data import Batch
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from hydra import compose, initialize_config_dir
 from tiny_models import EMBEDDED_VOCAB, tiny_model
 from transformers import PreTrainedTokenizerFast
 
-from qk_sniffer.cli import CONF_DIR
-from qk_sniffer.config import register_configs
-from qk_sniffer.data import EMBEDDED_TOKENIZER
+from qk_sniffer.core.config import CONF_DIR, register_configs
+from qk_sniffer.inputs.data import EMBEDDED_TOKENIZER
 
 register_configs()
 

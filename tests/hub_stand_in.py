@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import httpx2
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from qk_sniffer import hub_client
+from qk_sniffer.hub import client as hub_client
 
 SECRET = "hf_SeCrEt0123456789abcdefTOKEN"
 REPO_ID = "alice/qk-captures"

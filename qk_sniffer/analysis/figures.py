@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..store import Store
 from ..store.files import atomic_file
 from ..store.layout import FIGURES, METADATA

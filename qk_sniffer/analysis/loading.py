@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..capture.samplers import build_sampler
-from ..errors import UserError
-from ..naming import CONFIG_NAME
+from ..core.errors import UserError
+from ..core.naming import CONFIG_NAME
 from ..store import Store
 from ..store.layout import METADATA, STATE
 from ..store.manifest import Manifest
@@ -133,7 +133,7 @@ def load(path_or_repo: str | Path, config: str, revision: str | None = None) -> 
             raise UserError(f"revision={revision!r} applies to a Hub repo; {str(local)!r} is a local dir")
         return read_config(local, config=config)
     if isinstance(path_or_repo, str) and REPO_ID.match(path_or_repo):
-        from .hub_download import download_config
+        from ..hub.download import download_config
 
         return read_config(*download_config(path_or_repo, config, revision), config=config)
     raise UserError(f"{str(path_or_repo)!r} is neither an existing output dir nor a Hub repo id (user/name)")

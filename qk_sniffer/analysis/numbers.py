@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..naming import CONFIG_NAME
+from ..core.naming import CONFIG_NAME
 from .loading import CommittedPart, vectors_of
 
 BATCH_ROWS = 65_536

@@ -9,6 +9,6 @@ tables (:mod:`.gather`) and the self-check against eager (:mod:`.selfcheck`).
 Lifetimes: a :class:`~.session.CaptureSession` patches transformers while its ``with`` block is open and
 restores everything when it closes; nothing is captured outside one.
 
-May import: ``qk_sniffer.config``, ``.data``, ``.naming``, ``.errors``, ``.ranges``, ``.registry``; never the
-store, publishing, analysis or tracking (``make lint`` checks it).
+May import: ``qk_sniffer.inputs`` (batches) and the core; never the store, publishing, the Hub, analysis or
+tracking (``make lint`` checks it).
 """

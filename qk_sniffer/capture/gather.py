@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..naming import config_name
+from ..core.naming import config_name
 from .rows import Block, RowKeys
 
 # (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..config import CaptureConfig
-from ..errors import UserError
-from ..ranges import format_ranges
+from ..core.config import CaptureConfig
+from ..core.errors import UserError
+from ..core.ranges import format_ranges
 from .models import ModelLayout
 
 

@@ -22,8 +22,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
 )
 
-from ..config import DTYPES, ModelConfig
-from ..errors import UserError
+from ..core.config import DTYPES, ModelConfig
+from ..core.errors import UserError
 from . import support as families
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..data import Batch
+from ..inputs.data import Batch
 from .heads import HeadSelection
 from .samplers import KINDS, Sampler, sample_positions
 

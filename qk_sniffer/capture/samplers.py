@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import UserError
-from ..registry import Registry
+from ..core.errors import UserError
+from ..core.registry import Registry
 
 KINDS = ("q", "k")
 # Buckets are stored as int32, and no text has more positions than that.

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from ..data import DataStats, Example, batches
-from ..errors import UserError
+from ..core.errors import UserError
+from ..inputs.data import DataStats, Example, batches
 from . import support as families
 from .compat import (
     EAGER_ATTENTION,

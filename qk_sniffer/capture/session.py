@@ -14,7 +14,7 @@ from types import TracebackType
 import torch
 from transformers import PreTrainedModel
 
-from ..data import Batch
+from ..inputs.data import Batch
 from .heads import HeadSelection
 from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
 from .rows import BatchCapture, Block, PendingCopy

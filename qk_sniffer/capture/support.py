@@ -22,8 +22,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from ..errors import UserError
-from ..registry import Registry
+from ..core.errors import UserError
+from ..core.registry import Registry
 from .compat import routes_attention as compat_routes_attention
 
 LayerSet = tuple[int, ...]

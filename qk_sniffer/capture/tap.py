@@ -27,7 +27,7 @@ from torch import Tensor
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .compat import (
     attention_implementation,
     eager_attention,

@@ -1,9 +1,8 @@
-"""``python -m qk_sniffer.families``: the support matrix of every decoder family transformers ships.
+"""The support matrix of every decoder family transformers ships.
 
 - :mod:`.sweep`  builds a tiny random model per family and measures its capture against eager
 - :mod:`.docs`   renders ``docs/families.md`` and the README's family table from the matrix
-- :mod:`.cli`    the Hydra app (``sweep=true`` measures live, ``write=true`` rewrites what ships)
 
 The matrix itself ships as ``qk_sniffer/resources/families.json`` and is read by
-:mod:`qk_sniffer.capture.support`. May import: the capture and the base modules.
+:mod:`qk_sniffer.capture.support`. The command is :mod:`qk_sniffer.commands.families`. May import: the capture and the core.
 """

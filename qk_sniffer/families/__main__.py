@@ -1,5 +1,5 @@
-"""``python -m qk_sniffer.families``: see :mod:`qk_sniffer.families.cli`."""
+"""``python -m qk_sniffer.families``: the public name of :mod:`qk_sniffer.commands.families`."""
 
-from .cli import main
+from ..commands.families import main
 
 main()

@@ -35,7 +35,7 @@ from ..capture.models import (
 )
 from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, check_against_eager
 from ..capture.tap import attention_modules
-from ..errors import UserError
+from ..core.errors import UserError
 
 # Refusal classes, each with what it means; the matrix, the docs and the runtime refusal use these words.
 STATUSES = {

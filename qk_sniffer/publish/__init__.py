@@ -4,9 +4,8 @@
 - :mod:`.card`       the dataset card (README.md), listing exactly the committed files
 - :mod:`.documents`  :func:`~.documents.settle`, the one sequence that changes what a dir shows
 - :mod:`.hub`        branch names, preflight, pull before a run, one-commit push
-- :mod:`.gitref`     git's branch-name rules
-- :mod:`.cli`        ``python -m qk_sniffer.publish`` (run through ``__main__``)
 
-May import: ``qk_sniffer.store``, ``.analysis`` (the figures the card embeds), ``.hub_client``, ``.config``
-and the base modules; never the capture's model side or tracking.
+The command is :mod:`qk_sniffer.commands.publish` (``python -m qk_sniffer.publish`` runs it).
+May import: ``qk_sniffer.store``, ``.analysis`` (the figures the card embeds), ``.hub`` (the transport)
+and the core; never the capture's model side or tracking.
 """

@@ -1,5 +1,5 @@
-"""``python -m qk_sniffer.publish``: see :mod:`qk_sniffer.publish.cli`."""
+"""``python -m qk_sniffer.publish``: the public name of :mod:`qk_sniffer.commands.publish`."""
 
-from .cli import main
+from ..commands.publish import main
 
 main()

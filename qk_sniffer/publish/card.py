@@ -19,8 +19,8 @@ import yaml
 
 from ..analysis.figures import figure_section
 from ..capture.points import CapturePoint
-from ..naming import parse_config_name
-from ..ranges import format_ranges
+from ..core.naming import parse_config_name
+from ..core.ranges import format_ranges
 from ..store import DatasetView, Store
 from ..store.files import atomic_file
 

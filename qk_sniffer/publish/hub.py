@@ -8,7 +8,7 @@ pinned to the branch head it was computed from, so a concurrent push fails inste
 data. With push on, a run also pulls before it reads its manifest (``pull_before_run``), so a second
 machine resumes where the branch stands and its recipe check sees the branch's configs.
 
-The client comes from :mod:`qk_sniffer.hub_client` (``hub_client.API_FACTORY``, the seam tests use for a
+The client comes from :mod:`qk_sniffer.hub.client` (``hub_client.API_FACTORY``, the seam tests use for a
 recording stand-in of ``HfApi``). The token is passed to the client and nowhere else: it is redacted from
 every message this module produces.
 """
@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import hub_client
-from ..config import Config, HubConfig
-from ..errors import UserError
-from ..hub_client import REPO_TYPE, describe, find_token, redact
+from ..core.config import Config, HubConfig
+from ..core.errors import UserError
+from ..hub import client as hub_client
+from ..hub.client import REPO_TYPE, describe, find_token, redact
+from ..hub.gitref import branch_problem
 from ..store import RunInfo, Store
 from ..store.files import DamagedFile, atomic_file, read_json
 from ..store.layout import CARD, FIGURE_PATH, HUB_PULL, HUB_SYNC, METADATA, PART_PATH, SHARED_STATE, Paths
 from ..store.manifest import Manifest, model_identity, recipe_difference, recipe_id
 from . import documents
-from .gitref import branch_problem
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from ..capture.heads import HeadSelection
 from ..capture.models import ModelLayout
 from ..capture.points import CapturePoint
 from ..capture.samplers import Sampler
-from ..config import Config
-from ..data import DataStats
+from ..core.config import Config
+from ..inputs.data import DataStats
 from ..store import Store
 from ..store.files import atomic_file
 from ..store.layout import METADATA

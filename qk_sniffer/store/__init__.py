@@ -1,7 +1,7 @@
 """The store: one object owns an output dir (see :mod:`.store` for its invariants).
 
 Layer: takes Arrow tables and metadata dicts; writes part files, the manifest and leases. It knows no
-model, no capture internals, no card content and no Hub. May import: ``qk_sniffer.errors`` and itself.
+model, no capture internals, no card content and no Hub. May import: the core and itself.
 
 - :mod:`.layout`    every path and file-name pattern of a dir, named once
 - :mod:`.files`     atomic writes, reading back what was written, hashes

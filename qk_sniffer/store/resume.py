@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .manifest import ExampleDone
 
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..errors import UserError
-from ..naming import CONFIG_NAME
+from ..core.errors import UserError
+from ..core.naming import CONFIG_NAME
 from .files import DamagedFile, read_json, sha256_of, write_json_atomic
 from .layout import FIGURE_PATH, PART_NAME, STATE, TMP_SUFFIX, TOP_LEVEL, Paths, part_run
 from .leases import RunInfo, RunLease, live_run_ids, live_runs, maintenance_lock, registered_runs

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .files import atomic_file, fsync_dir, sha256_of
 from .layout import part_name
 from .manifest import PartFile

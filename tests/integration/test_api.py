@@ -18,9 +18,9 @@ from transformers.modeling_utils import AttentionInterface
 
 import qk_sniffer
 from qk_sniffer.capture.tap import CaptureSessionActiveError
-from qk_sniffer.errors import UserError
-from qk_sniffer.naming import config_name
-from qk_sniffer.runner import run
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.core.naming import config_name
+from qk_sniffer.pipeline.runner import run
 
 
 def model_of(model_type: str) -> torch.nn.Module:

@@ -41,9 +41,9 @@ from qk_sniffer.capture.models import (
 )
 from qk_sniffer.capture.support import VERIFIED_FAMILIES
 from qk_sniffer.capture.tap import attention_modules
-from qk_sniffer.errors import UserError
-from qk_sniffer.naming import config_name
-from qk_sniffer.runner import run
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.core.naming import config_name
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store.layout import METADATA
 
 WINDOW = 6

@@ -135,7 +135,7 @@ def test_local_files_with_id_column_and_token_strings(tmp_path, docs):
     ds = load_dataset(str(out), "l01h01k", split="train")
     from helpers import embedded_tokenizer
 
-    from qk_sniffer.data import stable_id
+    from qk_sniffer.inputs.data import stable_id
 
     tok = embedded_tokenizer()
     ids = tok("some text here")["input_ids"]

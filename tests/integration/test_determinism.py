@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from helpers import compose_cfg, read_configs, save_checkpoint, write_jsonl
 
-from qk_sniffer.runner import run
+from qk_sniffer.pipeline.runner import run
 
 DOCS = [
     {"id": "alpha", "text": "The harbour smells of diesel, salt and coffee at dawn, before the boats leave."},
@@ -64,7 +64,7 @@ def assert_same_rows(a, b, examples):
 
 
 def test_batch_size_order_and_neighbours_do_not_change_rows(tmp_path):
-    from qk_sniffer.data import stable_id
+    from qk_sniffer.inputs.data import stable_id
 
     ckpt = save_checkpoint(tmp_path, "qwen3")
     base = capture(tmp_path, "base", DOCS, 1, ckpt)

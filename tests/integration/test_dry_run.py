@@ -8,8 +8,8 @@ import numpy as np
 from helpers import REPO, compose_cfg, run_cli, save_checkpoint
 
 from qk_sniffer.capture.samplers import sample_positions
-from qk_sniffer.dry_run import dry_run_plan
-from qk_sniffer.plan import plan_capture
+from qk_sniffer.pipeline.dry_run import dry_run_plan
+from qk_sniffer.pipeline.plan import plan_capture
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "golden_heads_qwen3_8b.json").read_text())
 

@@ -16,8 +16,8 @@ from helpers import (
 from reference import check_table, eager_reference
 from transformers import AutoModelForCausalLM
 
-from qk_sniffer.naming import config_name
-from qk_sniffer.runner import run
+from qk_sniffer.core.naming import config_name
+from qk_sniffer.pipeline.runner import run
 
 
 def check_exact(out_dir, model, texts, pre_rope):

@@ -18,7 +18,7 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
-from qk_sniffer.runner import run
+from qk_sniffer.pipeline.runner import run
 
 TOLERANCE = 1e-4  # float32 capture against float64 arithmetic, absolute, per component
 ROPES = {

@@ -19,11 +19,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from qk_sniffer.capture import support as families
 from qk_sniffer.capture.models import build_config, layout_from_config, load_model
 from qk_sniffer.capture.selfcheck import capture_blocks, check_unlisted_family, every_head
-from qk_sniffer.config import ModelConfig
-from qk_sniffer.errors import UserError
+from qk_sniffer.core.config import ModelConfig
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.core.naming import config_name
 from qk_sniffer.families import sweep
 from qk_sniffer.families.docs import README_BEGIN, README_END, readme_table
-from qk_sniffer.naming import config_name
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = families.support_matrix()

@@ -14,11 +14,11 @@ from helpers import compose_cfg, corpus, files_with_bytes, rows, save_checkpoint
 from hub_stand_in import REPO_ID as REPO
 from hub_stand_in import FakeHub
 
-from qk_sniffer.compact import compact
-from qk_sniffer.errors import UserError
-from qk_sniffer.publish import cli as publish
+from qk_sniffer.commands import publish
+from qk_sniffer.commands.compact import compact
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.publish import hub
-from qk_sniffer.runner import run
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import HUB_SYNC, METADATA
 from qk_sniffer.store.manifest import Manifest, recipe_id

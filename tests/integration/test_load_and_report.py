@@ -19,13 +19,13 @@ from hub_stand_in import FakeHub, install_stand_in
 from matplotlib.image import imread
 
 import qk_sniffer
-from qk_sniffer.analysis import hub_download
 from qk_sniffer.analysis import numbers as report_data
 from qk_sniffer.analysis.figures import FIGURES_DIR, INDEX, figure_section
 from qk_sniffer.analysis.loading import committed_parts
 from qk_sniffer.capture.samplers import build_sampler
-from qk_sniffer.errors import UserError
-from qk_sniffer.runner import run
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.hub import download as hub_download
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store.layout import CARD, METADATA
 
 FIGURES = {
@@ -254,7 +254,7 @@ def test_parquet_reads_see_the_same_committed_row_counts(out):
 
 
 def test_load_bench_times_load_and_pyarrow_on_the_same_committed_files(capsys):
-    from qk_sniffer.load_bench import main
+    from qk_sniffer.commands.load_bench import main
 
     result = main(["--rows", "2000", "--head-dim", "8", "--parts", "2", "--repeats", "1"])
     assert result["rows"] == 2000 and result["qk_sniffer_load_s"] > 0 and result["pyarrow_read_table_s"] > 0

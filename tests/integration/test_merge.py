@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg, read_configs, rows
 
-from qk_sniffer.compact import compact
-from qk_sniffer.errors import UserError
-from qk_sniffer.runner import run
+from qk_sniffer.commands.compact import compact
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import METADATA
 from qk_sniffer.store.manifest import Manifest

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from qk_sniffer.capture.models import build_config, layout_from_config
 from qk_sniffer.capture.positions import position_limit
-from qk_sniffer.dry_run import dry_run_plan
-from qk_sniffer.validate import config_problems, model_problems
+from qk_sniffer.pipeline.dry_run import dry_run_plan
+from qk_sniffer.pipeline.validate import config_problems, model_problems
 
 EXPERIMENTS = REPO / "conf" / "experiment" / "attention-plasticity"
 ORIGINAL = json.loads((REPO / "tests" / "data" / "original_runs.json").read_text())["runs"]

@@ -20,9 +20,9 @@ from hub_stand_in import SECRET, http_error
 from huggingface_hub.errors import HfHubHTTPError
 from omegaconf import OmegaConf
 
-from qk_sniffer import runner
-from qk_sniffer.errors import UserError
-from qk_sniffer.publish import cli as publish
+from qk_sniffer.commands import publish
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.pipeline import runner
 from qk_sniffer.publish import hub
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import CARD, HUB_PULL, HUB_SYNC, METADATA, SHARED_STATE

@@ -7,7 +7,7 @@ import signal
 
 from helpers import compose_cfg, read_configs, rows, start_cli, start_to_interrupt
 
-from qk_sniffer.runner import run
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store.manifest import Manifest
 
 

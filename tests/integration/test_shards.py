@@ -7,7 +7,7 @@ import json
 import yaml
 from helpers import REPO, compose_cfg, read_configs, rows, run_cli
 
-from qk_sniffer.runner import run
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store.layout import METADATA
 
 # batch_size=1: an example's forward is then the same computation in every process, so vectors match bit

@@ -8,8 +8,8 @@ import signal
 import pytest
 from helpers import compose_cfg, read_configs, rows, start_to_interrupt
 
-from qk_sniffer.errors import UserError
-from qk_sniffer.runner import run
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store import writer
 from qk_sniffer.store.manifest import Manifest
 

@@ -18,16 +18,15 @@ from hydra import compose, initialize_config_dir
 from reference import eager_reference
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from qk_sniffer.bench import run_bench
 from qk_sniffer.capture.heads import HeadSelection, select_heads
 from qk_sniffer.capture.models import backbone_of, layout_from_config
 from qk_sniffer.capture.rows import Block
 from qk_sniffer.capture.samplers import AllSampler, Sampler, UniformSampler, sample_positions
 from qk_sniffer.capture.session import CaptureSession
-from qk_sniffer.cli import CONF_DIR
-from qk_sniffer.config import CaptureConfig, HeadSamplingConfig
-from qk_sniffer.data import Batch, DataStats, Example, batches
-from qk_sniffer.errors import UserError
+from qk_sniffer.commands.bench import run_bench
+from qk_sniffer.core.config import CONF_DIR, CaptureConfig, HeadSamplingConfig
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.inputs.data import Batch, DataStats, Example, batches
 
 TOL = 1e-4
 LENGTHS = (23, 9, 17)  # unequal, so right padding is exercised
@@ -321,7 +320,7 @@ def test_bench_imports_without_optional_packages():
     script = (
         "import sys, json\n"
         f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
-        "import qk_sniffer.bench\n"
+        "import qk_sniffer.commands.bench\n"
         "print(json.dumps({m: getattr(sys.modules[m], '__file__', None) for m in sys.modules\n"
         "                  if m.split('.')[0] == 'qk_sniffer'}))\n"
     )

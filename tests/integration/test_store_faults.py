@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import compose_cfg, files_with_bytes, loaded_rows, run_cli, start_cli
 
-from qk_sniffer.errors import UserError
-from qk_sniffer.runner import run
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import CARD, METADATA
 
@@ -213,7 +213,7 @@ KILLER = textwrap.dedent(
         return result
     setattr(owner, name, dying)
     sys.argv = ["qk_sniffer.compact", sys.argv[4]]
-    from qk_sniffer.compact import main
+    from qk_sniffer.commands.compact import main
     main()
     """
 )

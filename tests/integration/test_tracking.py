@@ -22,9 +22,9 @@ from helpers import compose_cfg, read_configs, run_cli
 from qk_sniffer import tracking
 from qk_sniffer.capture.rows import Block, RowKeys
 from qk_sniffer.capture.stats import CaptureStats
-from qk_sniffer.data import Batch, Example
-from qk_sniffer.errors import UserError
-from qk_sniffer.runner import run
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.inputs.data import Batch, Example
+from qk_sniffer.pipeline.runner import run
 
 SECRET = "hf_" + "qkSnifferTestSecret0123456789abcdef"
 

@@ -12,7 +12,7 @@ import yaml
 from datasets import load_dataset
 
 from qk_sniffer.capture.gather import schema
-from qk_sniffer.config import HubConfig
+from qk_sniffer.core.config import HubConfig
 from qk_sniffer.publish import card, hub
 from qk_sniffer.store import RunInfo, Store
 from qk_sniffer.store.layout import CARD

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qk_sniffer.config import DatasetConfig
-from qk_sniffer.data import DataStats, ExampleIds, batches, stable_id, tokenized_examples
-from qk_sniffer.errors import UserError
+from qk_sniffer.core.config import DatasetConfig
+from qk_sniffer.core.errors import UserError
+from qk_sniffer.inputs.data import DataStats, ExampleIds, batches, stable_id, tokenized_examples
 
 
 def encode(text: str) -> list[int]:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from qk_sniffer.publish.gitref import branch_problem
+from qk_sniffer.hub.gitref import branch_problem
 
 GOOD = ["qwen3-8b-longbench-pro-128k-plus", "exp/run-1", "a.b/c_d", "v1.2", "x.locked/y"]
 BAD = [

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from qk_sniffer.capture.heads import select_heads
 from qk_sniffer.capture.models import build_config, layout_from_config
 from qk_sniffer.capture.samplers import LogBucketSampler, UniformSampler, mask_seed, sample_positions
-from qk_sniffer.config import CaptureConfig, HeadSamplingConfig, ModelConfig
+from qk_sniffer.core.config import CaptureConfig, HeadSamplingConfig, ModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_HEADS = json.loads((REPO / "tests" / "data" / "golden_heads_qwen3_8b.json").read_text())

@@ -6,8 +6,8 @@ import pytest
 
 from qk_sniffer.capture.heads import select_heads
 from qk_sniffer.capture.models import ModelLayout
-from qk_sniffer.config import CaptureConfig, HeadSamplingConfig
-from qk_sniffer.errors import UserError
+from qk_sniffer.core.config import CaptureConfig, HeadSamplingConfig
+from qk_sniffer.core.errors import UserError
 
 # 4 layers, 8 query heads, 2 KV heads (group of 4); layers 1 and 3 slide.
 LAYOUT = ModelLayout("toy", 4, 8, 2, 16, (None, 64, None, 64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig
 
 from qk_sniffer.capture.models import apply_config_overrides, build_config
-from qk_sniffer.config import ModelConfig
+from qk_sniffer.core.config import ModelConfig
 
 
 def test_rope_scaling_override_merges_into_rope_parameters():

@@ -13,7 +13,7 @@ from qk_sniffer.capture.samplers import (
     mask_seed,
     sample_positions,
 )
-from qk_sniffer.errors import UserError
+from qk_sniffer.core.errors import UserError
 
 
 def test_log_bucket_buckets_are_floor_log2_of_position_plus_one():

@@ -7,7 +7,7 @@ import logging
 from helpers import save_checkpoint
 
 from qk_sniffer.capture.models import build_config, load_model
-from qk_sniffer.config import ModelConfig
+from qk_sniffer.core.config import ModelConfig
 
 
 def test_off_by_default_and_loud_when_on(tmp_path, caplog, monkeypatch):

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from ..capture.support import MATRIX_PATH, support_matrix
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def run_families(cfg: Any) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def run_families(cfg: Any) -> dict[str, Any]:
     if cfg.write and only:
         raise UserError("write=true cannot be combined with only=...: the shipped matrix lists every family")
     if cfg.sweep:
-        from . import sweep  # the sweep loads models; printing the shipped matrix needs none of it
+        from ..families import sweep  # the sweep loads models; printing the shipped matrix needs none of it
 
         unknown = sorted(set(only or ()) - set(sweep.candidates()))
         if unknown:
@@ -41,7 +41,7 @@ def run_families(cfg: Any) -> dict[str, Any]:
 
 def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:
     """The shipped matrix, docs/families.md and the README table, from one measured matrix."""
-    from .docs import docs_page, replace_readme_table
+    from ..families.docs import docs_page, replace_readme_table
 
     repo = MATRIX_PATH.parent.parent.parent
     shipped = {**matrix, "families": {k: {f: v for f, v in e.items() if f != "seconds"} for k, e in
@@ -74,8 +74,8 @@ def summary(matrix: dict[str, Any]) -> str:
 def main() -> None:
     import hydra
 
-    from ..cli import CONF_DIR, report_user_errors
-    from ..config import register_configs
+    from ..core.config import CONF_DIR, register_configs
+    from .common import report_user_errors
 
     register_configs()
 

@@ -14,10 +14,10 @@ import hydra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from ..cli import CONF_DIR, report_user_errors
-from ..config import PublishOutputConfig, register_configs
-from ..errors import UserError
-from . import hub
+from ..core.config import CONF_DIR, PublishOutputConfig, register_configs
+from ..core.errors import UserError
+from ..publish import hub
+from .common import report_user_errors
 
 register_configs()
 

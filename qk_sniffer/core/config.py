@@ -2,16 +2,20 @@
 
 Every YAML file under ``conf/`` names its schema in its defaults list, so an unknown key or a value of the
 wrong type fails when Hydra composes the config, naming the key. Cross-field checks that a type cannot
-express live in :mod:`qk_sniffer.validate`.
+express live in :mod:`qk_sniffer.pipeline.validate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+# conf/ sits next to the package in the repository (installs are editable, see the Makefile).
+CONF_DIR = (Path(__file__).resolve().parent.parent.parent / "conf").resolve()
 
 DTYPES = ("float32", "float16", "bfloat16")
 

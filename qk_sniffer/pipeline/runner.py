@@ -16,28 +16,36 @@ from typing import Any
 
 import numpy as np
 
-from .analysis.figures import current_figures
-from .capture.gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
-from .capture.heads import HeadSelection
-from .capture.models import attention_backend, load_model
-from .capture.rows import Block
-from .capture.samplers import KINDS
-from .capture.selfcheck import check_unlisted_family
-from .capture.session import CaptureSession
-from .config import Config
-from .data import Batch, DataStats, Example, batches, load_rows, synthetic_examples, tokenized_examples
-from .errors import UserError
-from .naming import config_name, name_widths
+from ..analysis.figures import current_figures
+from ..capture.gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
+from ..capture.heads import HeadSelection
+from ..capture.models import attention_backend, load_model
+from ..capture.rows import Block
+from ..capture.samplers import KINDS
+from ..capture.selfcheck import check_unlisted_family
+from ..capture.session import CaptureSession
+from ..core.config import Config
+from ..core.errors import UserError
+from ..core.naming import config_name, name_widths
+from ..inputs.data import (
+    Batch,
+    DataStats,
+    Example,
+    batches,
+    load_rows,
+    synthetic_examples,
+    tokenized_examples,
+)
+from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
+from ..publish import documents, hub
+from ..publish.metadata import final_metadata, run_metadata
+from ..store import RunInfo, Store
+from ..store.compact import compact_store
+from ..store.manifest import model_identity, recipe_id, recipe_of
+from ..store.resume import ResumeFilter
+from ..store.writer import PartWriter
+from ..tracking import Tracker, make_tracker
 from .plan import CapturePlan, plan_capture
-from .publish import documents, hub
-from .publish.metadata import final_metadata, run_metadata
-from .store import RunInfo, Store
-from .store.compact import compact_store
-from .store.manifest import model_identity, recipe_id, recipe_of
-from .store.resume import ResumeFilter
-from .store.writer import PartWriter
-from .tokenization import encoder, load_tokenizer, pad_id, token_strings
-from .tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 

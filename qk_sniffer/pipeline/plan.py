@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from .capture.heads import HeadSelection, select_heads
-from .capture.models import ModelLayout, build_config, layout_from_config
-from .capture.positions import PositionLimit, position_limit
-from .capture.samplers import Sampler, build_sampler
-from .config import Config
+from ..capture.heads import HeadSelection, select_heads
+from ..capture.models import ModelLayout, build_config, layout_from_config
+from ..capture.positions import PositionLimit, position_limit
+from ..capture.samplers import Sampler, build_sampler
+from ..core.config import Config
 from .validate import validate
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .capture.heads import check_ranges, select_heads
-from .capture.models import ModelLayout
-from .capture.positions import PositionLimit
-from .capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
-from .config import DTYPES, Config
-from .errors import UserError
-from .publish.gitref import branch_problem
-from .tracking import choose_mode
+from ..capture.heads import check_ranges, select_heads
+from ..capture.models import ModelLayout
+from ..capture.positions import PositionLimit
+from ..capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
+from ..core.config import DTYPES, Config
+from ..core.errors import UserError
+from ..hub.gitref import branch_problem
+from ..tracking import choose_mode
 
 OUTPUT_MODES = ("append", "replace")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")

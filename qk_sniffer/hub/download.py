@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import hub_client
-from ..errors import UserError
+from ..core.errors import UserError
 from ..store.layout import METADATA, STATE
 from ..store.manifest import Manifest
+from . import client as hub_client
 
 
 def cache_root() -> Path:

@@ -1,4 +1,4 @@
-"""What the command-line entry points share: where the configs live, and how user errors are shown."""
+"""What the command-line entry points share: how user errors are shown, and the dir a command works on."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
-from .store import Store
-
-# conf/ sits next to the package in the repository (installs are editable, see the Makefile).
-CONF_DIR = (Path(__file__).resolve().parent.parent / "conf").resolve()
+from ..core.errors import UserError
+from ..store import Store
 
 
 @contextmanager

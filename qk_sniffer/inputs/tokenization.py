@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from .config import ModelConfig, TokenizerConfig
+from ..core.config import ModelConfig, TokenizerConfig
+from ..core.errors import UserError
 from .data import EMBEDDED_TOKENIZER
-from .errors import UserError
 
 
 def load_tokenizer(tokenizer: TokenizerConfig, model: ModelConfig) -> PreTrainedTokenizerBase:

@@ -2,7 +2,7 @@
 
 It reads the model's config only (a local checkpoint dir, the Hub, or with ``model.random_init=true`` the
 preset's ``architecture``), selects the heads and builds the sampler exactly as a run does
-(:func:`qk_sniffer.plan.plan_capture`), and writes nothing: no output dir, no dataset read beyond what its
+(:func:`qk_sniffer.pipeline.plan.plan_capture`), and writes nothing: no output dir, no dataset read beyond what its
 size needs. Its last stdout line is one JSON object, so scripts can read the plan.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .capture.gather import schema
-from .capture.samplers import Sampler
-from .config import Config
-from .errors import UserError
+from ..capture.gather import schema
+from ..capture.samplers import Sampler
+from ..core.config import Config
+from ..core.errors import UserError
 from .plan import CapturePlan, plan_capture
 
 
@@ -52,7 +52,7 @@ def example_length(cfg: Config) -> int | None:
 
 def known_examples(cfg: Config) -> int | None:
     """How many examples this shard would process, when that is known without reading a dataset."""
-    from .data import EMBEDDED_CORPUS, select_rows
+    from ..inputs.data import EMBEDDED_CORPUS, select_rows
 
     data = cfg.dataset
     if data.path == "synthetic":

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DatasetConfig
-from .errors import UserError
+from ..core.config import DatasetConfig
+from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).parent / "resources"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 # Builders that read files named by dataset.data_files from this machine.
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 EMBEDDED_CORPUS = RESOURCES / "corpus.jsonl"

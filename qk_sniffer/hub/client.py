@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .errors import UserError
+from ..core.errors import UserError
 
 REPO_TYPE = "dataset"
 
