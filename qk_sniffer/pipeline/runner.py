@@ -38,7 +38,9 @@ from ..inputs.data import (
 )
 from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
 from ..publish import documents, hub
+from ..publish.branches import branch_name, dataset_url
 from ..publish.metadata import final_metadata, run_metadata
+from ..publish.sync import pull_before_run
 from ..store import RunInfo, Store
 from ..store.compact import compact_store
 from ..store.manifest import model_identity, recipe_id, recipe_of
@@ -136,7 +138,7 @@ def run(cfg: Config) -> RunResult:
             resumed_examples=prep.resume.skipped,
         )
         phases["total_s"] = time.perf_counter() - t_start
-        tracker.summary(result, writer.bytes_written, hub.dataset_url(cfg), current_figures(prep.out_dir))
+        tracker.summary(result, writer.bytes_written, dataset_url(cfg), current_figures(prep.out_dir))
     finally:
         tracker.finish()
     if result.skipped_empty:
@@ -166,7 +168,7 @@ def _prepare(cfg: Config) -> Prepared:
     rid = recipe_id(recipe)
     hub.preflight(cfg.output.hub)
     # With push on, another machine's examples on the branch join the manifest before it is read.
-    hub.pull_before_run(cfg, store, metadata, recipe, configs)
+    pull_before_run(cfg, store, metadata, recipe, configs)
     info = RunInfo("(this run)", rid, (cfg.dataset.shard_index, cfg.dataset.num_shards), configs)
     taken = store.check_recipe(recipe, info, cfg.output.mode) if store.claimed() else []
     if store.claimed():
@@ -213,7 +215,7 @@ def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
         store,
         lambda: final_metadata(store, prep.metadata, prep.rid, prep.stats),
         repo_id=cfg.output.hub.repo_id,
-        branch=hub.branch_name(cfg) if cfg.output.hub.repo_id else None,
+        branch=branch_name(cfg) if cfg.output.hub.repo_id else None,
         change=change,
         draw=cfg.report.enabled,
     )

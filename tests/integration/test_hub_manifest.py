@@ -18,7 +18,8 @@ from qk_sniffer.commands import publish
 from qk_sniffer.commands.compact import compact
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.pipeline.runner import run
-from qk_sniffer.publish import hub
+from qk_sniffer.publish.branches import branch_name
+from qk_sniffer.publish.sync import local_files
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import HUB_SYNC, METADATA
 from qk_sniffer.store.manifest import Manifest, recipe_id
@@ -58,7 +59,7 @@ def branch_files(fake: FakeHub, branch: str, root: Path) -> Path:
 
 
 def shared(root: Path) -> dict[str, bytes]:
-    return {f: b for f, b in files_with_bytes(root).items() if f in hub.local_files(Store(root))}
+    return {f: b for f, b in files_with_bytes(root).items() if f in local_files(Store(root))}
 
 
 def examples_by_run(root: Path) -> dict[str, set[int]]:
@@ -76,7 +77,7 @@ def assert_nothing_local_was_pushed(fake: FakeHub) -> None:
 def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(fake, sources, tmp_path):
     a, b, ref = tmp_path / "machine-a", tmp_path / "machine-b", tmp_path / "ref"
     run(cfg(sources, a, "dataset.max_samples=4", *PUSH))
-    branch = hub.branch_name(cfg(sources, a))
+    branch = branch_name(cfg(sources, a))
     result = run(cfg(sources, b, "dataset.max_samples=8", *PUSH))
     run(cfg(sources, ref, "dataset.max_samples=8"))
 
@@ -119,7 +120,7 @@ def test_second_machine_resumes_from_the_branch_and_the_branch_equals_one_run(fa
 def test_other_recipe_on_the_branch_is_refused_and_replace_takes_the_configs_over(fake, sources, tmp_path):
     a, b, ref = tmp_path / "machine-a", tmp_path / "machine-b", tmp_path / "ref"
     run(cfg(sources, a, "dataset.max_samples=4", *PUSH))
-    branch = hub.branch_name(cfg(sources, a))
+    branch = branch_name(cfg(sources, a))
     before, commits = dict(fake.tree(REPO, branch)), len(fake.commit_ops(branch))
     configs = sorted(p.name for p in a.glob("l*"))
 

@@ -7,7 +7,7 @@ import json
 from helpers import compose_cfg, save_checkpoint, write_jsonl
 
 from qk_sniffer.pipeline.runner import run
-from qk_sniffer.publish.hub import branch_name
+from qk_sniffer.publish.branches import branch_name
 from qk_sniffer.store.layout import METADATA
 from qk_sniffer.tracking import run_name
 

@@ -24,6 +24,7 @@ from qk_sniffer.commands import publish
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.pipeline import runner
 from qk_sniffer.publish import hub
+from qk_sniffer.publish.branches import branch_name
 from qk_sniffer.store import Store
 from qk_sniffer.store.layout import CARD, HUB_PULL, HUB_SYNC, METADATA, SHARED_STATE
 
@@ -69,7 +70,7 @@ def test_two_runs_with_different_layers_give_one_card_and_both_load(tmp_path):
 
 def test_default_branch_from_slugs_or_last_path_parts():
     cfg = compose_cfg(["model=qwen3-8b", "dataset=longbench-pro-128k-plus"])
-    assert hub.branch_name(cfg) == "qwen3-8b-longbench-pro-128k-plus"
+    assert branch_name(cfg) == "qwen3-8b-longbench-pro-128k-plus"
     cfg = compose_cfg(
         [
             "model.name=Org/My_Model.V2",
@@ -78,15 +79,15 @@ def test_default_branch_from_slugs_or_last_path_parts():
             "dataset.slug=null",
         ]
     )
-    assert hub.branch_name(cfg) == "my_model.v2-long-docs"
-    assert hub.branch_name(compose_cfg([])) == BRANCH
-    assert hub.branch_name(compose_cfg(["output.hub.branch=exp/run-1"])) == "exp/run-1"
+    assert branch_name(cfg) == "my_model.v2-long-docs"
+    assert branch_name(compose_cfg([])) == BRANCH
+    assert branch_name(compose_cfg(["output.hub.branch=exp/run-1"])) == "exp/run-1"
 
 
 @pytest.mark.parametrize("branch", ["main", "bad..name", "-x", "a b"])
 def test_invalid_or_reserved_branch_is_a_user_error(branch):
     with pytest.raises(UserError, match="output.hub.branch="):
-        hub.branch_name(compose_cfg([f"output.hub.branch='{branch}'"]))
+        branch_name(compose_cfg([f"output.hub.branch='{branch}'"]))
 
 
 # -------------------------------------------------------------------------------------------- fail fast

@@ -13,7 +13,8 @@ from datasets import load_dataset
 
 from qk_sniffer.capture.gather import schema
 from qk_sniffer.core.config import HubConfig
-from qk_sniffer.publish import card, hub
+from qk_sniffer.publish import card
+from qk_sniffer.publish.branches import branch_for_metadata
 from qk_sniffer.store import RunInfo, Store
 from qk_sniffer.store.layout import CARD
 from qk_sniffer.store.layout import METADATA as METADATA_FILE
@@ -200,7 +201,7 @@ def test_rows_per_bucket_and_coverage_tables_count_what_is_on_disk(capture):
 
 
 def test_loading_snippet_names_repo_and_derived_branch_or_the_local_dir(capture):
-    derived = hub.branch_for_metadata(HubConfig(repo_id="me/qk-captures"), METADATA)
+    derived = branch_for_metadata(HubConfig(repo_id="me/qk-captures"), METADATA)
     assert derived == "qwen3-8b-longbench-pro-128k-plus"
     _, with_repo = split_card(card.render(capture, "me/qk-captures", derived))
     assert (
