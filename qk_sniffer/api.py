@@ -20,7 +20,6 @@ Only one capture may be attached at a time in a process; a second one raises
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -37,25 +36,15 @@ from .capture.points import CapturePoint
 from .capture.rows import Block
 from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .capture.session import CaptureSession
-from .core.config import (
-    CaptureConfig,
-    Config,
-    DatasetConfig,
-    HeadSamplingConfig,
-    ModelConfig,
-    TokenizerConfig,
-)
+from .core.config import CaptureConfig, HeadSamplingConfig
 from .core.errors import UserError
 from .core.naming import config_name, name_widths
 from .inputs import tokenization
-from .inputs.data import DataStats, Example, batches, make_example, stable_id
-from .inputs.tokenization import encoder, pad_id
+from .inputs.data import DataStats, batches
+from .inputs.given import GivenInputs
+from .inputs.tokenization import pad_id
+from .pipeline.recorded import recording_metadata, write_recorded
 from .pipeline.validate import capture_problems
-from .publish import documents
-from .publish.metadata import final_metadata, run_metadata
-from .store import RunInfo, Store
-from .store.manifest import model_identity, recipe_id, recipe_of
-from .store.writer import PartWriter
 
 TableKey = tuple[int, int, str]
 
@@ -91,8 +80,7 @@ class Recording:
         self.batch_size = batch_size
         self.layout: ModelLayout = layout_from_config(model.config)
         self.selection: HeadSelection = select_heads(capture_cfg, self.layout)
-        self.stats = DataStats()
-        self._vocab_size = int(text_config(model.config).vocab_size)
+        self._inputs = GivenInputs(tokenizer, int(text_config(model.config).vocab_size), max_length)
         self._attn_implementation = attention_backend(model)
         self._widths = name_widths(
             self.layout.num_layers, max(self.layout.num_q_heads, self.layout.num_kv_heads)
@@ -105,9 +93,6 @@ class Recording:
         self._blocks: dict[tuple[int, str], list[Block]] = {}
         # Every example captured so far, as a commit records it: written with the rows by :meth:`write`.
         self._records: list[ExampleRecord] = []
-        self._next_index = 0
-        # Example ids captured so far: a repeat would give (example_id, position) twice in one dataset.
-        self._ids: dict[int, int] = {}
         self._session: CaptureSession | None = None
         # pre_rope / post_rope, named as in the metadata and the card.
         self.capture_point = CapturePoint.of(capture_cfg.pre_rope)
@@ -127,6 +112,11 @@ class Recording:
         session, self._session = self._session, None
         if session is not None:
             session.__exit__(exc_type, exc, tb)
+
+    @property
+    def stats(self) -> DataStats:
+        """Examples, tokens and skipped empty inputs seen so far."""
+        return self._inputs.stats
 
     @property
     def attached(self) -> bool:
@@ -159,12 +149,7 @@ class Recording:
             raise UserError(
                 "Recording.run needs an attached capture: call it inside `with qk_sniffer.attach(...)`"
             )
-        if isinstance(inputs, (str, bytes)):
-            raise UserError("Recording.run takes a list of texts or token-id lists, not a single string")
-        if example_ids is not None and len(example_ids) != len(inputs):
-            raise UserError(f"example_ids has {len(example_ids)} entries for {len(inputs)} inputs")
-        examples = self._examples(inputs, example_ids)
-        self._next_index += len(inputs)
+        examples = self._inputs.examples(inputs, example_ids)
         before = self.rows
         for batch, blocks, _ in session.stream(
             batches(examples, self.batch_size, pad_id(self.tokenizer), self.stats)
@@ -172,52 +157,6 @@ class Recording:
             self._add(blocks)
             self._records += [(e.index, e.example_id, e.length, ()) for e in batch.examples]
         return self.rows - before
-
-    def _examples(
-        self, inputs: Sequence[str | Sequence[int]], example_ids: Sequence[Any] | None
-    ) -> list[Example]:
-        """Tokenize and check every input first, so a bad one fails the call before anything is captured."""
-        encode = encoder(self.tokenizer) if self.tokenizer is not None else None
-        examples = []
-        counts = DataStats()  # applied to self.stats only once every input passed its checks
-        ids_here: dict[int, int] = {}  # likewise for the ids
-        for i, item in enumerate(inputs):
-            if isinstance(item, str):
-                if encode is None:
-                    raise UserError(f"inputs[{i}] is a text but no tokenizer was given to qk_sniffer.attach")
-                ids = encode(item) if item.strip() else []
-            else:
-                ids = [int(t) for t in item]
-                bad = [t for t in ids if not 0 <= t < self._vocab_size]
-                if bad:
-                    raise UserError(
-                        f"inputs[{i}]: token id {bad[0]} is outside the model's vocabulary "
-                        f"(0..{self._vocab_size - 1})"
-                    )
-            example_id = self._example_id(i, example_ids, ids_here)
-            example = make_example(self._next_index + i, example_id, ids, self.max_length, counts)
-            if example is not None:
-                examples.append(example)
-        self.stats.skipped_empty += counts.skipped_empty
-        self.stats.truncated += counts.truncated
-        self._ids.update(ids_here)
-        return examples
-
-    def _example_id(self, i: int, example_ids: Sequence[Any] | None, ids_here: dict[int, int]) -> int:
-        """The id of input ``i``; a null id, or one already used in this capture or call, is refused."""
-        if example_ids is None:
-            example_id = self._next_index + i
-        elif example_ids[i] is None:
-            raise UserError(f"example_ids[{i}] is None; every input needs its own id")
-        else:
-            example_id = stable_id(example_ids[i])
-        if example_id in self._ids or example_id in ids_here:
-            raise UserError(
-                f"example_ids[{i}]={example_ids[i] if example_ids is not None else example_id!r} was already "
-                "used in this capture; ids must be unique (rows would repeat)"
-            )
-        ids_here[example_id] = i
-        return example_id
 
     def _add(self, blocks: list[Block]) -> None:
         for block in blocks:
@@ -270,34 +209,19 @@ class Recording:
             raise UserError(
                 f"out_dir={str(root)!r}: this capture was written there already; rows would repeat"
             )
-        metadata = self._metadata(dataset)
-        store = Store(root)
-        recipe = recipe_of(metadata)
-        rid = recipe_id(recipe)
         configs = sorted(config_name(layer, head, kind, *self._widths) for layer, head, kind in self._keys())
-        run_id = uuid.uuid4().hex[:12]
-        info = RunInfo(run_id, rid, (0, 1), configs)
-        # Every example completes every config: the commit says so, as a CLI run's commits do.
-        examples = [(i, eid, n, tuple(configs)) for i, eid, n, _ in self._records]
-        with store.registered(info, recipe, model_identity(metadata), "append"):
-            store.new_examples_check(rid, configs, {e[1] for e in examples})
-            writer = PartWriter(root, "api", run_id, store.committer(rid, run_id, "api"))
-            blocks = {key: PendingRows(list(b)) for key, b in self._blocks.items()}
-
-            def tables() -> Any:
-                for pending in blocks.values():
-                    yield from tables_for(pending, self._widths, self._token_strings).items()
-
-            try:
-                writer.submit(tables, examples)
-            finally:
-                writer.close()
-            documents.settle(
-                store,
-                lambda: final_metadata(store, metadata, rid, self.stats),
-                repo_id=repo_id,
-                branch=branch,
-            )
+        write_recorded(
+            root,
+            self._metadata(dataset),
+            configs,
+            self._records,
+            self._blocks,
+            self._widths,
+            self._token_strings,
+            self.stats,
+            repo_id=repo_id,
+            branch=branch,
+        )
         self._written.add(root)
         return root
 
@@ -310,27 +234,19 @@ class Recording:
         ]
 
     def _metadata(self, dataset: str | None) -> dict[str, Any]:
-        """The run metadata the CLI records, for a model and texts handed over in Python."""
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        name = self.model.config.name_or_path or None
-        cfg = Config(
-            # Without a name (a model built from a config) the card and branch fall back to the family.
-            model=ModelConfig(name=name, slug=None if name else self.layout.model_type, dtype=dtype),
-            tokenizer=TokenizerConfig(
-                name=getattr(self.tokenizer, "name_or_path", None) or None, max_length=self.max_length
-            ),
-            dataset=DatasetConfig(path=dataset),  # type: ignore[arg-type] # None: texts from Python
-            sampler={"name": self.sampler.name, **self.sampler.params()},
-            capture=self.capture_cfg,
-        )  # output and tracking stay unset: run_metadata reads neither
-        metadata = run_metadata(cfg, self.layout, self.selection, self.sampler)
-        metadata.update(
+        return recording_metadata(
+            model_name=self.model.config.name_or_path or None,
+            dtype=str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            tokenizer_name=getattr(self.tokenizer, "name_or_path", None) or None,
+            max_length=self.max_length,
+            dataset=dataset,
+            layout=self.layout,
+            selection=self.selection,
+            sampler=self.sampler,
+            capture_cfg=self.capture_cfg,
             attn_implementation=self._attn_implementation,
-            examples=self.stats.examples,
-            tokens=self.stats.tokens,
-            skipped_empty=self.stats.skipped_empty,
+            stats=self.stats,
         )
-        return metadata
 
 
 def attach(
