@@ -74,7 +74,7 @@ def rotary_call(args: tuple[Any, ...], out: Any) -> RotaryCall | None:
 
 
 @dataclass
-class _RotaryStash:
+class RotaryStash:
     """The rotary calls since the last attention call; the next attention call consumes them."""
 
     calls: list[RotaryCall] = field(default_factory=list)
@@ -82,6 +82,31 @@ class _RotaryStash:
     def take(self) -> list[RotaryCall]:
         taken, self.calls = self.calls, []
         return taken
+
+    def recorder(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A wrapper of the rotary function ``original`` that stashes each call's vectors."""
+
+        def rotary_recorder(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            call = rotary_call(args, out)
+            if call is not None:
+                self.calls.append(call)
+            return out
+
+        return rotary_recorder
+
+
+@contextmanager
+def exclusive_session() -> Iterator[None]:
+    """Held while a tap (of either kind) is open: one capture session per process at a time."""
+    if not _session_lock.acquire(blocking=False):
+        raise CaptureSessionActiveError(
+            "a capture session is already active in this process; close it before opening another"
+        )
+    try:
+        yield
+    finally:
+        _session_lock.release()
 
 
 class RotarySliceError(UserError):
@@ -232,17 +257,13 @@ def attention_tap(
     ``layers`` limits which layers call back (None: all). With ``stop_after_layer`` set, the forward raises
     :class:`StopForward` right after that layer's Q/K were handed over, before its attention is computed.
     """
-    if not _session_lock.acquire(blocking=False):
-        raise CaptureSessionActiveError(
-            "a capture session is already active in this process; close it before opening another"
-        )
     name = f"qk_sniffer_{delegate}"
     modules = attention_modules(backbone)
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     rotary = rotary_functions(modules) if pre_rope else []
-    stash = _RotaryStash()
+    stash = RotaryStash()
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
@@ -261,25 +282,15 @@ def attention_tap(
             raise StopForward
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
-    def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
-        def rotary_recorder(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            call = rotary_call(args, out)
-            if call is not None:
-                stash.calls.append(call)
-            return out
-
-        return rotary_recorder
-
-    try:
-        AttentionInterface.register(name, tapped_attention)
-        mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
-        with (
-            attention_implementation(configs.values(), name),
-            module_globals([(mod, fn_name, wrap_rotary) for mod, fn_name in rotary]),
-        ):
-            yield
-    finally:
-        unregister_attention(name)
-        _session_lock.release()
+    with exclusive_session():
+        try:
+            AttentionInterface.register(name, tapped_attention)
+            mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
+            with (
+                attention_implementation(configs.values(), name),
+                module_globals([(mod, fn_name, stash.recorder) for mod, fn_name in rotary]),
+            ):
+                yield
+        finally:
+            unregister_attention(name)
