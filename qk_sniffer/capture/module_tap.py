@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.errors import UserError
-from .compat import module_globals, rotary_functions
+from .compat import modeling_module, module_globals, rotary_functions
 from .tap import (
     AttentionCallback,
+    LayerWatch,
     RotaryCall,
     RotaryStash,
     StopForward,
@@ -39,8 +39,9 @@ from .tap import (
     pre_rope_pair,
 )
 
-# (attention module, query (B, Hq, S, D), key (B, Hkv, S, D)): what a seam hands over.
-Deliver = Callable[[torch.nn.Module, Tensor, Tensor], None]
+# (attention module, query (B, Hq, S, D), key (B, Hkv, S, D), their pre-RoPE pair where the seam itself
+# knows it, else None): what a seam hands over.
+Deliver = Callable[[torch.nn.Module, Tensor, Tensor, tuple[Tensor, Tensor] | None], None]
 Undo = Callable[[], None]
 
 
@@ -54,6 +55,8 @@ class Seam:
     install: Callable[[torch.nn.Module, Deliver], Undo]
     # The layer's attention window, for modules that attend locally (GPT-Neo's "local" layers).
     window: Callable[[torch.nn.Module], int | None] = lambda module: None
+    # Whether this module has the seam at all (a family whose modeling code changed between releases).
+    applies: Callable[[torch.nn.Module], bool] = lambda module: True
 
 
 def _wrap_method(module: torch.nn.Module, name: str, wrapper: Callable[..., Any]) -> Undo:
@@ -83,7 +86,7 @@ def method_args(name: str, key_last: bool = False) -> Callable[[torch.nn.Module,
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             query, key = args[0], args[1]
-            deliver(module, query, key.transpose(-1, -2) if key_last else key)
+            deliver(module, query, key.transpose(-1, -2) if key_last else key, None)
             return original(*args, **kwargs)
 
         return _wrap_method(module, name, wrapper)
@@ -99,7 +102,7 @@ def method_result(name: str) -> Callable[[torch.nn.Module, Deliver], Undo]:
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            deliver(module, out[0], out[1])
+            deliver(module, out[0], out[1], None)
             return out
 
         return _wrap_method(module, name, wrapper)
@@ -127,7 +130,7 @@ def projections(q: str, k: str, query_scale: str | None = None) -> Callable[[tor
                 held[kind] = _heads_first(output, head_dim)
                 if len(held) == 2:
                     query, key = held.pop("q"), held.pop("k")
-                    deliver(module, query, key)
+                    deliver(module, query, key, None)
 
             return on_output
 
@@ -157,10 +160,49 @@ def fused_projection(name: str, clamp: str | None = None) -> Callable[[torch.nn.
             if limit:
                 output = output.clamp(min=-limit, max=limit)
             query, key, _ = output.chunk(3, dim=-1)
-            deliver(module, _heads_first(query, head_dim), _heads_first(key, head_dim))
+            deliver(module, _heads_first(query, head_dim), _heads_first(key, head_dim), None)
 
         handle = module.get_submodule(name).register_forward_hook(on_output)
         return handle.remove
+
+    return install
+
+
+def split_then_rotate(name: str) -> Callable[[torch.nn.Module, Deliver], Undo]:
+    """Falcon before transformers 5.25: its method ``name`` returns (query, key, value) heads last, then the
+    forward rotates q and k with the modeling module's ``apply_rotary_pos_emb`` unless it was handed an
+    ALiBi bias. The post-RoPE pair is that function applied to the same vectors with the cos/sin the forward
+    received. Keys broadcast to every query head (the new decoder architecture) are read once per key head."""
+
+    def install(module: torch.nn.Module, deliver: Deliver) -> Undo:
+        received: dict[str, Any] = {}
+        rotate = modeling_module(module).apply_rotary_pos_emb
+        original = getattr(module, name)
+
+        def remember(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            received["alibi"] = kwargs.get("alibi", args[1] if len(args) > 1 else None)
+            received["rope"] = kwargs.get("position_embeddings")
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            query, key = out[0].transpose(1, 2), out[1].transpose(1, 2)
+            key = key[:, :: key.shape[1] // int(module.num_kv_heads)]  # type: ignore[arg-type]
+            if received["alibi"] is not None:
+                deliver(module, query, key, None)
+            else:
+                cos, sin = received["rope"]
+                post_query, post_key = rotate(query, key, cos, sin)
+                deliver(module, post_query, post_key, (query, key))
+            return out
+
+        handle = module.register_forward_pre_hook(remember, with_kwargs=True)
+        undo_method = _wrap_method(module, name, wrapper)
+
+        def undo() -> None:
+            handle.remove()
+            undo_method()
+
+        return undo
 
     return install
 
@@ -181,6 +223,11 @@ SEAMS: dict[str, Seam] = {
     "modeling_trocr.TrOCRAttention": Seam(
         "self_attn", projections("q_proj", "k_proj", query_scale="scaling")
     ),
+    # Falcon computes attention inline before transformers 5.25 (from 5.25 on it uses the registry, and has
+    # no `_split_heads`: the seam then does not apply).
+    "modeling_falcon.FalconAttention": Seam(
+        "self_attention", split_then_rotate("_split_heads"), applies=lambda m: hasattr(m, "_split_heads")
+    ),
 }
 
 
@@ -199,7 +246,7 @@ def seam_modules(backbone: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, 
         for index, block in enumerate(stack):
             for path, module in block.named_modules():
                 seam = SEAMS.get(_class_key(module))
-                if seam is not None and path == seam.path:
+                if seam is not None and path == seam.path and seam.applies(module):
                     found[index] = (module, seam)
     return found
 
@@ -225,8 +272,13 @@ def seam_calls(backbone: torch.nn.Module, on_call: SeamCall, record_rotary: bool
     undo: list[Undo] = []
 
     def deliver_for(layer: int, seam: Seam) -> Deliver:
-        def deliver(module: torch.nn.Module, query: Tensor, key: Tensor) -> None:
-            on_call(layer, seam.window(module), query, key, stash.take())
+        def deliver(
+            module: torch.nn.Module, query: Tensor, key: Tensor, pre: tuple[Tensor, Tensor] | None
+        ) -> None:
+            calls = stash.take()
+            if pre is not None:  # the seam rotated them itself, with the model's own function
+                calls = [RotaryCall(pre, (query, key))]
+            on_call(layer, seam.window(module), query, key, calls)
 
         return deliver
 
@@ -240,10 +292,6 @@ def seam_calls(backbone: torch.nn.Module, on_call: SeamCall, record_rotary: bool
             step()
 
 
-class SeamMissedError(UserError):
-    """A requested layer's attention never reached its seam (a backend that computes it elsewhere)."""
-
-
 @contextmanager
 def module_tap(
     backbone: torch.nn.Module,
@@ -254,40 +302,23 @@ def module_tap(
     stop_after_layer: int | None = None,
 ) -> Iterator[None]:
     """Hand each seam's q and k to ``callback`` while the context is open (the registry tap's contract)."""
-    wanted = set(seam_modules(backbone)) if layers is None else set(layers)
-    seen: set[int] = set()
-
-    def require_seen(upto: int) -> None:
-        missed = sorted(layer for layer in wanted - seen if layer <= upto)
-        if missed:
-            backend = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
-            raise SeamMissedError(
-                f"layers {missed}: their attention never formed q and k where qk_sniffer taps this family "
-                f"(attn_implementation={backend!r}); capture it with model.attn_implementation=eager"
-            )
+    watch = LayerWatch(set(seam_modules(backbone)) if layers is None else set(layers), "its module's seam")
 
     def on_call(layer: int, window: int | None, query: Tensor, key: Tensor, calls: list[RotaryCall]) -> None:
-        if layer in wanted:
+        if layer in watch.wanted:
             query_out, key_out = pre_rope_pair(query, key, calls) if pre_rope else (query, key)
             callback(layer, query_out, key_out, window)
-            seen.add(layer)
+            watch.seen.add(layer)
         if stop_after_layer is not None and layer >= stop_after_layer:
-            require_seen(layer)
+            watch.require(layer, backbone)
             raise StopForward
 
-    def start(_module: torch.nn.Module, _args: Any) -> None:
-        seen.clear()
-
-    def finish(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
-        require_seen(max(wanted, default=-1))
-
-    with exclusive_session(), seam_calls(backbone, on_call, record_rotary=pre_rope):
-        handles = [backbone.register_forward_pre_hook(start), backbone.register_forward_hook(finish)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    with (
+        exclusive_session(),
+        seam_calls(backbone, on_call, record_rotary=pre_rope),
+        watch.each_forward(backbone),
+    ):
+        yield
 
 
 def open_tap(

@@ -11,6 +11,8 @@ Traps handled here:
   silently attend to everything (masking_utils skips the mask for names it does not know);
 - pre-RoPE vectors are taken by wrapping the modeling module's ``apply_rotary_pos_emb``; layers that never
   call it (NoPE layers) get pre == post;
+- a requested layer whose attention never reaches the registry (a release or backend that bypasses it) is an
+  error at the end of the forward (:class:`LayerWatch`), never a silently smaller capture;
 - everything is restored in ``finally``; only one session may be active at a time.
 """
 
@@ -107,6 +109,48 @@ def exclusive_session() -> Iterator[None]:
         yield
     finally:
         _session_lock.release()
+
+
+class AttentionMissedError(UserError):
+    """A requested layer's attention never reached the tap: the model computed it where the tap cannot see."""
+
+
+@dataclass
+class LayerWatch:
+    """The requested layers that handed over their q and k in the current forward. A forward that ends, or
+    stops early, without one of them is an error: a run must never write a subset of what it was asked for
+    (a release whose modeling code bypasses the seam, a backend that computes attention elsewhere)."""
+
+    wanted: set[int]
+    seam: str  # where the tap looks, for the message
+    seen: set[int] = field(default_factory=set)
+
+    def require(self, upto: int, backbone: torch.nn.Module) -> None:
+        missed = sorted(layer for layer in self.wanted - self.seen if layer <= upto)
+        if missed:
+            backend = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
+            raise AttentionMissedError(
+                f"layers {missed}: their attention never reached {self.seam} (attn_implementation="
+                f"{backend!r}), so their q and k cannot be captured; capture this family with "
+                "model.attn_implementation=eager, or see docs/families.md for its status"
+            )
+
+    @contextmanager
+    def each_forward(self, backbone: torch.nn.Module) -> Iterator[None]:
+        """Start each forward of ``backbone`` with nothing seen, and check what was seen at its end."""
+
+        def start(_module: torch.nn.Module, _args: Any) -> None:
+            self.seen.clear()
+
+        def finish(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
+            self.require(max(self.wanted, default=-1), backbone)
+
+        handles = [backbone.register_forward_pre_hook(start), backbone.register_forward_hook(finish)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class RotarySliceError(UserError):
@@ -264,6 +308,8 @@ def attention_tap(
         configs[id(backbone.config)] = backbone.config
     rotary = rotary_functions(modules) if pre_rope else []
     stash = RotaryStash()
+    wanted = {int(m.layer_idx) for m in modules} if layers is None else set(layers)  # type: ignore[arg-type]
+    watch = LayerWatch(wanted, "transformers' attention registry")
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
@@ -278,7 +324,9 @@ def attention_tap(
             else:
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)
+            watch.seen.add(layer)
         if stop_after_layer is not None and layer >= stop_after_layer:
+            watch.require(layer, backbone)
             raise StopForward
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
@@ -290,6 +338,7 @@ def attention_tap(
             with (
                 attention_implementation(configs.values(), name),
                 module_globals([(mod, fn_name, stash.recorder) for mod, fn_name in rotary]),
+                watch.each_forward(backbone),
             ):
                 yield
         finally:
