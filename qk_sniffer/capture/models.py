@@ -25,6 +25,7 @@ from transformers.models.auto.modeling_auto import (
 from ..core.config import DTYPES, ModelConfig
 from ..core.errors import UserError
 from . import support as families
+from .alibi import alibi_slopes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,15 @@ class ModelLayout:
     # head_dim of each layer, only for families whose layers differ (Gemma 4); ``head_dim`` is then the most
     # common one. Every captured vector has its own layer's length.
     head_dims: tuple[int, ...] = ()
+    # How the model tells positions apart: rope, absolute, alibi, none, unknown (support.POSITION_ENCODINGS).
+    # Without rotation nothing happens between pre-RoPE and post-RoPE: both capture points are the same.
+    position_encoding: str = "rope"
+    # ALiBi only, per query head: the bias the model adds to a logit per key position, so that
+    # logit(i, j) = scale * q_i . k_j + alibi_slopes[h] * j over the keys j <= i (see capture.alibi).
+    alibi_slopes: tuple[float, ...] = ()
+    # OPT and XGLM multiply the query by this factor before their attention function, which then scales
+    # q . k by 1: the captured query includes it (it is what the dot product sees). None elsewhere.
+    query_prescale: float | None = None
 
     @property
     def group_size(self) -> int:
@@ -102,7 +112,7 @@ def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> Model
     cfg = text_config(config)
     n_layers = int(cfg.num_hidden_layers)
     n_q = int(cfg.num_attention_heads)
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_q)
+    n_kv = families.kv_heads(cfg, n_q)
     per_layer = _per_layer_head_dims(cfg, n_layers)
     head_dim = (
         Counter(per_layer).most_common(1)[0][0]
@@ -131,6 +141,9 @@ def layout_from_config(config: PretrainedConfig, *, check: bool = True) -> Model
         nope_layers=families.nope_layers(cfg),
         cross_attention_layers=families.cross_attention_layers(cfg),
         linear_attention_layers=families.linear_attention_layers(cfg),
+        position_encoding=families.position_encoding(cfg),
+        alibi_slopes=alibi_slopes(cfg, n_q),
+        query_prescale=families.query_prescale(cfg, head_dim),
     )
 
 
@@ -150,6 +163,10 @@ def _sliding_windows(cfg: PretrainedConfig, n_layers: int) -> tuple[int | None, 
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types:
         return tuple(window if (window and "sliding" in str(t)) else None for t in layer_types[:n_layers])
+    if getattr(cfg, "attention_layers", None) and getattr(cfg, "window_size", None):
+        # GPT-Neo spells it its own way: "local" layers attend to the last `window_size` tokens.
+        kinds = cfg.attention_layers[:n_layers]
+        return tuple(int(cfg.window_size) if kind == "local" else None for kind in kinds)
     if window and getattr(cfg, "use_sliding_window", True):
         return tuple(window for _ in range(n_layers))
     return tuple(None for _ in range(n_layers))
@@ -347,7 +364,7 @@ def _auto_class(config: PretrainedConfig, trust_remote_code: bool) -> Any:
 
 def check_capturable(model: PreTrainedModel) -> None:
     """After loading, before any forward: every self-attention layer must have a module our tap can reach."""
-    from .tap import attention_modules  # the tap needs nothing from here; keep the import one-way
+    from .module_tap import tapped_layers  # the taps need nothing from here; keep the import one-way
 
     model_type = text_config(model.config).model_type
     measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls
@@ -358,7 +375,7 @@ def check_capturable(model: PreTrainedModel) -> None:
             "its attention does not go through the AttentionInterface registry",
         )
     layout = layout_from_config(model.config)
-    found = sorted(int(m.layer_idx) for m in attention_modules(backbone_of(model)))  # type: ignore[arg-type]
+    found = tapped_layers(backbone_of(model))
     if found != list(layout.self_attention_layers):
         raise families.unsupported_family_error(
             model_type,
@@ -379,12 +396,13 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
         frontier = [
             sub
             for c in frontier
-            for attr in ("model", "language_model", "text_model", "transformer", "gpt_neox")
+            for attr in (*_WRAPPERS, getattr(c, "base_model_prefix", None) or "model")
             if isinstance(sub := getattr(c, attr, None), torch.nn.Module)
         ]
         candidates.extend(frontier)
     for module in reversed(candidates):
-        # GPT-NeoX, GPT-J, Falcon: the stack may be `h`, the embeddings `embed_in`, `wte`, `word_embeddings`.
+        # GPT-NeoX, GPT-J, Falcon, MPT: the stack may be `h` or `blocks`, the embeddings `embed_in`, `wte`,
+        # `word_embeddings`, OpenAI GPT's `tokens_embed` or CTRL's `w`.
         has_layers = any(isinstance(getattr(module, a, None), torch.nn.ModuleList) for a in _LAYER_LISTS)
         if has_layers and any(hasattr(module, a) for a in _EMBEDDINGS):
             return module
@@ -394,8 +412,11 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     )
 
 
-_LAYER_LISTS = ("layers", "h")
-_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings")
+# Where a model keeps its decoder: the usual names, OPT's `model.decoder`, and the class's own
+# `base_model_prefix` (BioGPT's `biogpt`), so a family needs no entry here to be found.
+_WRAPPERS = ("model", "language_model", "text_model", "transformer", "gpt_neox", "decoder")
+_LAYER_LISTS = ("layers", "h", "blocks")
+_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings", "tokens_embed", "w")
 
 
 def attention_backend(model: PreTrainedModel) -> str:

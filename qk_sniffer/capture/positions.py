@@ -39,10 +39,12 @@ class PositionLimit:
 def position_limit(config: PretrainedConfig) -> PositionLimit | None:
     """The decoder's position limit, or None when its config states none."""
     cfg = text_config(config)
-    declared = getattr(cfg, "max_position_embeddings", None)
+    # MPT calls it max_seq_len (its ALiBi bias is built that long; a longer text fails inside the model).
+    key = next((k for k in ("max_position_embeddings", "max_seq_len") if getattr(cfg, k, None)), None)
+    declared = getattr(cfg, key, None) if key else None
     if not isinstance(declared, int) or declared < 1:
         return None
-    best = PositionLimit(declared, f"max_position_embeddings={declared}")
+    best = PositionLimit(declared, f"{key}={declared}")
     for params in _rope_parameter_sets(getattr(cfg, "rope_parameters", None)):
         kind = params.get("rope_type", params.get("type"))
         factor, original = params.get("factor"), params.get("original_max_position_embeddings")

@@ -3,7 +3,9 @@ self-check of families outside the support matrix both measure.
 
 The reference is recorded without our tap: every attention module is switched to ``eager`` and the
 modeling module's own ``eager_attention_forward`` is swapped for a recorder (post-RoPE query/key), and its
-rotary functions for recorders (pre-RoPE). Each example runs alone and unpadded; the capture runs them as one
+rotary functions for recorders (pre-RoPE). Attention outside the registry is recorded at its seams in a
+plain forward, and those vectors, like those of ALiBi families, must also explain the model's own attention
+probabilities (:mod:`.logits`). Each example runs alone and unpadded; the capture runs them as one
 right-padded batch through :class:`~qk_sniffer.capture.session.CaptureSession`, the path every run takes. A
 mismatch names its (layer, kind, example, position).
 """
@@ -28,7 +30,9 @@ from .compat import (
     rotary_functions,
 )
 from .heads import HeadSelection
+from .logits import attention_problems
 from .models import ModelLayout, backbone_of, layout_from_config, text_config
+from .module_tap import seam_modules, seam_reference
 from .rows import Block
 from .samplers import AllSampler, Sampler
 from .tap import attention_modules, pre_rope_pair, rotary_call
@@ -55,6 +59,9 @@ class LayerQK:
 def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]:
     """The model's own eager Q/K for one unpadded example, per layer that called its eager attention."""
     backbone = backbone_of(model)
+    if seam_modules(backbone):  # attention outside the registry: its own seams (held to its probabilities)
+        ids = torch.tensor([input_ids], device=next(model.parameters()).device)
+        return {layer: LayerQK(*qk) for layer, qk in seam_reference(backbone, ids).items()}
     modules = attention_modules(backbone)
     modeling = {modeling_module(m) for m in modules}
     missing = [mod.__name__ for mod in modeling if not hasattr(mod, EAGER_ATTENTION)]
@@ -188,6 +195,11 @@ def check_against_eager(
     """
     refs = [eager_qk(model, ids) for ids in texts]
     result = Comparison()
+    if layout.alibi_slopes or seam_modules(backbone_of(model)):
+        # What was read must also explain the model's own attention probabilities (and the ALiBi slopes).
+        result.problems += attention_problems(model, texts, refs, layout)
+        if result.problems:
+            return result
     eager_layers = sorted(refs[0])
     if eager_layers != list(layout.self_attention_layers):
         result.problems.append(

@@ -17,9 +17,10 @@ from transformers import PreTrainedModel
 from ..inputs.data import Batch
 from .heads import HeadSelection
 from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
+from .module_tap import open_tap
 from .rows import BatchCapture, Block, PendingCopy
 from .samplers import Sampler
-from .tap import StopForward, attention_tap
+from .tap import StopForward
 
 
 def _never() -> bool:
@@ -71,7 +72,7 @@ class CaptureSession:
     def __enter__(self) -> CaptureSession:
         stack = ExitStack()
         stack.enter_context(
-            attention_tap(
+            open_tap(
                 self.backbone,
                 self.delegate,
                 self._dispatch,

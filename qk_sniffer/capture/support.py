@@ -1,10 +1,14 @@
 """What differs between model families, kept to the few facts a config states in a family's own words.
 
 Everything generic (head counts, head_dim, sliding windows, RoPE parameters) is read in :mod:`models`; the
-capture itself goes through the one attention-registry seam in :mod:`.tap` for every family. This
-module only answers three questions the generic reading cannot:
+capture goes through the attention-registry seam in :mod:`.tap`, or, for attention written outside the
+registry, through the module's own seams in :mod:`.module_tap`. This module only answers the questions the
+generic reading cannot:
 
 - which layers apply no rotation (their pre-RoPE vectors equal their post-RoPE ones);
+- how the model tells positions apart (rotation, an absolute table, ALiBi, nothing) and how many key/value
+  heads a multi-query family runs;
+- whether the modeling code scales the query before its attention function (OPT, XGLM);
 - which layers are cross-attention (they attend to image features, never to the text, and are skipped);
 - whether a family can be captured exactly at all: the support matrix (``resources/families.json``,
   measured by ``python -m qk_sniffer.families sweep=true`` on tiny models of every family) says so, and a
@@ -24,6 +28,7 @@ from transformers import PretrainedConfig
 
 from ..core.errors import UserError
 from ..core.registry import Registry
+from .alibi import uses_alibi
 from .compat import routes_attention as compat_routes_attention
 
 LayerSet = tuple[int, ...]
@@ -44,11 +49,14 @@ def matrix_entry(model_type: str) -> dict[str, Any] | None:
     return entry
 
 
-# Families with an exactness test against their own eager forward (tests/integration/test_architectures.py).
+# Families with an exactness test against their own eager forward through the real runner
+# (tests/integration/test_architectures.py; the absolute-position, ALiBi and outside-registry ones in
+# tests/integration/test_position_families.py, also against their own attention probabilities).
 VERIFIED_FAMILIES = (
     "llama", "mistral", "ministral", "ministral3", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text",
     "glm", "glm4", "smollm3", "phi3", "olmo2", "mixtral", "cohere2", "gpt_oss",
     "mistral3", "mllama", "mllama_text_model", "gemma3",
+    "gpt2", "gpt_bigcode", "opt", "biogpt", "falcon", "bloom", "mpt", "gpt_neo", "xglm", "openai-gpt",
 )  # fmt: skip
 
 # Per-family NoPE rules for configs that do not say it with a generic key (``no_rope_layers``).
@@ -67,6 +75,8 @@ for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lar
 
 def nope_layers(cfg: PretrainedConfig) -> LayerSet:
     """Layers that never call the rotary function (text config in, layer indices out)."""
+    if uses_alibi(cfg):  # ALiBi Falcon keeps rotary parameters in its config but never rotates
+        return tuple(range(cfg.num_hidden_layers))
     if cfg.model_type in NOPE_RULES:
         return NOPE_RULES.get(cfg.model_type)(cfg)
     # SmolLM3 and Llama 4 spell it the same way: one flag per layer, 1 = rotate, 0 = NoPE.
@@ -81,6 +91,49 @@ def nope_layers(cfg: PretrainedConfig) -> LayerSet:
 
 # Config keys that say a family rotates (the sweep checks every family's prediction against its forward).
 _ROTATION_KEYS = ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_emb_base")
+
+
+# How a model tells positions apart; the layout, the metadata and the card use these words.
+POSITION_ENCODINGS = {
+    "rope": "q and k are rotated by position (pre-RoPE and post-RoPE differ)",
+    "absolute": "a learned or sinusoidal position table is added to the embeddings; q and k carry positions "
+    "only through the hidden states, and nothing rotates them: pre-RoPE == post-RoPE",
+    "alibi": "a per-head bias linear in the key position is added to the logits (slopes in the layout); "
+    "nothing rotates q and k: pre-RoPE == post-RoPE",
+    "none": "no position signal in the attention (positions come from other layers, e.g. Jamba's Mamba)",
+    "unknown": "not measured: a family the support matrix does not list, without rotary parameters",
+}
+
+
+def position_encoding(cfg: PretrainedConfig) -> str:
+    """One of :data:`POSITION_ENCODINGS` for the (text) config: ALiBi and rotation from the config, an
+    absolute table or none from the support matrix (the sweep looks for the table in the built model)."""
+    if uses_alibi(cfg):
+        return "alibi"
+    if any(getattr(cfg, key, None) for key in _ROTATION_KEYS):
+        return "rope"
+    entry = matrix_entry(cfg.model_type)
+    measured = entry.get("position_encoding") if entry else None
+    return str(measured) if measured in POSITION_ENCODINGS else "unknown"
+
+
+def kv_heads(cfg: PretrainedConfig, q_heads: int) -> int:
+    """Key/value heads in the config's own words: ``num_key_value_heads``, Falcon's ``num_kv_heads``, or one
+    for the multi-query families (GPT-BigCode, Falcon before its new decoder architecture)."""
+    if getattr(cfg, "multi_query", False) and not getattr(cfg, "new_decoder_architecture", False):
+        return 1
+    return int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_kv_heads", None) or q_heads)
+
+
+# Families whose attention module multiplies the query by head_dim**-0.5 before its attention function and
+# then scales q . k by 1: the captured query is the scaled one (what the dot product sees). The tests hold
+# each one against the model's own attention probabilities.
+QUERY_PRESCALED = ("opt", "xglm", "trocr")
+
+
+def query_prescale(cfg: PretrainedConfig, head_dim: int) -> float | None:
+    """The factor already in the captured query (OPT, XGLM), or None where the query is not pre-scaled."""
+    return head_dim**-0.5 if cfg.model_type in QUERY_PRESCALED else None
 
 
 def cross_attention_layers(cfg: PretrainedConfig) -> LayerSet:

@@ -11,6 +11,8 @@ Traps handled here:
   silently attend to everything (masking_utils skips the mask for names it does not know);
 - pre-RoPE vectors are taken by wrapping the modeling module's ``apply_rotary_pos_emb``; layers that never
   call it (NoPE layers) get pre == post;
+- a requested layer whose attention never reaches the registry (a release or backend that bypasses it) is an
+  error at the end of the forward (:class:`LayerWatch`), never a silently smaller capture;
 - everything is restored in ``finally``; only one session may be active at a time.
 """
 
@@ -74,7 +76,7 @@ def rotary_call(args: tuple[Any, ...], out: Any) -> RotaryCall | None:
 
 
 @dataclass
-class _RotaryStash:
+class RotaryStash:
     """The rotary calls since the last attention call; the next attention call consumes them."""
 
     calls: list[RotaryCall] = field(default_factory=list)
@@ -82,6 +84,73 @@ class _RotaryStash:
     def take(self) -> list[RotaryCall]:
         taken, self.calls = self.calls, []
         return taken
+
+    def recorder(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A wrapper of the rotary function ``original`` that stashes each call's vectors."""
+
+        def rotary_recorder(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            call = rotary_call(args, out)
+            if call is not None:
+                self.calls.append(call)
+            return out
+
+        return rotary_recorder
+
+
+@contextmanager
+def exclusive_session() -> Iterator[None]:
+    """Held while a tap (of either kind) is open: one capture session per process at a time."""
+    if not _session_lock.acquire(blocking=False):
+        raise CaptureSessionActiveError(
+            "a capture session is already active in this process; close it before opening another"
+        )
+    try:
+        yield
+    finally:
+        _session_lock.release()
+
+
+class AttentionMissedError(UserError):
+    """A requested layer's attention never reached the tap: the model computed it where the tap cannot see."""
+
+
+@dataclass
+class LayerWatch:
+    """The requested layers that handed over their q and k in the current forward. A forward that ends, or
+    stops early, without one of them is an error: a run must never write a subset of what it was asked for
+    (a release whose modeling code bypasses the seam, a backend that computes attention elsewhere)."""
+
+    wanted: set[int]
+    seam: str  # where the tap looks, for the message
+    seen: set[int] = field(default_factory=set)
+
+    def require(self, upto: int, backbone: torch.nn.Module) -> None:
+        missed = sorted(layer for layer in self.wanted - self.seen if layer <= upto)
+        if missed:
+            backend = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
+            raise AttentionMissedError(
+                f"layers {missed}: their attention never reached {self.seam} (attn_implementation="
+                f"{backend!r}), so their q and k cannot be captured; capture this family with "
+                "model.attn_implementation=eager, or see docs/families.md for its status"
+            )
+
+    @contextmanager
+    def each_forward(self, backbone: torch.nn.Module) -> Iterator[None]:
+        """Start each forward of ``backbone`` with nothing seen, and check what was seen at its end."""
+
+        def start(_module: torch.nn.Module, _args: Any) -> None:
+            self.seen.clear()
+
+        def finish(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
+            self.require(max(self.wanted, default=-1), backbone)
+
+        handles = [backbone.register_forward_pre_hook(start), backbone.register_forward_hook(finish)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class RotarySliceError(UserError):
@@ -232,17 +301,15 @@ def attention_tap(
     ``layers`` limits which layers call back (None: all). With ``stop_after_layer`` set, the forward raises
     :class:`StopForward` right after that layer's Q/K were handed over, before its attention is computed.
     """
-    if not _session_lock.acquire(blocking=False):
-        raise CaptureSessionActiveError(
-            "a capture session is already active in this process; close it before opening another"
-        )
     name = f"qk_sniffer_{delegate}"
     modules = attention_modules(backbone)
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     rotary = rotary_functions(modules) if pre_rope else []
-    stash = _RotaryStash()
+    stash = RotaryStash()
+    wanted = {int(m.layer_idx) for m in modules} if layers is None else set(layers)  # type: ignore[arg-type]
+    watch = LayerWatch(wanted, "transformers' attention registry")
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
@@ -257,29 +324,22 @@ def attention_tap(
             else:
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)
+            watch.seen.add(layer)
         if stop_after_layer is not None and layer >= stop_after_layer:
+            watch.require(layer, backbone)
             raise StopForward
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
-    def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
-        def rotary_recorder(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            call = rotary_call(args, out)
-            if call is not None:
-                stash.calls.append(call)
-            return out
-
-        return rotary_recorder
-
-    try:
-        AttentionInterface.register(name, tapped_attention)
-        mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
-        with (
-            attention_implementation(configs.values(), name),
-            module_globals([(mod, fn_name, wrap_rotary) for mod, fn_name in rotary]),
-        ):
-            yield
-    finally:
-        unregister_attention(name)
-        _session_lock.release()
+    with exclusive_session():
+        try:
+            AttentionInterface.register(name, tapped_attention)
+            mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
+            with (
+                attention_implementation(configs.values(), name),
+                module_globals([(mod, fn_name, stash.recorder) for mod, fn_name in rotary]),
+                watch.each_forward(backbone),
+            ):
+                yield
+        finally:
+            unregister_attention(name)

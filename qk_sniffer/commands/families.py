@@ -1,7 +1,8 @@
 """``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``: tiny models
 of every family transformers ships, each captured and compared with its own eager attention; ``write=true``
 also rewrites the shipped matrix, ``docs/families.md`` and the README's family table, as ``make sweep``
-does). The last stdout line is one JSON object ``{"transformers": ..., "families": {...}}``."""
+does; with ``only=[...]`` it rewrites those families' entries and keeps every other one). The last stdout
+line is one JSON object ``{"transformers": ..., "families": {...}}``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ def run_families(cfg: Any) -> dict[str, Any]:
     only = list(cfg.only) if cfg.only else None
     if cfg.write and not cfg.sweep:
         raise UserError("write=true needs sweep=true: only a measured matrix is written")
-    if cfg.write and only:
-        raise UserError("write=true cannot be combined with only=...: the shipped matrix lists every family")
     if cfg.sweep:
         from ..families import sweep  # the sweep loads models; printing the shipped matrix needs none of it
 
@@ -28,7 +27,7 @@ def run_families(cfg: Any) -> dict[str, Any]:
             raise UserError(f"only: unknown model types {unknown}; see transformers' causal-LM mapping")
         matrix = sweep.sweep(only, log=lambda line: print(line, file=sys.stderr, flush=True))
         if cfg.write:
-            write_matrix(matrix, sweep.STATUSES, sweep.QUIRKS)
+            write_matrix(merged(support_matrix(), matrix) if only else matrix, sweep.STATUSES, sweep.QUIRKS)
         return matrix
     matrix = support_matrix()
     if only:
@@ -37,6 +36,18 @@ def run_families(cfg: Any) -> dict[str, Any]:
             raise UserError(f"only: model types {unknown} are not in the support matrix")
         matrix = {**matrix, "families": {k: matrix["families"][k] for k in only}}
     return matrix
+
+
+def merged(shipped: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """The shipped matrix with the measured families' entries replaced. An entry measured on another
+    transformers than the shipped matrix's records its own version, so no line claims a release it was not
+    measured on."""
+    families = dict(shipped["families"])
+    version = measured["transformers"]
+    own = {"transformers": version} if version != shipped["transformers"] else {}
+    for model_type, entry in measured["families"].items():
+        families[model_type] = {**entry, **own}
+    return {**shipped, "families": families}
 
 
 def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:

@@ -6,7 +6,8 @@ every layer pre- and post-RoPE on one right-padded batch of unequal lengths (eac
 and compares each vector with the model's own eager computation
 (:mod:`qk_sniffer.capture.selfcheck`). A family is ``exact`` only when every vector matched; otherwise it
 gets the refusal class of the first thing that was measured to fail, with the measurement as its reason.
-Nothing here knows a family by name.
+Nothing here knows a family by name, except :data:`TINY_OVERRIDES`: what a family's own config validation
+needs to build small at all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..capture.models import (
     model_class_for,
     text_config,
 )
+from ..capture.module_tap import seam_modules
 from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, check_against_eager
 from ..capture.tap import attention_modules
 from ..core.errors import UserError
@@ -42,7 +44,8 @@ STATUSES = {
     "exact": "every captured vector matched the model's own eager computation, pre- and post-RoPE",
     "config_unbuildable": "the family's config or model could not be built small (the reason says why)",
     "encoder_decoder": "an encoder-decoder (seq2seq) model: no single causal decoder stack to capture",
-    "absolute_positions": "absolute position embeddings, no rotation: 'pre-/post-RoPE' means nothing here",
+    "bidirectional": "tokens attend to later tokens (an encoder such as BERT with is_decoder=false): not a "
+    "causal decoder, and right padding would change every vector",
     "no_decoder_stack": "no text decoder stack (a module with `layers` and `embed_tokens`) to tap",
     "no_softmax_attention": "no attention module the tap can reach (an `*Attention` module with a "
     "`layer_idx`): state-space or recurrent mixers, or attention written outside the registry",
@@ -66,6 +69,11 @@ QUIRKS = {
     "linear_attention_layers": "hybrid: linear-attention or state-space layers have no Q/K; skipped, listed",
     "gqa": "grouped-query attention: one key head per group of query heads",
     "vision_language_wrapper": "the text decoder sits one level down in a vision-language model",
+    "absolute_positions": "a learned or sinusoidal position table, no rotation: pre-RoPE == post-RoPE",
+    "alibi": "ALiBi: a per-head bias linear in the key position; slopes recorded in the layout",
+    "outside_registry": "attention computed outside the registry: tapped at the module's own seams, and "
+    "held against its attention probabilities",
+    "query_prescaled": "the query is scaled by head_dim**-0.5 before attention (captured scaled, as used)",
 }
 WINDOW = 6  # sliding/chunked windows of the tiny models; every text below outruns it
 LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded
@@ -121,10 +129,13 @@ SMALL: dict[str, int] = {
     "attn_layer_period": 2,
     "attn_layer_offset": 1,
     "rotary_dim": 8,
-    # GPT-2 / encoder-decoder spellings, so such families build small enough to be classified by measure.
+    # GPT-2, MPT, XLM and encoder-decoder spellings, so such families build small enough to be measured.
     "n_embd": 64,
     "n_layer": 2,
     "n_head": 4,
+    "n_layers": 2,
+    "n_heads": 4,
+    "emb_dim": 64,
     "n_inner": 64,
     "n_positions": 256,
     "n_ctx": 256,
@@ -140,7 +151,12 @@ SMALL: dict[str, int] = {
     "encoder_attention_heads": 4,
     "decoder_attention_heads": 4,
 }
-WINDOW_KEYS = ("sliding_window", "attention_chunk_size")
+WINDOW_KEYS = ("sliding_window", "attention_chunk_size", "window_size")
+# A family whose config validation rejects the generic shrinking: the least it needs to build small.
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    # GPT-Neo lists its layers' kinds as (pattern, repeats): one global and one local layer.
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+}
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
@@ -203,7 +219,7 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
 def tiny_config(model_type: str) -> dict[str, Any]:
     """Config kwargs for a tiny random model: ``AutoConfig.for_model(model_type, **tiny_config(...))``."""
     defaults = CONFIG_MAPPING[model_type]().to_dict()
-    return {**_shrunk(defaults), "tie_word_embeddings": False}
+    return {**_shrunk(defaults), "tie_word_embeddings": False, **TINY_OVERRIDES.get(model_type, {})}
 
 
 def _entry(status: str, reason: str, tiny: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -215,17 +231,44 @@ def _texts(vocab_size: int) -> list[list[int]]:
     return [rng.integers(3, min(vocab_size, VOCAB), size=n).tolist() for n in LENGTHS]
 
 
-def _absolute_positions(model: torch.nn.Module) -> bool:
-    names = ("wpe", "embed_positions", "position_embeddings", "pos_emb", "embed_pos")
-    has_table = any(
-        isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in names
-        for name, m in model.named_modules()
-    )
-    has_rotary = any("Rotary" in type(m).__name__ for m in model.modules())
-    return has_table and not has_rotary
+# Names under which decoders keep an absolute position table (a module, or CTRL's sinusoidal buffer).
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings", "positions_embed", "pos_emb", "embed_pos",
+                   "pos_encoding")  # fmt: skip
 
 
-def quirks_of(model: torch.nn.Module, config: PretrainedConfig, layout: Any, mla: bool) -> list[str]:
+def position_encoding_of(backbone: torch.nn.Module, layout: Any) -> str:
+    """How the model tells positions apart, measured: rotation and ALiBi as the layout reads them from the
+    config (the exactness check holds both against the model), else whether the decoder has a table."""
+    if layout.position_encoding in ("rope", "alibi"):
+        return str(layout.position_encoding)
+    named = [*backbone.named_modules(), *backbone.named_buffers()]
+    return "absolute" if any(name.rsplit(".", 1)[-1] in POSITION_TABLES for name, _ in named) else "none"
+
+
+def sees_later_tokens(model: torch.nn.Module, ids: list[int]) -> bool:
+    """Whether a token's output depends on the tokens after it (a bidirectional encoder): the model's first
+    output (logits, or a decoder's hidden states) on ``ids`` against the same on ``ids`` without its last."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        whole = model(input_ids=torch.tensor([ids], device=device), use_cache=False)[0]
+        prefix = model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=False)[0]
+    return not torch.allclose(whole[0, :-1], prefix[0], atol=1e-5, rtol=1e-4)
+
+
+def _bidirectional(model: torch.nn.Module, config: PretrainedConfig) -> bool:
+    """:func:`sees_later_tokens`, False for a model that cannot run on token ids alone."""
+    try:
+        return sees_later_tokens(model, _texts(int(text_config(config).vocab_size))[0])
+    except Exception:
+        return False
+
+
+_BIDIRECTIONAL = "a token's output changed when a later token was removed"
+
+
+def quirks_of(
+    model: torch.nn.Module, config: PretrainedConfig, layout: Any, mla: bool, positions: str = "rope"
+) -> list[str]:
     """The quirks a family showed in the sweep (each one exercised by the exactness check)."""
     cfg = text_config(config)
     found = []
@@ -243,7 +286,14 @@ def quirks_of(model: torch.nn.Module, config: PretrainedConfig, layout: Any, mla
         found.append("mla_rotated_slice")
     if getattr(cfg, "attn_logit_softcapping", None):
         found.append("softcapping")
-    modules = attention_modules(backbone_of(model))  # type: ignore[arg-type]
+    backbone = backbone_of(model)  # type: ignore[arg-type]
+    if positions in ("absolute", "alibi"):
+        found.append("absolute_positions" if positions == "absolute" else "alibi")
+    if seam_modules(backbone):
+        found.append("outside_registry")
+    if layout.query_prescale is not None:
+        found.append("query_prescaled")
+    modules = attention_modules(backbone)
     if any(getattr(m, "sinks", None) is not None for m in modules):
         found.append("attention_sinks")
     if layout.cross_attention_layers:
@@ -302,32 +352,48 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         return _entry("config_unbuildable", f"model: {type(exc).__name__}: {_short(exc)}", tiny)
     backend = attention_backend(model)
-    if _absolute_positions(model):
-        return _entry("absolute_positions", "the model adds a learned/absolute position table", tiny)
-    if not attention_modules(model):
-        return _entry("no_softmax_attention", _NO_TAPPABLE, tiny)
     try:
         backbone = backbone_of(model)
     except UserError:
+        backbone = None
+    seams = seam_modules(backbone) if backbone is not None else {}
+    untappable = backbone is None or not (attention_modules(backbone) or seams)
+    if untappable and _bidirectional(model, config):  # an encoder: the reason is the family, not the tap
+        return _entry("bidirectional", _BIDIRECTIONAL, tiny)
+    if not attention_modules(model) and not seams:
+        return _entry("no_softmax_attention", _NO_TAPPABLE, tiny)
+    if backbone is None:
         return _entry("no_decoder_stack", "no module with `layers` and `embed_tokens` to tap", tiny)
-    if not attention_modules(backbone):
+    if not attention_modules(backbone) and not seams:
         return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the decoder", tiny)
     layout = layout_from_config(config, check=False)
+    texts = _texts(int(text_config(config).vocab_size))
+    positions = {"position_encoding": position_encoding_of(backbone, layout)}
     try:
         with torch.inference_mode():
-            result = check_against_eager(model, _texts(int(text_config(config).vocab_size)), layout)
+            if sees_later_tokens(backbone, texts[0]):
+                return _entry("bidirectional", _BIDIRECTIONAL, tiny, backend=backend, **positions)
+            result = check_against_eager(model, texts, layout)
     except NoEagerPath as exc:
-        return _entry("not_registry", str(exc), tiny, backend=backend)
-    return _classify(result, model, config, layout, tiny, backend)
+        return _entry("not_registry", str(exc), tiny, backend=backend, **positions)
+    return _classify(result, model, config, layout, tiny, backend, positions)
 
 
 def _classify(
-    result: Comparison, model: Any, config: PretrainedConfig, layout: Any, tiny: dict[str, Any], backend: str
+    result: Comparison,
+    model: Any,
+    config: PretrainedConfig,
+    layout: Any,
+    tiny: dict[str, Any],
+    backend: str,
+    positions: dict[str, str],
 ) -> dict[str, Any]:
     extra = {"backend": backend, "worst_error": float(f"{result.worst:.3g}"), "vectors": result.checked}
+    extra |= positions
     if result.exact:
         mla = _rotates_a_slice(model, layout)
-        return _entry("exact", "", tiny, quirks=quirks_of(model, config, layout, mla), **extra)
+        quirks = quirks_of(model, config, layout, mla, positions["position_encoding"])
+        return _entry("exact", "", tiny, quirks=quirks, **extra)
     problem = result.problems[0] if result.problems else "no vector was captured"
     if "tap captured layers []" in problem:
         return _entry("not_registry", "the registered attention function was never called", tiny, **extra)

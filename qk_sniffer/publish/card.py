@@ -37,7 +37,12 @@ LAYOUT_LABELS = {
     "nope_layers": "Layers without rotation (pre-RoPE == post-RoPE)",
     "cross_attention_layers": "Cross-attention layers (not captured)",
     "partial_rotary_factor": "Rotated fraction of head_dim",
+    "position_encoding": "Position encoding",
+    "alibi_slopes": "ALiBi slope per query head (logit = scale * q.k + slope * key position)",
+    "query_prescale": "Factor already in the captured query (its attention then scales q.k by 1)",
 }
+# Layout fields with one value per query head (not per layer, even when both counts agree).
+PER_HEAD = ("alibi_slopes",)
 LAYOUT_FIRST = ("model_type", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "sliding_windows")
 LOCAL_DATASETS = (None, "embedded", "synthetic", "json", "csv", "parquet", "text", "arrow")
 
@@ -275,6 +280,8 @@ def _layout_value(key: str, value: Any, num_layers: Any) -> str:
     if isinstance(value, dict):
         return _inline(value)
     if isinstance(value, list | tuple):
+        if key in PER_HEAD:
+            return ", ".join(f"head {h}: {v:.6g}" for h, v in enumerate(value))
         if key.endswith("_layers") and all(isinstance(v, int) for v in value):
             return f"layers {_ranges(list(value))}"
         if len(value) == num_layers:

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from qk_sniffer.capture import support as families
 from qk_sniffer.capture.models import build_config, layout_from_config, load_model
 from qk_sniffer.capture.selfcheck import capture_blocks, check_unlisted_family, every_head
+from qk_sniffer.commands.families import merged
 from qk_sniffer.core.config import ModelConfig
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.core.naming import config_name
@@ -82,7 +83,9 @@ LIVE = {
     "gptj": "exact",  # one-tensor rotary on a slice, stack spelled `h`
     "deepseek_v32": "exact",  # sparse-attention indexer rotates its own q/k in the same layer
     "jamba": "exact",  # attention without any rotation between Mamba layers
-    "gpt2": "absolute_positions",
+    "gpt2": "exact",  # learned absolute positions, no rotation: pre == post
+    "bloom": "exact",  # ALiBi, attention outside the registry: tapped at its own seam
+    "bert": "bidirectional",  # an encoder: its tokens see later tokens
     "mamba": "no_softmax_attention",
     "bart": "encoder_decoder",
     "llama4_text": "exact",  # complex-number rotary in (B, S, H, D) order, chunked attention, NoPE layers
@@ -147,10 +150,10 @@ def test_hybrid_layout_lists_only_softmax_layers():
 
 def test_a_family_the_matrix_refuses_is_refused_before_loading_with_its_reason():
     with pytest.raises(UserError) as err:
-        layout_from_config(AutoConfig.for_model("gpt2", **ENTRIES["gpt2"]["tiny_config"]))
+        layout_from_config(AutoConfig.for_model("bert", **ENTRIES["bert"]["tiny_config"]))
     assert str(err.value).startswith(
-        "model family 'gpt2' (GPT2LMHeadModel) cannot be captured exactly: absolute_positions: "
-        f"{ENTRIES['gpt2']['reason']} (measured by the family sweep on transformers 5.24.0"
+        "model family 'bert' (BertLMHeadModel) cannot be captured exactly: bidirectional: "
+        f"{ENTRIES['bert']['reason']} (measured by the family sweep on transformers 5.24.0"
     )
 
 
@@ -236,10 +239,22 @@ def test_the_families_command_measures_live(tmp_path):
     proc = _families_cli(["sweep=true", "only=[qwen3,gpt2]"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {k: v["status"] for k, v in record["families"].items()} == {
-        "qwen3": "exact",
-        "gpt2": "absolute_positions",
+    assert {k: v["status"] for k, v in record["families"].items()} == {"qwen3": "exact", "gpt2": "exact"}
+    assert record["families"]["gpt2"]["position_encoding"] == "absolute"
+
+
+def test_a_measured_subset_replaces_only_its_own_entries_and_names_its_release():
+    shipped = {
+        "transformers": "5.24.0",
+        "tolerance": 1e-4,
+        "families": {"a": {"status": "x"}, "b": {"status": "y"}},
     }
+    measured = {"transformers": "5.25.0", "families": {"b": {"status": "exact"}}}
+    assert merged(shipped, measured)["families"] == {
+        "a": {"status": "x"},
+        "b": {"status": "exact", "transformers": "5.25.0"},
+    }
+    assert merged(shipped, {**measured, "transformers": "5.24.0"})["families"]["b"] == {"status": "exact"}
 
 
 def test_the_families_command_names_a_bad_value(tmp_path):

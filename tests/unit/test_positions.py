@@ -17,6 +17,11 @@ def test_declared_length():
     assert (limit.positions, limit.source) == (4096, "max_position_embeddings=4096")
 
 
+def test_mpt_declares_its_length_as_max_seq_len():
+    limit = position_limit(AutoConfig.for_model("mpt", d_model=32, n_heads=2, n_layers=1, max_seq_len=300))
+    assert (limit.positions, limit.source) == (300, "max_seq_len=300")
+
+
 def test_yarn_extends_by_its_factor_over_the_original_length():
     rope = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32768}
     limit = position_limit(config(model_type="qwen3", max_position_embeddings=40960, rope_parameters=rope))
