@@ -398,5 +398,14 @@ _LAYER_LISTS = ("layers", "h")
 _EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings")
 
 
+def decoder_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of a backbone (its ``layers`` or ``h`` list), in order."""
+    for attr in _LAYER_LISTS:
+        layers = getattr(backbone, attr, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return list(layers)
+    return []
+
+
 def attention_backend(model: PreTrainedModel) -> str:
     return str(text_config(model.config)._attn_implementation or "eager")
