@@ -41,6 +41,7 @@ from ..capture.session import CaptureSession, to_device
 from ..core.config import CONF_DIR, BenchAppConfig, register_configs
 from ..core.errors import UserError
 from ..inputs.data import Batch, DataStats, batches, synthetic_examples
+from ..pipeline.long_bench import format_records, run_long_bench
 from ..pipeline.plan import plan_capture
 from .common import report_user_errors
 
@@ -63,8 +64,13 @@ class BenchSetup:
         return sum(b.num_tokens for b in self.batches)
 
 
+BENCH_MODES = ("overhead", "long_context")
+
+
 def check_bench(cfg: BenchAppConfig) -> None:
     problems = []
+    if cfg.bench.mode not in BENCH_MODES:
+        problems.append(f"bench.mode={cfg.bench.mode!r} is unknown; choose one of {', '.join(BENCH_MODES)}")
     if cfg.dataset.path != "synthetic":
         problems.append(f"dataset.path={cfg.dataset.path!r}: the bench runs on dataset=synthetic only")
     if cfg.bench.repeats < 1:
@@ -247,6 +253,14 @@ def format_table(record: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
+    if cfg.bench.mode == "long_context":
+        with report_user_errors():
+            check_bench(cfg)  # type: ignore[arg-type]
+            records = run_long_bench(cfg)  # type: ignore[arg-type]
+        print(format_records(records))
+        for line in records:
+            print(json.dumps(line), flush=True)
+        return
     with report_user_errors():
         record = run_bench(cfg)  # type: ignore[arg-type] # a DictConfig typed by the BenchAppConfig schema
     print(format_table(record))

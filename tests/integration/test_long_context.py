@@ -221,6 +221,34 @@ def test_a_string_is_refused_at_compose_time_naming_the_key():
     assert "inference.token_chunk" in str(caught.value.__cause__ or caught.value)
 
 
+@pytest.mark.parametrize("pre_rope", [False, True])
+def test_a_chunked_run_writes_the_same_dataset(tmp_path, pre_rope, spy):
+    """Through the real runner: inference.token_chunk=4 writes the rows and vectors token_chunk=null writes."""
+    from helpers import TEXTS, every_row_overrides, read_configs, save_checkpoint, write_jsonl
+
+    from qk_sniffer.pipeline.runner import run
+
+    ckpt = save_checkpoint(tmp_path, "mistral")  # a sliding window of 8, shorter than the texts
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
+    tables = {}
+    for chunk in ("null", "4"):
+        out = tmp_path / f"out-{chunk}"
+        run(compose_cfg([*every_row_overrides(ckpt, data, out, pre_rope), f"inference.token_chunk={chunk}"]))
+        tables[chunk] = read_configs(out)
+        # null: the tiny run fits this host in one pass; 4: slices and per-chunk masks.
+        assert (spy["slices"] > 0, spy["mask_rows"] > 0) == (
+            (False, False) if chunk == "null" else (True, True)
+        )
+    assert tables["4"].keys() == tables["null"].keys() and tables["null"]
+    for name, whole in tables["null"].items():
+        chunked = tables["4"][name]
+        for column in ("example_id", "position", "bucket", "sliding_window"):
+            assert chunked.column(column).to_pylist() == whole.column(column).to_pylist(), (name, column)
+        a = np.array(chunked.column("vector").to_pylist())
+        b = np.array(whole.column("vector").to_pylist())
+        assert float(np.abs(a - b).max()) <= TOL, name
+
+
 def test_dry_run_refuses_a_plan_that_cannot_fit_naming_the_longest_that_would(capsys):
     from qk_sniffer.core.errors import UserError
     from qk_sniffer.pipeline.dry_run import dry_run
