@@ -254,12 +254,13 @@ def format_table(record: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
     if cfg.bench.mode == "long_context":
+        records = []
         with report_user_errors():
             check_bench(cfg)  # type: ignore[arg-type]
-            records = run_long_bench(cfg)  # type: ignore[arg-type]
+            for record in run_long_bench(cfg):  # type: ignore[arg-type]
+                print(json.dumps(record), flush=True)  # at once: a run stopped later keeps what it measured
+                records.append(record)
         print(format_records(records))
-        for line in records:
-            print(json.dumps(line), flush=True)
         return
     with report_user_errors():
         record = run_bench(cfg)  # type: ignore[arg-type] # a DictConfig typed by the BenchAppConfig schema

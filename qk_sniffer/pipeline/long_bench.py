@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +60,20 @@ def check_long_bench(cfg: Config) -> None:
         raise UserError("invalid bench configuration:\n  - " + "\n  - ".join(problems))
 
 
-def run_long_bench(cfg: Config) -> list[dict[str, Any]]:
-    """Every length in ``bench.lengths``, each arm in its own process; one record per (length, arm)."""
+def run_long_bench(cfg: Config) -> Iterator[dict[str, Any]]:
+    """Every length in ``bench.lengths``, each arm in its own process; yields one record per (length, arm),
+    a length's records as soon as its arms are done."""
     check_long_bench(cfg)
-    records: list[dict[str, Any]] = []
     arms = list(dict.fromkeys(cfg.bench.arms))  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="qk_long_bench_") as tmp:
         for length in cfg.bench.lengths:  # type: ignore[attr-defined]
-            runs = {arm: run_child(cfg, int(length), arm, Path(tmp) / f"{length}-{arm}.npz") for arm in arms}
+            files = {arm: Path(tmp) / f"{length}-{arm}.npz" for arm in arms}
+            runs = {arm: run_child(cfg, int(length), arm, files[arm]) for arm in arms}
             if len(runs) == 2 and all(r["status"] == "ok" for r in runs.values()):
-                runs["budget"].update(
-                    compare(Path(tmp) / f"{length}-budget.npz", Path(tmp) / f"{length}-one_pass.npz")
-                )
-            records += runs.values()
-    return records
+                runs["budget"].update(compare(files["budget"], files["one_pass"]))
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            yield from runs.values()
 
 
 def run_child(cfg: Config, length: int, arm: str, save: Path) -> dict[str, Any]:

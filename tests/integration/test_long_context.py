@@ -223,7 +223,7 @@ def test_a_string_is_refused_at_compose_time_naming_the_key():
 
 @pytest.mark.parametrize("pre_rope", [False, True])
 def test_a_chunked_run_writes_the_same_dataset(tmp_path, pre_rope, spy):
-    """Through the real runner: inference.token_chunk=4 writes the rows and vectors token_chunk=null writes."""
+    """Through the real runner: inference.token_chunk=4 writes what inference.token_chunk=null writes."""
     from helpers import TEXTS, every_row_overrides, read_configs, save_checkpoint, write_jsonl
 
     from qk_sniffer.pipeline.runner import run
