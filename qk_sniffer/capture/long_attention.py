@@ -82,6 +82,9 @@ def deferring(build: Callable[..., Any], source: str, sizes: ChunkSizes) -> Call
     """The mask function to register for the tap's name: ``build`` (the delegate's own, from ``source``)
     while ``sizes.queries`` is None or when it builds no full mask anyway, else a :class:`RowMask`."""
 
+    if source not in ("sdpa", "eager"):
+        return build  # flash and flex attention build no (length x length) tensor
+
     def mask_or_rows(**arguments: Any) -> Any:
         if sizes.queries is None or not _deferrable(arguments) or _skipped_by_sdpa(source, arguments):
             return build(**arguments)

@@ -243,6 +243,11 @@ def longest_fitting(fits: Callable[[int], bool]) -> int:
 def device_free_bytes(device: torch.device) -> tuple[int, str]:
     """Free memory of ``device`` now, and how it was read (for messages)."""
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"model.device={device}: no CUDA device is visible, so its free memory cannot be read; pass "
+                "inference.memory_budget_gb to plan for that device"
+            )
         free, _ = torch.cuda.mem_get_info(device)
         return int(free), f"free memory of {device} ({torch.cuda.get_device_name(device)})"
     try:
