@@ -68,7 +68,9 @@ step() {
   local rc=${PIPESTATUS[0]}
   grep '^{' "$OUT/gpu_bench_step.txt" | sed "s/^{/{\"step\": \"$name\", \"rc\": $rc, \"step_s\": $((SECONDS - start)), /" >> "$JSONL"
   if ! grep -q '^{' "$OUT/gpu_bench_step.txt"; then
-    printf '{"step": "%s", "rc": %s, "status": "no JSON line; see gpu_bench.log"}\n' "$name" "$rc" >> "$JSONL"
+    local why="no JSON line; see gpu_bench.log"
+    (( rc == 124 || rc == 137 )) && why="stopped at the ${DEADLINE}s deadline"
+    printf '{"step": "%s", "rc": %s, "status": "%s"}\n' "$name" "$rc" "$why" >> "$JSONL"
   fi
 }
 

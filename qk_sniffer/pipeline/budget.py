@@ -11,6 +11,7 @@ checked before the weights load; other texts are checked per batch, as their len
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..capture.memory import (
     MemoryPlan,
     ModelShape,
     device_free_bytes,
+    gb,
     longest_fitting,
     plan_memory,
     refusal,
@@ -31,6 +33,8 @@ from ..capture.models import choose_attn_implementation, resolve_device
 from ..capture.samplers import Sampler
 from ..core.config import Config
 from .plan import CapturePlan
+
+log = logging.getLogger(__name__)
 
 
 def expected_kept_positions(sampler: Sampler, length: int) -> float:
@@ -78,7 +82,19 @@ class Budget:
         """The chunk sizes of a (batch, length) batch: the session's chunking policy."""
         key = (batch, length)
         if key not in self._sizes:
-            self._sizes[key] = self.check(batch, length).sizes
+            found = self.check(batch, length)
+            if found.sizes.tokens is not None:
+                log.info(
+                    "batch of %d x %d tokens: token_chunk=%d, query_chunk=%s (estimated peak %s of %s, %s)",
+                    batch,
+                    length,
+                    found.sizes.tokens,
+                    found.sizes.queries,
+                    gb(found.chosen.peak),
+                    gb(self.budget),
+                    self.source,
+                )
+            self._sizes[key] = found.sizes
         return self._sizes[key]
 
 

@@ -31,8 +31,8 @@ def _cell(shape: ModelShape, length: int, device_gb: int) -> str:
     plan = plan_memory(shape, 1, length, device_gb * GB)
     if not plan.fits:
         longest = longest_fitting(lambda n: plan_memory(shape, 1, n, device_gb * GB).fits)
-        return f"no (up to {longest // 1024}k)"
-    return "one pass" if plan.sizes.tokens is None else f"chunk {plan.sizes.tokens}"
+        return f"no, not even chunked (fits up to {longest // 1024}k)"
+    return "one pass" if plan.sizes.tokens is None else f"chunked only: token_chunk {plan.sizes.tokens}"
 
 
 def render() -> str:
