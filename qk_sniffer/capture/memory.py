@@ -114,16 +114,20 @@ def feed_forward_width(cfg: Any) -> int:
 
 
 def model_weight_bytes(config: PretrainedConfig, dtype: str) -> int:
-    """Bytes of the model's parameters and buffers in ``dtype``, counted on the meta device (no memory)."""
+    """Bytes of the model's parameters and buffers in ``dtype``, counted on the meta device (no memory);
+    for remote code, or a class that cannot be built there, from the usual decoder shape."""
     cls = model_class_for(config)
-    if cls is None:  # remote code: the usual decoder shape
-        cfg = text_config(config)
-        h, n = int(cfg.hidden_size), int(cfg.num_hidden_layers)
-        params = n * (4 * h * h + 3 * h * feed_forward_width(cfg)) + 2 * int(cfg.vocab_size) * h
-        return params * DTYPE_BYTES[dtype]
-    with torch.device("meta"):
-        model = cls._from_config(config, dtype=getattr(torch, dtype))
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if cls is not None:
+        try:
+            with torch.device("meta"):
+                model = cls._from_config(config, dtype=getattr(torch, dtype))
+            return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        except (ValueError, TypeError, RuntimeError, NotImplementedError, ImportError, AttributeError):
+            pass  # an estimate must not stop a run: fall back to the shape
+    cfg = text_config(config)
+    h, n = int(cfg.hidden_size), int(cfg.num_hidden_layers)
+    params = n * (4 * h * h + 3 * h * feed_forward_width(cfg)) + 2 * int(cfg.vocab_size) * h
+    return params * DTYPE_BYTES[dtype]
 
 
 @dataclass(frozen=True)
