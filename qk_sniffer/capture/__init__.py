@@ -4,7 +4,9 @@ Owns everything about the model side: reading a family's layout (:mod:`.models`,
 :mod:`.positions`), the one attention-registry tap (:mod:`.tap`, with every private transformers attribute
 in :mod:`.compat`), which positions and heads are kept (:mod:`.samplers`, :mod:`.heads`), the capture
 session and its pipelined loop (:mod:`.session`, rows in :mod:`.rows`), the host-side gathering into Arrow
-tables (:mod:`.gather`) and the self-check against eager (:mod:`.selfcheck`).
+tables (:mod:`.gather`) and the self-check against eager (:mod:`.selfcheck`). Long context: token-wise work
+in slices (:mod:`.chunking`), masks built per chunk of query rows (:mod:`.long_attention`) and the memory
+model that sizes both (:mod:`.memory`).
 
 Lifetimes: a :class:`~.session.CaptureSession` patches transformers while its ``with`` block is open and
 restores everything when it closes; nothing is captured outside one.
