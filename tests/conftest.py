@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -14,8 +15,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from hub_stand_in import FakeHub, install_stand_in  # noqa: E402 - needs tests/ on the path
 from tiny_models import tiny_model  # noqa: E402 - needs tests/ on the path
+
+if TYPE_CHECKING:
+    from hub_stand_in import FakeHub
 
 # Tiny models spend more time synchronising threads than computing; one thread is faster and steadier.
 torch.set_num_threads(1)
@@ -29,4 +32,7 @@ def make_tiny():
 @pytest.fixture
 def fake(monkeypatch, tmp_path) -> FakeHub:
     """The recording Hub stand-in, installed with a token in HF_TOKEN, online, in a clean working dir."""
+    # Imported here: its HTTP client is not on the bare GPU machine, where only the gpu-marked tests run.
+    from hub_stand_in import install_stand_in
+
     return install_stand_in(monkeypatch, tmp_path)

@@ -6,7 +6,9 @@ private transformers attribute in :mod:`.compat`) and the taps at the own seams 
 the registry (:mod:`.module_tap`), which positions and heads are kept (:mod:`.samplers`, :mod:`.heads`), the
 capture session and its pipelined loop (:mod:`.session`, rows in :mod:`.rows`), the host-side gathering into
 Arrow tables (:mod:`.gather`) and the self-check against eager (:mod:`.selfcheck`) and against the model's
-own attention probabilities (:mod:`.logits`).
+own attention probabilities (:mod:`.logits`). Long context: token-wise work in slices (:mod:`.chunking`),
+masks built per chunk of query rows (:mod:`.long_attention`) and the memory model that sizes both
+(:mod:`.memory`).
 
 Lifetimes: a :class:`~.session.CaptureSession` patches transformers while its ``with`` block is open and
 restores everything when it closes; nothing is captured outside one.

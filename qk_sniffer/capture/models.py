@@ -419,5 +419,14 @@ _LAYER_LISTS = ("layers", "h", "blocks")
 _EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings", "tokens_embed", "w")
 
 
+def decoder_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of a backbone (its ``layers`` or ``h`` list), in order."""
+    for attr in _LAYER_LISTS:
+        layers = getattr(backbone, attr, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return list(layers)
+    return []
+
+
 def attention_backend(model: PreTrainedModel) -> str:
     return str(text_config(model.config)._attn_implementation or "eager")

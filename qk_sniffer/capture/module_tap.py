@@ -19,13 +19,14 @@ plain forward for the self-check, which also holds them against the model's atte
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .chunking import ChunkSizes
 from .compat import modeling_module, module_globals, rotary_functions
 from .tap import (
     AttentionCallback,
@@ -314,13 +315,13 @@ def module_tap(
             raise StopForward
 
     with (
-        exclusive_session(),
         seam_calls(backbone, on_call, record_rotary=pre_rope),
         watch.each_forward(backbone),
     ):
         yield
 
 
+@contextmanager
 def open_tap(
     backbone: torch.nn.Module,
     delegate: str,
@@ -329,13 +330,24 @@ def open_tap(
     pre_rope: bool = False,
     layers: set[int] | None = None,
     stop_after_layer: int | None = None,
-) -> AbstractContextManager[None]:
-    """The tap for this model: its attention modules' seams when it computes attention outside the registry,
-    else the registry tap delegating to ``delegate``."""
+    sizes: ChunkSizes | None = None,
+    chunking: AbstractContextManager[None] | None = None,
+) -> Iterator[None]:
+    """The tap for this model, in this process's one capture session: its attention modules' seams when it
+    computes attention outside the registry, else the registry tap delegating to ``delegate``. ``chunking``
+    (:func:`.chunking.token_chunking`) is entered once the session is ours; with ``sizes`` the registry tap
+    also attends per chunk of query rows."""
     options: dict[str, Any] = dict(pre_rope=pre_rope, layers=layers, stop_after_layer=stop_after_layer)
-    if seam_modules(backbone):
-        return module_tap(backbone, callback, **options)
-    return attention_tap(backbone, delegate, callback, **options)
+    with exclusive_session(), ExitStack() as stack:
+        if chunking is not None:
+            # Entered before the tap, so the tap's rotary recorder wraps the chunked rotary function and
+            # still sees each layer's whole (q, k) in and out.
+            stack.enter_context(chunking)
+        if seam_modules(backbone):
+            stack.enter_context(module_tap(backbone, callback, **options))
+        else:
+            stack.enter_context(attention_tap(backbone, delegate, callback, sizes=sizes, **options))
+        yield
 
 
 @torch.no_grad()

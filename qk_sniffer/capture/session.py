@@ -15,8 +15,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ..inputs.data import Batch
+from .chunking import ChunkSizes, token_chunking
 from .heads import HeadSelection
-from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
+from .models import ModelLayout, attention_backend, backbone_of, decoder_layers, layout_from_config
 from .module_tap import open_tap
 from .rows import BatchCapture, Block, PendingCopy
 from .samplers import Sampler
@@ -25,6 +26,10 @@ from .tap import StopForward
 
 def _never() -> bool:
     return False
+
+
+# What to chunk for a batch of (batch size, tokens per example): see :mod:`.chunking` and :mod:`.memory`.
+ChunkPolicy = Callable[[int, int], ChunkSizes]
 
 
 @dataclass
@@ -43,6 +48,8 @@ class CaptureSession:
     """Open with ``with``; call :meth:`forward` per batch, then ``.result()`` on what it returns.
 
     ``early_stop`` ends each forward right after the deepest captured layer hands over its Q/K.
+    ``chunking`` (None: every forward is one plain pass) gives each batch its chunk sizes: token-wise work
+    in slices (:mod:`.chunking`) and masks built per chunk of query rows (:mod:`.long_attention`).
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class CaptureSession:
         pre_rope: bool = False,
         early_stop: bool = True,
         layout: ModelLayout | None = None,
+        chunking: ChunkPolicy | None = None,
     ) -> None:
         self.model = model
         self.backbone = backbone_of(model)
@@ -66,22 +74,31 @@ class CaptureSession:
         self.delegate = attention_backend(model)
         self.device = next(self.backbone.parameters()).device
         self.timings = Timings()
+        self.chunking = chunking
+        # Read by the wrapped modules during a forward; set per batch from ``chunking``.
+        self.sizes = ChunkSizes()
         self._current: BatchCapture | None = None
         self._stack: ExitStack | None = None
 
     def __enter__(self) -> CaptureSession:
-        stack = ExitStack()
-        stack.enter_context(
-            open_tap(
-                self.backbone,
-                self.delegate,
-                self._dispatch,
-                pre_rope=self.pre_rope,
-                layers=set(self.selection.layers),
-                stop_after_layer=self.selection.deepest_layer if self.early_stop else None,
+        with ExitStack() as stack:
+            stack.enter_context(
+                open_tap(
+                    self.backbone,
+                    self.delegate,
+                    self._dispatch,
+                    pre_rope=self.pre_rope,
+                    layers=set(self.selection.layers),
+                    stop_after_layer=self.selection.deepest_layer if self.early_stop else None,
+                    sizes=self.sizes if self.chunking is not None else None,
+                    chunking=(
+                        token_chunking(self.backbone, decoder_layers(self.backbone), self.sizes)
+                        if self.chunking is not None
+                        else None
+                    ),
+                )
             )
-        )
-        self._stack = stack
+            self._stack = stack.pop_all()  # open until __exit__; closed at once if entering failed
         return self
 
     def __exit__(
@@ -101,6 +118,9 @@ class CaptureSession:
         if self._stack is None:
             raise RuntimeError("CaptureSession.forward called outside its `with` block")
         capture = BatchCapture(self.selection, self.sampler, batch, self.device)
+        if self.chunking is not None:
+            sizes = self.chunking(*batch.input_ids.shape)
+            self.sizes.tokens, self.sizes.queries = sizes.tokens, sizes.queries
         t0 = time.perf_counter()
         self._current = capture
         try:

@@ -30,6 +30,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from ..core.errors import UserError
+from .chunking import ChunkSizes
 from .compat import (
     attention_implementation,
     eager_attention,
@@ -37,6 +38,7 @@ from .compat import (
     rotary_functions,
     unregister_attention,
 )
+from .long_attention import attend, deferring
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, int | None], None]
@@ -295,11 +297,15 @@ def attention_tap(
     pre_rope: bool = False,
     layers: set[int] | None = None,
     stop_after_layer: int | None = None,
+    sizes: ChunkSizes | None = None,
 ) -> Iterator[None]:
-    """Route ``backbone``'s attention through ``callback`` then ``delegate`` while the context is open.
+    """Route ``backbone``'s attention through ``callback`` then ``delegate`` while the context is open (the
+    caller holds :func:`exclusive_session`: :func:`~.module_tap.open_tap` opens both).
 
     ``layers`` limits which layers call back (None: all). With ``stop_after_layer`` set, the forward raises
     :class:`StopForward` right after that layer's Q/K were handed over, before its attention is computed.
+    With ``sizes``, masks that would be built whole are built per ``sizes.queries`` query rows instead, and
+    the delegate is called per chunk (:mod:`.long_attention`).
     """
     name = f"qk_sniffer_{delegate}"
     modules = attention_modules(backbone)
@@ -325,21 +331,26 @@ def attention_tap(
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)
             watch.seen.add(layer)
+            del query_out, key_out
+        del rotary_calls  # the pre-RoPE vectors are not held through the attention call
         if stop_after_layer is not None and layer >= stop_after_layer:
             watch.require(layer, backbone)
             raise StopForward
-        return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
+        backend = delegate_attention(delegate, module)
+        if sizes is None:
+            return backend(module, query, key, *args, **kwargs)
+        return attend(backend, module, query, key, args, kwargs, sizes.queries)
 
-    with exclusive_session():
-        try:
-            AttentionInterface.register(name, tapped_attention)
-            mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
-            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_source])
-            with (
-                attention_implementation(configs.values(), name),
-                module_globals([(mod, fn_name, stash.recorder) for mod, fn_name in rotary]),
-                watch.each_forward(backbone),
-            ):
-                yield
-        finally:
-            unregister_attention(name)
+    try:
+        AttentionInterface.register(name, tapped_attention)
+        mask_source = "sdpa" if delegate not in ALL_MASK_ATTENTION_FUNCTIONS else delegate
+        mask = ALL_MASK_ATTENTION_FUNCTIONS[mask_source]
+        AttentionMaskInterface.register(name, mask if sizes is None else deferring(mask, mask_source, sizes))
+        with (
+            attention_implementation(configs.values(), name),
+            module_globals([(mod, fn_name, stash.recorder) for mod, fn_name in rotary]),
+            watch.each_forward(backbone),
+        ):
+            yield
+    finally:
+        unregister_attention(name)

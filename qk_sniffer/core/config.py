@@ -76,6 +76,11 @@ class DatasetConfig:
 @dataclass
 class InferenceConfig:
     batch_size: int = 1
+    # Tokens per slice for the token-wise parts of each layer (MLP, norms, rotation); attention still sees the
+    # whole sequence. Null: one pass when the capture fits memory_budget_gb, else the largest chunk that does.
+    token_chunk: int | None = None
+    # GB (10^9 bytes) the capture may use on its device, weights included. Null: its free memory at the start.
+    memory_budget_gb: float | None = None
 
 
 @dataclass
@@ -195,6 +200,17 @@ class BenchConfig:
     warmup: int = 1
     # false: run every layer even when capturing, to see the tap's own cost without the early stop.
     early_stop: bool = True
+    # "overhead": plain forwards interleaved with capture forwards. "long_context": one capture per length in
+    # bench.lengths and arm in bench.arms, each in a fresh process, reporting tokens/s and the process's peak
+    # memory. Arms: "budget" (inference.token_chunk, or what memory_budget_gb picks), "one_pass" (no chunks).
+    mode: str = "overhead"
+    lengths: list[int] = field(default_factory=lambda: [8192, 32768, 131072])
+    arms: list[str] = field(default_factory=lambda: ["budget", "one_pass"])
+    # long_context: build only this many decoder layers and hold the others' weights as one allocation, so
+    # memory is the whole model's and time is per layer (the full forward's time is extrapolated, labelled).
+    layers_built: int | None = None
+    # long_context on CUDA: act as a device of this many GB (torch.cuda.set_per_process_memory_fraction).
+    device_gb: float | None = None
 
 
 @dataclass

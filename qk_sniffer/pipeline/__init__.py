@@ -3,8 +3,11 @@
 - :mod:`.validate`  every problem of a config at once, before any weights load
 - :mod:`.plan`      the layout, head selection and sampler, without weights
 - :mod:`.dry_run`   what a run would do and hold, written nowhere
+- :mod:`.budget`    the memory budget: each batch's chunk sizes, the refusal of a plan that cannot fit
 - :mod:`.runner`    prepare -> load -> register -> capture -> settle -> push
 - :mod:`.recorded`  writing a notebook Recording into a capture dir, as a run would
+- :mod:`.overhead_bench`, :mod:`.long_bench`  the benchmarks (``python -m qk_sniffer.bench``);
+  :mod:`.memory_table` the memory table of docs/performance.md
 
 May import: publish, analysis, tracking, the capture, the store, inputs and the core; never the commands.
 """

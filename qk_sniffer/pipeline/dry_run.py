@@ -12,21 +12,18 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
+from ..capture.chunking import ChunkSizes
 from ..capture.gather import schema
-from ..capture.samplers import Sampler
+from ..capture.memory import GB, estimate
 from ..core.config import Config
 from ..core.errors import UserError
+from .budget import Budget, expected_kept_positions, run_budget
 from .plan import CapturePlan, plan_capture
 
-
-def expected_kept_positions(sampler: Sampler, length: int) -> float:
-    """Mean number of positions the sampler keeps in one ``length``-token example (per layer and q|k: one
-    mask serves every head of a layer and kind)."""
-    buckets = sampler.buckets(np.arange(length, dtype=np.int64))
-    return float(np.sum(sampler.keep_probability(buckets)))
+# The chunk the dry run shows "with chunking" at, when the budget needs none.
+SHOWN_CHUNK = 4096
 
 
 def row_bytes(head_dim: int) -> int:
@@ -94,6 +91,7 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
     rows = kept * vectors if kept is not None else None
     per_row = row_bytes(layout.head_dim)
     examples = known_examples(cfg)
+    memory = memory_plan(cfg, plan, length)
     return {
         "model": cfg.model.name,
         "revision": cfg.model.revision,
@@ -117,6 +115,36 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         "expected_bytes_total": rows * per_row * examples
         if rows is not None and examples is not None
         else None,
+        "memory": memory,
+    }
+
+
+def memory_plan(cfg: Config, plan: CapturePlan, length: int | None) -> dict[str, Any] | None:
+    """Estimated peak memory of one batch at ``length`` with and without chunking, and what the budget picks;
+    a plan that cannot fit is refused here, naming the longest length that would."""
+    if length is None:
+        return None
+    budget: Budget = run_budget(cfg, plan)
+    batch = cfg.inference.batch_size
+    chosen = budget.check(batch, length)  # raises the refusal
+    shown = (
+        chosen.sizes
+        if chosen.sizes.tokens
+        else ChunkSizes(min(SHOWN_CHUNK, length), min(SHOWN_CHUNK, length))
+    )
+    chunked = estimate(budget.shape, batch, length, shown, budget.kept_bytes(batch, length))
+    return {
+        "budget_gb": round(budget.budget / GB, 2),
+        "budget_source": budget.source,
+        "attn_implementation": budget.shape.backend,
+        "weights_gb": round(chosen.one_pass.weights / GB, 2),
+        "one_pass_peak_gb": round(chosen.one_pass.peak / GB, 2),
+        "chunked_peak_gb": round(chunked.peak / GB, 2),
+        "chunked_token_chunk": shown.tokens,
+        "token_chunk": chosen.sizes.tokens,
+        "query_chunk": chosen.sizes.queries,
+        "peak_gb": round(chosen.chosen.peak / GB, 2),
+        "longest_fitting_tokens": budget.longest(batch),
     }
 
 
@@ -157,6 +185,16 @@ def describe(plan: dict[str, Any]) -> list[str]:
             f"layer and q|k, {_amount(plan['expected_rows_per_example'])} rows, "
             f"{_amount(plan['expected_bytes_per_example'], 'B')} ({plan['bytes_per_row']} B per row before "
             "Parquet encoding and compression)"
+        )
+    memory = plan["memory"]
+    if memory is not None:
+        chunk = f"token_chunk={memory['token_chunk']}" if memory["token_chunk"] else "one pass"
+        lines.append(
+            f"memory (estimate, {memory['attn_implementation']}): weights {memory['weights_gb']} GB; peak "
+            f"{memory['one_pass_peak_gb']} GB in one pass, {memory['chunked_peak_gb']} GB with "
+            f"token_chunk={memory['chunked_token_chunk']}; budget {memory['budget_gb']} GB "
+            f"({memory['budget_source']}): runs {chunk}, peak {memory['peak_gb']} GB; fits up to "
+            f"{memory['longest_fitting_tokens']} tokens"
         )
     if plan["examples"] is not None and plan["expected_rows_total"] is not None:
         lines.append(

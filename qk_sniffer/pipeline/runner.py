@@ -47,6 +47,8 @@ from ..store.manifest import model_identity, recipe_id, recipe_of
 from ..store.resume import ResumeFilter
 from ..store.writer import PartWriter
 from ..tracking import Tracker, make_tracker
+from .budget import Budget, run_budget
+from .dry_run import example_length
 from .plan import CapturePlan, plan_capture
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ class Prepared:
     tokenizer: Any
     stats: DataStats
     batches: Iterator[Batch]
+    # The memory budget: the chunk sizes of each batch (checked up front for a known length).
+    budget: Budget
 
     @property
     def out_dir(self) -> Path:
@@ -158,6 +162,10 @@ def _prepare(cfg: Config) -> Prepared:
     """Check everything that needs no weights: config values, layer/head ranges, the output dir and what it
     already holds, the Hub (with push on), and the dataset's first batch."""
     plan = plan_capture(cfg)
+    budget = run_budget(cfg, plan)
+    length = example_length(cfg)
+    if length is not None:  # a plan that cannot fit is refused before anything is read or loaded
+        budget.check(cfg.inference.batch_size, length)
     layout = plan.layout
     widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
     configs = config_names(plan.selection, widths)
@@ -181,7 +189,19 @@ def _prepare(cfg: Config) -> Prepared:
     examples = resume.filter(_examples(cfg, tokenizer, stats, vocab_size, plan))
     first_batches = _peek(batches(examples, cfg.inference.batch_size, pad_id(tokenizer), stats))
     return Prepared(
-        plan, widths, configs, store, metadata, recipe, rid, taken, resume, tokenizer, stats, first_batches
+        plan,
+        widths,
+        configs,
+        store,
+        metadata,
+        recipe,
+        rid,
+        taken,
+        resume,
+        tokenizer,
+        stats,
+        first_batches,
+        budget,
     )
 
 
@@ -189,7 +209,9 @@ def _capture_all(cfg: Config, prep: Prepared, model: Any, writer: PartWriter, tr
     """Run every batch through the capture session; returns the signal that stopped it early, if any."""
     plan = prep.plan
     with (
-        CaptureSession(model, plan.selection, plan.sampler, pre_rope=cfg.capture.pre_rope) as session,
+        CaptureSession(
+            model, plan.selection, plan.sampler, pre_rope=cfg.capture.pre_rope, chunking=prep.budget
+        ) as session,
         StopSignals() as stop,
     ):
         try:

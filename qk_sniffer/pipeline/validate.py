@@ -63,6 +63,12 @@ def config_problems(cfg: Config) -> list[str]:
         )
     problems += _seed("model.seed", cfg.model.seed)
     problems += _count("inference.batch_size", cfg.inference.batch_size)
+    problems += _count("inference.token_chunk", cfg.inference.token_chunk, nullable=True)
+    budget = cfg.inference.memory_budget_gb
+    if budget is not None and not budget > 0:
+        problems.append(
+            f"inference.memory_budget_gb must be > 0 or null (the device's free memory), got {budget}"
+        )
     problems += _count("tokenizer.max_length", cfg.tokenizer.max_length, nullable=True)
     problems += _sampler_problems(cfg.sampler)
     data = cfg.dataset

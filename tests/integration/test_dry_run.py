@@ -26,6 +26,8 @@ def test_cli_dry_run_of_a_preset_plans_the_original_heads_and_cost(tmp_path):
             "model.random_init=true",
             "dry_run=true",
             f"output.dir={out}",
+            # The budget of the GPU it is planned for (the default, this host's free memory, may be smaller).
+            "inference.memory_budget_gb=80",
         ],
         cwd=tmp_path,
     )
@@ -39,6 +41,12 @@ def test_cli_dry_run_of_a_preset_plans_the_original_heads_and_cost(tmp_path):
     # bucket int32 + example_id int64 + position int32 + 128 float32 + sliding_window int32.
     assert plan["expected_bytes_per_example"] == 16 * (300 + 194) * (4 + 8 + 4 + 128 * 4 + 4)
     assert "layer  35: q [0, 1, 3, 8, 11, 19, 23, 26, 28, 29]" in proc.stdout
+    # The memory model: bf16 weights counted on the meta device; 131k tokens fit 80 GB in one pass.
+    memory = plan["memory"]
+    assert memory["budget_gb"] == 80 and memory["budget_source"] == "inference.memory_budget_gb"
+    assert memory["weights_gb"] == round(8_190_735_360 * 2 / 1e9, 2)
+    assert memory["token_chunk"] is None and memory["peak_gb"] == memory["one_pass_peak_gb"]
+    assert memory["chunked_peak_gb"] < memory["one_pass_peak_gb"] < 80
     assert not out.exists()  # no capture output
     assert not list(tmp_path.rglob("*.parquet"))
 
