@@ -25,6 +25,7 @@ from transformers.models.auto.modeling_auto import (
 from ..core.config import DTYPES, ModelConfig
 from ..core.errors import UserError
 from . import support as families
+from .decoder_layers import layer_list
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,15 @@ class ModelLayout:
     # Layers that attend to image features instead of the text (Mllama): never captured.
     cross_attention_layers: tuple[int, ...] = ()
     # Layers whose token mixer is not softmax attention (linear attention, SSM, convolution) in hybrid
-    # families (Qwen3-Next, LFM2): they have no Q/K to capture.
+    # families (Qwen3-Next, Zamba, LFM2): they make no attention call, have no Q/K, and are skipped.
     linear_attention_layers: tuple[int, ...] = ()
-    # head_dim of each layer, only for families whose layers differ (Gemma 4); ``head_dim`` is then the most
-    # common one. Every captured vector has its own layer's length.
+    # Per layer, only for families whose attention layers differ (measured from the attention calls, see
+    # :mod:`.shapes`): head_dim (Gemma 4), query heads and key heads (Inkling's sliding layers); 0 for a
+    # layer without attention. ``head_dim``, ``num_q_heads`` and ``num_kv_heads`` are then the most common
+    # values. Every captured vector has its own layer's length, every layer its own heads.
     head_dims: tuple[int, ...] = ()
-
-    @property
-    def group_size(self) -> int:
-        return self.num_q_heads // self.num_kv_heads
+    q_heads_per_layer: tuple[int, ...] = ()
+    kv_heads_per_layer: tuple[int, ...] = ()
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
@@ -73,11 +74,26 @@ class ModelLayout:
         skip = set(self.cross_attention_layers) | set(self.linear_attention_layers)
         return tuple(layer for layer in range(self.num_layers) if layer not in skip)
 
+    @property
+    def max_heads(self) -> int:
+        """The most heads of one kind in any layer (config names are this wide)."""
+        return max(self.num_q_heads, self.num_kv_heads, *self.q_heads_per_layer, *self.kv_heads_per_layer)
+
+    def q_heads_of(self, layer: int) -> int:
+        return self.q_heads_per_layer[layer] if self.q_heads_per_layer else self.num_q_heads
+
+    def kv_heads_of(self, layer: int) -> int:
+        return self.kv_heads_per_layer[layer] if self.kv_heads_per_layer else self.num_kv_heads
+
+    def head_dim_of(self, layer: int) -> int:
+        return self.head_dims[layer] if self.head_dims else self.head_dim
+
     def is_sliding(self, layer: int) -> bool:
         return self.sliding_windows[layer] is not None
 
-    def kv_head_of(self, q_head: int) -> int:
-        return q_head // self.group_size
+    def kv_head_of(self, q_head: int, layer: int) -> int:
+        """The key head query head ``q_head`` of ``layer`` reads (GQA: one per group of query heads)."""
+        return q_head // (self.q_heads_of(layer) // self.kv_heads_of(layer))
 
 
 def text_config(config: PretrainedConfig) -> PretrainedConfig:
@@ -346,25 +362,14 @@ def _auto_class(config: PretrainedConfig, trust_remote_code: bool) -> Any:
 
 
 def check_capturable(model: PreTrainedModel) -> None:
-    """After loading, before any forward: every self-attention layer must have a module our tap can reach."""
-    from .tap import attention_modules  # the tap needs nothing from here; keep the import one-way
-
-    model_type = text_config(model.config).model_type
+    """After loading, before any forward: a family the sweep never measured must route its attention through
+    the registry (the layers and heads its attention calls see are checked by ``shapes.check_loaded``)."""
     measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls
     if not measured and not families.routes_attention(type(model)):
         raise families.unsupported_family_error(
-            model_type,
+            text_config(model.config).model_type,
             type(model).__name__,
             "its attention does not go through the AttentionInterface registry",
-        )
-    layout = layout_from_config(model.config)
-    found = sorted(int(m.layer_idx) for m in attention_modules(backbone_of(model)))  # type: ignore[arg-type]
-    if found != list(layout.self_attention_layers):
-        raise families.unsupported_family_error(
-            model_type,
-            type(model).__name__,
-            f"its config has self-attention layers {list(layout.self_attention_layers)} but attention "
-            f"modules were found for layers {found}",
         )
 
 
@@ -384,8 +389,9 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
         ]
         candidates.extend(frontier)
     for module in reversed(candidates):
-        # GPT-NeoX, GPT-J, Falcon: the stack may be `h`, the embeddings `embed_in`, `wte`, `word_embeddings`.
-        has_layers = any(isinstance(getattr(module, a, None), torch.nn.ModuleList) for a in _LAYER_LISTS)
+        # GPT-NeoX, GPT-J, Falcon, Nemotron-H: the stack may be `h`, the embeddings `embed_in`, `wte`,
+        # `word_embeddings` or `embeddings`.
+        has_layers = layer_list(module) is not None
         if has_layers and any(hasattr(module, a) for a in _EMBEDDINGS):
             return module
     raise UserError(
@@ -394,8 +400,7 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
     )
 
 
-_LAYER_LISTS = ("layers", "h")
-_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings")
+_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings", "embeddings")
 
 
 def attention_backend(model: PreTrainedModel) -> str:

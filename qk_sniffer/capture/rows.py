@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..core.errors import UserError
 from ..inputs.data import Batch
 from .heads import HeadSelection
 from .samplers import KINDS, Sampler, sample_positions
@@ -175,6 +176,8 @@ class BatchCapture:
         self.hook_seconds += time.perf_counter() - start
 
     def _gather(self, layer: int, query: torch.Tensor, key: torch.Tensor, window: int | None) -> None:
+        if layer in self.windows:  # a second call would write its rows a second time, under the same names
+            raise UserError(f"layer {layer} called attention twice in one forward; its rows cannot be named")
         self.windows[layer] = window
         self.plan_layer(layer, query.device)
         for kind, states in (("q", query), ("k", key)):

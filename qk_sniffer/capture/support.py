@@ -65,6 +65,19 @@ for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lar
     NOPE_RULES.register(_family)(_full_layers_nope)
 
 
+@NOPE_RULES.register("zamba2")
+def _shared_block_without_rope(cfg: PretrainedConfig) -> LayerSet:
+    # Zamba2's shared attention blocks rotate only with use_mem_rope (off by default), whatever rope_theta
+    # says.
+    return () if cfg.use_mem_rope else tuple(range(cfg.num_hidden_layers))
+
+
+@NOPE_RULES.register("granitemoehybrid")
+def _rope_only_when_asked(cfg: PretrainedConfig) -> LayerSet:
+    # Granite-4 hybrids rotate only with position_embedding_type="rope"; None (the default) or "nope" is NoPE.
+    return () if cfg.position_embedding_type == "rope" else tuple(range(cfg.num_hidden_layers))
+
+
 def nope_layers(cfg: PretrainedConfig) -> LayerSet:
     """Layers that never call the rotary function (text config in, layer indices out)."""
     if cfg.model_type in NOPE_RULES:

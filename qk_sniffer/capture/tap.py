@@ -35,6 +35,7 @@ from .compat import (
     rotary_functions,
     unregister_attention,
 )
+from .decoder_layers import RepeatedCall, running_layer
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
 AttentionCallback = Callable[[int, torch.Tensor, torch.Tensor, int | None], None]
@@ -197,7 +198,8 @@ def delegate_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]
 
 
 def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
-    """Self-attention modules in layer order: the ``*Attention`` modules that carry a ``layer_idx``.
+    """Self-attention modules in layer order: the ``*Attention`` modules that carry a ``layer_idx`` (Zamba's
+    shared block leaves it None: calls are named by the decoder layer running, not by it).
 
     The class-name test keeps out other per-layer modules (MoE blocks, linear-attention mixers) whatever
     their projections are called (``q_proj``, Phi-3's fused ``qkv_proj``, GPT-2's ``c_attn``); cross-attention
@@ -207,7 +209,7 @@ def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     for module in backbone.modules():
         name = type(module).__name__
         if (
-            isinstance(getattr(module, "layer_idx", None), int)
+            hasattr(module, "layer_idx")
             and hasattr(module, "config")
             and name.endswith("Attention")
             and "CrossAttention" not in name
@@ -229,6 +231,8 @@ def attention_tap(
 ) -> Iterator[None]:
     """Route ``backbone``'s attention through ``callback`` then ``delegate`` while the context is open.
 
+    Each call is named by the decoder layer it runs in (:func:`~.decoder_layers.running_layer`), so a shared
+    block applied at several depths (Zamba2) is one layer per application.
     ``layers`` limits which layers call back (None: all). With ``stop_after_layer`` set, the forward raises
     :class:`StopForward` right after that layer's Q/K were handed over, before its attention is computed.
     """
@@ -238,17 +242,20 @@ def attention_tap(
         )
     name = f"qk_sniffer_{delegate}"
     modules = attention_modules(backbone)
+    tapped = {id(m) for m in modules}  # not cross-attention modules, which share the text config
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     rotary = rotary_functions(modules) if pre_rope else []
     stash = _RotaryStash()
+    repeated = RepeatedCall()
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
     ) -> Any:
-        layer = int(module.layer_idx)  # type: ignore[arg-type]
         rotary_calls = stash.take()
+        if id(module) not in tapped or repeated(layer := layer_of(module), query, key):
+            return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
         if layers is None or layer in layers:
             window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
             if pre_rope:
@@ -278,6 +285,7 @@ def attention_tap(
         with (
             attention_implementation(configs.values(), name),
             module_globals([(mod, fn_name, wrap_rotary) for mod, fn_name in rotary]),
+            running_layer(backbone) as layer_of,
         ):
             yield
     finally:

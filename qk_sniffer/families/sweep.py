@@ -29,11 +29,12 @@ from ..capture.models import (
     attention_backend,
     backbone_of,
     choose_attn_implementation,
-    layout_from_config,
     model_class_for,
     text_config,
 )
-from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, check_against_eager
+from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, RepeatedLayer, check_against_eager
+from ..capture.shapes import AttentionShapeError, measured_layout
+from ..capture.support import NON_SOFTMAX_WORDS
 from ..capture.tap import attention_modules
 from ..core.errors import UserError
 
@@ -87,6 +88,8 @@ SMALL: dict[str, int] = {
     "num_local_experts": 4,
     "n_routed_experts": 4,
     "num_experts_per_tok": 2,
+    "num_experts_per_token": 2,
+    "num_expert_group": 1,
     "n_shared_experts": 1,
     "n_group": 1,
     "topk_group": 1,
@@ -102,6 +105,8 @@ SMALL: dict[str, int] = {
     "linear_num_value_heads": 4,
     "linear_key_head_dim": 16,
     "linear_value_head_dim": 16,
+    "linear_num_heads": 4,
+    "linear_head_dim": 16,
     "image_size": 32,
     "patch_size": 16,
     "num_channels": 3,
@@ -113,6 +118,8 @@ SMALL: dict[str, int] = {
     "mamba_n_heads": 4,
     "mamba_d_head": 32,  # mamba_n_heads * mamba_d_head = mamba_expand (2) * hidden_size
     "mamba_n_groups": 1,
+    "n_groups": 1,
+    "moe_shared_expert_intermediate_size": 32,
     "ssm_state_size": 8,
     "mamba_dt_rank": 8,
     "mamba_num_heads": 4,
@@ -194,10 +201,23 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
             out["num_hidden_layers"] = n_layers
             for key, value in per_layer.items():
                 out[key] = value[:n_layers]
+    out.update(_one_softmax_layer(defaults, out))
     for key, value in defaults.items():  # sub-configs (a wrapper's text and vision models)
         if isinstance(value, dict) and "model_type" in value:
             out[key] = {"model_type": value["model_type"], **_shrunk(value)}
     return out
+
+
+def _one_softmax_layer(defaults: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """A hybrid whose default config places no softmax layer (Bamba, Granite-4 hybrid: the checkpoints say
+    where) gets one, layer 1, so its attention is measured; any other family is left as it is."""
+    if "attn_layer_indices" in defaults and not defaults["attn_layer_indices"]:
+        return {"attn_layer_indices": [1]}
+    kinds = out.get("layer_types", defaults.get("layer_types"))
+    softmax = [not any(word in str(kind) for word in NON_SOFTMAX_WORDS) for kind in kinds or ()]
+    if isinstance(kinds, list) and len(kinds) > 1 and not any(softmax):
+        return {"layer_types": [kinds[0], "full_attention", *kinds[2:]]}
+    return {}
 
 
 def tiny_config(model_type: str) -> dict[str, Any]:
@@ -312,12 +332,17 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         return _entry("no_decoder_stack", "no module with `layers` and `embed_tokens` to tap", tiny)
     if not attention_modules(backbone):
         return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the decoder", tiny)
-    layout = layout_from_config(config, check=False)
+    try:
+        layout = measured_layout(config, check=False)
+    except AttentionShapeError as exc:
+        return _entry("layout_mismatch", str(exc), tiny, backend=backend)
     try:
         with torch.inference_mode():
             result = check_against_eager(model, _texts(int(text_config(config).vocab_size)), layout)
     except NoEagerPath as exc:
         return _entry("not_registry", str(exc), tiny, backend=backend)
+    except RepeatedLayer as exc:
+        return _entry("layout_mismatch", str(exc), tiny, backend=backend)
     return _classify(result, model, config, layout, tiny, backend)
 
 
