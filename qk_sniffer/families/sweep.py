@@ -1,7 +1,7 @@
 """The family sweep: every decoder family transformers ships, built tiny, captured, compared with itself.
 
 For each model type of transformers' causal-LM and image-text-to-text mappings, the sweep shrinks the
-family's own default config (:func:`tiny_config`), builds a random model from it, captures every head of
+family's own default config (:func:`.tiny.tiny_config`), builds a random model from it, captures every head of
 every layer pre- and post-RoPE on one right-padded batch of unequal lengths (each longer than any window),
 and compares each vector with the model's own eager computation
 (:mod:`qk_sniffer.capture.selfcheck`). A family is ``exact`` only when every vector matched; otherwise it
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import transformers
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
@@ -34,9 +33,9 @@ from ..capture.models import (
 )
 from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, RepeatedLayer, check_against_eager
 from ..capture.shapes import AttentionShapeError, measured_layout
-from ..capture.support import NON_SOFTMAX_WORDS
 from ..capture.tap import attention_modules
 from ..core.errors import UserError
+from .tiny import VOCAB, tiny_config
 
 # Refusal classes, each with what it means; the matrix, the docs and the runtime refusal use these words.
 STATUSES = {
@@ -68,88 +67,8 @@ QUIRKS = {
     "gqa": "grouped-query attention: one key head per group of query heads",
     "vision_language_wrapper": "the text decoder sits one level down in a vision-language model",
 }
-WINDOW = 6  # sliding/chunked windows of the tiny models; every text below outruns it
-LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded
-VOCAB = 512  # the embedded tokenizer's ids fit, so a tiny checkpoint works with the real CLI
+LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded; each longer than the tiny windows
 MAX_PARAMS = 30_000_000  # a "tiny" model above this was not shrunk by the generic rules
-
-# Generic shrinking: a key the family's default config has is set to this value when its default is larger.
-SMALL: dict[str, int] = {
-    "vocab_size": VOCAB,
-    "hidden_size": 64,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "moe_intermediate_size": 32,
-    "shared_expert_intermediate_size": 32,
-    "num_experts": 4,
-    "num_local_experts": 4,
-    "n_routed_experts": 4,
-    "num_experts_per_tok": 2,
-    "num_experts_per_token": 2,
-    "num_expert_group": 1,
-    "n_shared_experts": 1,
-    "n_group": 1,
-    "topk_group": 1,
-    "first_k_dense_replace": 1,
-    "kv_lora_rank": 16,
-    "q_lora_rank": 32,
-    "qk_rope_head_dim": 8,
-    "qk_nope_head_dim": 8,
-    "v_head_dim": 16,
-    "global_head_dim": 32,
-    "num_global_key_value_heads": 1,
-    "linear_num_key_heads": 2,
-    "linear_num_value_heads": 4,
-    "linear_key_head_dim": 16,
-    "linear_value_head_dim": 16,
-    "linear_num_heads": 4,
-    "linear_head_dim": 16,
-    "image_size": 32,
-    "patch_size": 16,
-    "num_channels": 3,
-    "vision_output_dim": 64,
-    "projection_dim": 64,
-    "hidden_size_per_layer_input": 16,
-    "vocab_size_per_layer_input": VOCAB,
-    "mamba_d_state": 8,
-    "mamba_n_heads": 4,
-    "mamba_d_head": 32,  # mamba_n_heads * mamba_d_head = mamba_expand (2) * hidden_size
-    "mamba_n_groups": 1,
-    "n_groups": 1,
-    "moe_shared_expert_intermediate_size": 32,
-    "ssm_state_size": 8,
-    "mamba_dt_rank": 8,
-    "mamba_num_heads": 4,
-    "mamba_head_dim": 32,
-    # Jamba: one attention layer in every two, the second, so three layers hold one.
-    "attn_layer_period": 2,
-    "attn_layer_offset": 1,
-    "rotary_dim": 8,
-    # GPT-2 / encoder-decoder spellings, so such families build small enough to be classified by measure.
-    "n_embd": 64,
-    "n_layer": 2,
-    "n_head": 4,
-    "n_inner": 64,
-    "n_positions": 256,
-    "n_ctx": 256,
-    "d_model": 64,
-    "d_ff": 64,
-    "ffn_dim": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "encoder_attention_heads": 4,
-    "decoder_attention_heads": 4,
-}
-WINDOW_KEYS = ("sliding_window", "attention_chunk_size")
-TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
-
 
 _NO_TAPPABLE = "no `*Attention` module with a layer_idx and a config (what the tap hooks)"
 
@@ -157,73 +76,6 @@ _NO_TAPPABLE = "no `*Attention` module with a layer_idx and a config (what the t
 def candidates() -> list[str]:
     """Every model type with a causal-LM class, plus the vision-language wrappers (image-text-to-text)."""
     return sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES))
-
-
-def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
-    """The overrides that make one (sub-)config small, from its defaults (a ``to_dict()``)."""
-    out: dict[str, Any] = {}
-    for key, small in SMALL.items():
-        value = defaults.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > small:
-            out[key] = small
-    if "head_dim" in defaults and defaults["head_dim"] is None and "num_attention_heads" in defaults:
-        out["head_dim"] = SMALL["head_dim"]  # a null default some families (Ministral) cannot build with
-    if defaults.get("head_dim") and defaults.get("head_dim") == defaults.get("qk_rope_head_dim"):
-        out["head_dim"] = out["qk_rope_head_dim"]  # MLA families rotate head_dim = qk_rope_head_dim dims
-    if "num_experts_per_tok" in defaults and defaults["num_experts_per_tok"] is None:
-        out["num_experts_per_tok"] = 2  # DeepSeek V2's default leaves routing unset
-    heads, kv = defaults.get("num_attention_heads"), defaults.get("num_key_value_heads")
-    if isinstance(heads, int) and isinstance(kv, int) and kv:
-        out["num_key_value_heads"] = 2 if kv < heads else out.get("num_attention_heads", heads)
-    for key in WINDOW_KEYS:
-        if isinstance(defaults.get(key), int):
-            out[key] = WINDOW
-    for key in TOKEN_ID_KEYS:
-        value = defaults.get(key)
-        if isinstance(value, int) and value >= VOCAB:
-            out[key] = TOKEN_ID_KEYS.index(key)
-    n_default = defaults.get("num_hidden_layers")
-    n_layers = out.get("num_hidden_layers", n_default)
-    if isinstance(n_default, int) and isinstance(n_layers, int):
-        per_layer = {
-            key: value
-            for key, value in defaults.items()
-            if isinstance(value, list)
-            and len(value) == n_default
-            and all(isinstance(v, (str, int)) for v in value)
-        }
-        for kinds in per_layer.values():
-            if len(set(kinds)) <= 4:
-                # The shortest prefix that still has every kind of layer (Gemma 3: five sliding, one full;
-                # SmolLM3: NoPE every 4th layer), so each kind is measured.
-                n_layers = max(n_layers, max(kinds.index(kind) for kind in set(kinds)) + 1)
-        if n_layers != n_default:
-            out["num_hidden_layers"] = n_layers
-            for key, value in per_layer.items():
-                out[key] = value[:n_layers]
-    out.update(_one_softmax_layer(defaults, out))
-    for key, value in defaults.items():  # sub-configs (a wrapper's text and vision models)
-        if isinstance(value, dict) and "model_type" in value:
-            out[key] = {"model_type": value["model_type"], **_shrunk(value)}
-    return out
-
-
-def _one_softmax_layer(defaults: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
-    """A hybrid whose default config places no softmax layer (Bamba, Granite-4 hybrid: the checkpoints say
-    where) gets one, layer 1, so its attention is measured; any other family is left as it is."""
-    if "attn_layer_indices" in defaults and not defaults["attn_layer_indices"]:
-        return {"attn_layer_indices": [1]}
-    kinds = out.get("layer_types", defaults.get("layer_types"))
-    softmax = [not any(word in str(kind) for word in NON_SOFTMAX_WORDS) for kind in kinds or ()]
-    if isinstance(kinds, list) and len(kinds) > 1 and not any(softmax):
-        return {"layer_types": [kinds[0], "full_attention", *kinds[2:]]}
-    return {}
-
-
-def tiny_config(model_type: str) -> dict[str, Any]:
-    """Config kwargs for a tiny random model: ``AutoConfig.for_model(model_type, **tiny_config(...))``."""
-    defaults = CONFIG_MAPPING[model_type]().to_dict()
-    return {**_shrunk(defaults), "tie_word_embeddings": False}
 
 
 def _entry(status: str, reason: str, tiny: dict[str, Any], **extra: Any) -> dict[str, Any]:
