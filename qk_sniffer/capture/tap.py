@@ -164,6 +164,18 @@ def whole_pre_rope(
         # Rotated in (B, S, H, D) order, heads moved first afterwards (DeepSeek V2, Llama 4).
         rot_in = rot_in.transpose(1, 2)
         rot_out = rot_out.transpose(1, 2) if rot_out is not None else None
+    if (
+        rot_out is not None
+        and rot_in.dim() == 4 == post.dim()
+        and rot_in.shape[1] != post.shape[1]
+        and post.shape[1] % rot_in.shape[1] == 0
+        and rot_out.shape[-1] == post.shape[-1]
+    ):
+        # Heads repeated after the rotation (JetMoE repeats its keys once per expert slot): the same repeat of
+        # the rotary input, where the repeat of its output is ``post`` bit for bit.
+        times = (1, post.shape[1] // rot_in.shape[1], 1, 1)
+        if torch.equal(rot_out.repeat(times), post):
+            return rot_in.repeat(times)
     if rot_in.shape[-1] == post.shape[-1]:
         return rot_in
     if rot_out is None:

@@ -118,6 +118,8 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
     heads, kv = defaults.get("num_attention_heads"), defaults.get("num_key_value_heads")
     if isinstance(heads, int) and isinstance(kv, int) and kv:
         out["num_key_value_heads"] = 2 if kv < heads else out.get("num_attention_heads", heads)
+    elif isinstance(heads, int) and "num_key_value_heads" in defaults and kv is None:
+        out["num_key_value_heads"] = 2  # a null default the modeling code divides by (Nemotron)
     for key in WINDOW_KEYS:
         if isinstance(defaults.get(key), int):
             out[key] = WINDOW
@@ -125,25 +127,7 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
         value = defaults.get(key)
         if isinstance(value, int) and value >= VOCAB:
             out[key] = TOKEN_ID_KEYS.index(key)
-    n_default = defaults.get("num_hidden_layers")
-    n_layers = out.get("num_hidden_layers", n_default)
-    if isinstance(n_default, int) and isinstance(n_layers, int):
-        per_layer = {
-            key: value
-            for key, value in defaults.items()
-            if isinstance(value, list)
-            and len(value) == n_default
-            and all(isinstance(v, (str, int)) for v in value)
-        }
-        for kinds in per_layer.values():
-            if len(set(kinds)) <= 4:
-                # The shortest prefix that still has every kind of layer (Gemma 3: five sliding, one full;
-                # SmolLM3: NoPE every 4th layer), so each kind is measured.
-                n_layers = max(n_layers, max(kinds.index(kind) for kind in set(kinds)) + 1)
-        if n_layers != n_default:
-            out["num_hidden_layers"] = n_layers
-            for key, value in per_layer.items():
-                out[key] = value[:n_layers]
+    out.update(_per_layer(defaults, out))
     out.update(_one_softmax_layer(defaults, out))
     rope = defaults.get("rope_parameters")
     if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list):
@@ -156,6 +140,37 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and "model_type" in value:
             out[key] = {"model_type": value["model_type"], **_shrunk(value)}
     return out
+
+
+def _per_layer(defaults: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer lists cut to the tiny layer count, and that count: the shortest prefix that still has every
+    kind of layer (Gemma 3: five sliding, one full; SmolLM3: NoPE every 4th layer), so each kind is measured,
+    twice over where the last layers share the earlier layers' keys and values (Gemma 3n), so both are."""
+    n_default = defaults.get("num_hidden_layers")
+    n_layers = out.get("num_hidden_layers", n_default)
+    if not isinstance(n_default, int) or not isinstance(n_layers, int):
+        return {}
+    per_layer = {
+        key: value
+        for key, value in defaults.items()
+        if isinstance(value, list)
+        and len(value) == n_default
+        and all(isinstance(v, (str, int, float)) for v in value)
+    }
+    for kinds in per_layer.values():
+        if all(isinstance(v, (str, int)) for v in kinds) and len(set(kinds)) <= 4:
+            n_layers = max(n_layers, max(kinds.index(kind) for kind in set(kinds)) + 1)
+    changed: dict[str, Any] = {}
+    shared = defaults.get("num_kv_shared_layers")
+    if isinstance(shared, int) and shared > 0:
+        changed["num_kv_shared_layers"], n_layers = n_layers, 2 * n_layers
+    for key, value in per_layer.items():
+        cut = [min(v, SMALL[key]) if key in SMALL else v for v in value[:n_layers]]  # per-layer widths
+        if cut != value:
+            changed[key] = cut
+    if n_layers != n_default:
+        changed["num_hidden_layers"] = n_layers
+    return changed
 
 
 def _one_softmax_layer(defaults: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
