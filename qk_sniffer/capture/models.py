@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import torch
@@ -67,6 +67,14 @@ class ModelLayout:
     head_dims: tuple[int, ...] = ()
     q_heads_per_layer: tuple[int, ...] = ()
     kv_heads_per_layer: tuple[int, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """The layout as the metadata records it: per-layer heads only where the layers differ."""
+        record = asdict(self)
+        for key in ("q_heads_per_layer", "kv_heads_per_layer"):
+            if not record[key]:
+                del record[key]
+        return record
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
@@ -253,12 +261,13 @@ def choose_attn_implementation(
     """The backend to load with: ``requested`` if the family can run it, else an error naming what it can.
 
     With nothing requested: flash_attention_2 when flash_attn is installed and the device is CUDA, else sdpa,
-    else eager (Gemma 2's softcapping and GPT-OSS's sinks have no sdpa path).
+    else eager (Gemma 2's softcapping and GPT-OSS's sinks have no sdpa path). A family the sweep measured as
+    exact on eager only (its other paths compute something else, PaliGemma) can run eager only.
     """
     cls = model_class_for(config)
     if cls is None:  # remote code declares its own support; let transformers decide
         return requested
-    can = backends_of(cls)
+    can = ("eager",) if families.eager_only(config.model_type) else backends_of(cls)
     flash_installed = importlib.util.find_spec("flash_attn") is not None
     if requested is None:
         if device.type == "cuda" and flash_installed and "flash_attention_2" in can:

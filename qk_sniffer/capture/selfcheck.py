@@ -30,7 +30,7 @@ from .compat import (
 from .decoder_layers import RepeatedCall, running_layer
 from .heads import HeadSelection
 from .models import ModelLayout, backbone_of, text_config
-from .rows import Block
+from .rows import Block, KeysNotTokens
 from .samplers import AllSampler, Sampler
 from .shapes import loaded_layout
 from .tap import attention_modules, pre_rope_pair, rotary_call
@@ -80,6 +80,8 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
         ) -> Any:
             calls = pending.pop("rot", [])
             if id(module) in tapped and not repeated(layer := layer_of(module), query, key):
+                if key.shape[2] != query.shape[2]:
+                    raise KeysNotTokens(layer, key.shape[2], query.shape[2])
                 q_pre, k_pre = pre_rope_pair(query, key, calls)
                 q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
                 if layer in layers:

@@ -31,6 +31,7 @@ from .models import (
     choose_attn_implementation,
     layout_from_config,
 )
+from .rows import KeysNotTokens
 from .tap import attention_tap
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,14 @@ class AttentionShapeError(UserError):
 def record_shapes(backbone: torch.nn.Module, delegate: str, input_ids: torch.Tensor) -> Shapes:
     """Run ``backbone`` on ``input_ids`` through the tap and return each decoder layer's attention shape.
 
-    A layer that calls attention twice in one forward, or whose query and key differ in head_dim, is refused:
-    its vectors could not be named (layer, head, q|k) one to one.
+    A layer that calls attention twice in one forward, whose query and key differ in head_dim, or whose keys
+    are not one per token, is refused: its vectors could not be named (layer, head, q|k, position) one to one.
     """
     seen: dict[int, list[LayerShape]] = {}
 
     def record(layer: int, query: torch.Tensor, key: torch.Tensor, window: int | None) -> None:
+        if key.shape[2] != query.shape[2]:
+            raise KeysNotTokens(layer, int(key.shape[2]), int(query.shape[2]))
         if query.shape[-1] != key.shape[-1]:
             raise AttentionShapeError(
                 f"layer {layer}: its query head_dim {query.shape[-1]} differs from its key head_dim "

@@ -120,6 +120,12 @@ def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
     return ()
 
 
+def eager_only(model_type: str) -> bool:
+    """Whether the sweep found the family exact on eager only (transformers' sdpa path computes otherwise)."""
+    entry = matrix_entry(model_type)
+    return entry is not None and "eager_only" in entry.get("quirks", ())
+
+
 def routes_attention(model_class: type) -> bool:
     """Whether the modeling code dispatches attention through transformers' registry (our only seam)."""
     return compat_routes_attention(model_class)
@@ -134,9 +140,40 @@ def unsupported_family_error(model_type: str, model_class_name: str, reason: str
 
 
 def matrix_refusal(model_type: str, model_class_name: str, entry: dict[str, Any]) -> UserError:
-    """The refusal of a family the support matrix measured as not capturable exactly."""
+    """The refusal of a family the support matrix measured as not capturable exactly, naming the nearest
+    family that is."""
     version = support_matrix()["transformers"]
     return UserError(
         f"model family {model_type!r} ({model_class_name}) cannot be captured exactly: {entry['status']}: "
-        f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md)"
+        f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md). "
+        f"Nearest supported: {nearest_supported(model_type, entry['status'])}"
     )
+
+
+# What to try instead, per refusal class, when no supported family shares the refused one's decoder or name.
+INSTEAD = {
+    "no_softmax_attention": "a hybrid that keeps softmax layers beside its state-space ones (jamba, zamba2, "
+    "falcon_h1, bamba)",
+    "encoder_decoder": "a decoder-only family (docs/families.md lists every exact one)",
+    "keys_not_tokens": "a family whose keys are one per token (docs/families.md lists every exact one)",
+}
+
+
+def nearest_supported(model_type: str, status: str) -> str:
+    """The exact family nearest to ``model_type``: the family of its text decoder (a wrapper's), else the
+    one sharing the longest name prefix (five letters at least), else what its refusal class suggests."""
+    entries = support_matrix()["families"]
+    exact = sorted(m for m, e in entries.items() if e["status"] == "exact")
+    sub_config = (entries.get(model_type) or {}).get("tiny_config", {}).get("text_config")
+    text = sub_config.get("model_type") if isinstance(sub_config, dict) else None
+    if text in exact:
+        return f"{text} (its text decoder)"
+
+    def shared(other: str) -> int:
+        return next((i for i, (a, b) in enumerate(zip(model_type, other, strict=False)) if a != b),
+                    min(len(model_type), len(other)))  # fmt: skip
+
+    best = max(exact, key=lambda m: (shared(m), -len(m)), default=None)
+    if best is not None and shared(best) >= 5:
+        return best
+    return INSTEAD.get(status, "see docs/families.md for every exact family")

@@ -11,6 +11,7 @@ Nothing here knows a family by name.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -27,12 +28,13 @@ from ..capture.models import (
     _auto_class,
     attention_backend,
     backbone_of,
-    choose_attn_implementation,
+    backends_of,
     model_class_for,
     text_config,
 )
+from ..capture.rows import KeysNotTokens
 from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, RepeatedLayer, check_against_eager
-from ..capture.shapes import AttentionShapeError, measured_layout
+from ..capture.shapes import AttentionShapeError, check_loaded, measured_layout
 from ..capture.tap import attention_modules
 from ..core.errors import UserError
 from .tiny import VOCAB, tiny_config
@@ -47,7 +49,10 @@ STATUSES = {
     "no_softmax_attention": "no attention module the tap can reach (an `*Attention` module with a "
     "`layer_idx`): state-space or recurrent mixers, or attention written outside the registry",
     "not_registry": "attention modules exist but do not go through the AttentionInterface registry",
-    "layout_mismatch": "the layout read from the config is not the one the model ran",
+    "keys_not_tokens": "the attention's keys are not one per token (compressed or pooled entries): a key has "
+    "no position to be named by",
+    "layout_mismatch": "the layout planned before loading (layers, heads, rotation) is not the one the model "
+    "ran",
     "mismatch": "captured vectors differ from the model's own eager computation",
     "capture_error": "the capture raised an error",
 }
@@ -66,6 +71,8 @@ QUIRKS = {
     "linear_attention_layers": "hybrid: linear-attention or state-space layers have no Q/K; skipped, listed",
     "gqa": "grouped-query attention: one key head per group of query heads",
     "vision_language_wrapper": "the text decoder sits one level down in a vision-language model",
+    "per_layer_heads": "query or key head counts differ between layers; each layer's own heads are captured",
+    "eager_only": "transformers' sdpa path differs from its own eager computation here: runs use eager",
 }
 LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded; each longer than the tiny windows
 MAX_PARAMS = 30_000_000  # a "tiny" model above this was not shrunk by the generic rules
@@ -109,6 +116,8 @@ def quirks_of(model: torch.nn.Module, config: PretrainedConfig, layout: Any, mla
         found.append("nope_layers")
     if layout.head_dims:
         found.append("per_layer_head_dim")
+    if layout.q_heads_per_layer or layout.kv_heads_per_layer:
+        found.append("per_layer_heads")
     if layout.partial_rotary_factor < 1.0:
         found.append("partial_rotary")
     if mla:
@@ -163,12 +172,26 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         return _entry("config_unbuildable", f"model: {type(exc).__name__}: {_short(exc)}", tiny)
     if n_params > MAX_PARAMS:
         return _entry("config_unbuildable", f"shrunk, still {n_params / 1e6:.0f}M parameters", tiny)
-    backend = choose_attn_implementation(None, config, torch.device("cpu"))
+    # The class's own best backend, never the shipped matrix's verdict: the sweep is what measures that.
+    backend = "sdpa" if "sdpa" in backends_of(cls) else "eager"
+    entry = _measure_on(config, tiny, backend)
+    if entry["status"] == "mismatch" and backend != "eager":
+        # transformers' sdpa path computes something else than its eager one (PaliGemma's text model alone
+        # attends both ways under sdpa, causally under eager): exact on eager, the backend a run then uses.
+        on_eager = _measure_on(config, tiny, "eager")
+        if on_eager["status"] == "exact":
+            on_eager["quirks"].append("eager_only")
+            return on_eager
+    return entry
+
+
+def _measure_on(config: PretrainedConfig, tiny: dict[str, Any], backend: str) -> dict[str, Any]:
+    """One family's entry with its model built (random weights, seed 0) to run ``backend``."""
     torch.manual_seed(0)
     try:
         model = (
             _auto_class(config, False)
-            .from_config(config, dtype=torch.float32, attn_implementation=backend)
+            .from_config(copy.deepcopy(config), dtype=torch.float32, attn_implementation=backend)
             .eval()
         )
     except Exception as exc:
@@ -186,15 +209,15 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the decoder", tiny)
     try:
         layout = measured_layout(config, check=False)
-    except AttentionShapeError as exc:
-        return _entry("layout_mismatch", str(exc), tiny, backend=backend)
-    try:
+        check_loaded(model, layout)  # what a run checks after loading: the weightless plan is the model's
         with torch.inference_mode():
             result = check_against_eager(model, _texts(int(text_config(config).vocab_size)), layout)
+    except KeysNotTokens as exc:
+        return _entry("keys_not_tokens", str(exc), tiny, backend=backend)
+    except (AttentionShapeError, RepeatedLayer) as exc:
+        return _entry("layout_mismatch", str(exc), tiny, backend=backend)
     except NoEagerPath as exc:
         return _entry("not_registry", str(exc), tiny, backend=backend)
-    except RepeatedLayer as exc:
-        return _entry("layout_mismatch", str(exc), tiny, backend=backend)
     return _classify(result, model, config, layout, tiny, backend)
 
 
@@ -208,7 +231,7 @@ def _classify(
     problem = result.problems[0] if result.problems else "no vector was captured"
     if "tap captured layers []" in problem:
         return _entry("not_registry", "the registered attention function was never called", tiny, **extra)
-    if "layers" in problem or "shape" in problem or "config says" in problem:
+    if any(word in problem for word in ("layers", "shape", "config says", "incomplete")):
         return _entry("layout_mismatch", problem, tiny, **extra)
     return _entry("mismatch", problem, tiny, **extra)
 

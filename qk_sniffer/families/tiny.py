@@ -131,7 +131,7 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
     out.update(_one_softmax_layer(defaults, out))
     rope = defaults.get("rope_parameters")
     if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list):
-        # The sections add up to a share of the rotated width: scaled with it (validated as the config builds).
+        # The sections add up to a share of the rotated width: scaled with it (checked as the config builds).
         old, new = _rotary_width(defaults), _rotary_width({**defaults, **out})
         if old != new:
             sections = rope["mrope_section"]
@@ -213,11 +213,12 @@ def _fit_rope_sections(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         if "mrope_section" not in vars(module) or not isinstance(inv_freq, torch.Tensor):
             continue
         # None: the checkpoints name the sections (HunYuan-VL); three (time, height, width) fit any text.
-        sections = module.mrope_section or [1, 1, 1]
+        sections: list[int] = vars(module)["mrope_section"] or [1, 1, 1]
         if sum(sections) == inv_freq.shape[-1]:
             continue
-        owner = _owner_of(tiny, module.config.model_type)  # type: ignore[union-attr]
-        rope = dict(getattr(module.config, "rope_parameters", None) or {})
+        config = getattr(module, "config", None)
+        owner = _owner_of(tiny, str(getattr(config, "model_type", "")))
+        rope = dict(getattr(config, "rope_parameters", None) or {})
         owner["rope_parameters"] = {**rope, "mrope_section": _scaled(sections, int(inv_freq.shape[-1]))}
     return tiny
 

@@ -36,6 +36,10 @@ LAYOUT_LABELS = {
     "rope_by_layer_type": "RoPE by layer type",
     "nope_layers": "Layers without rotation (pre-RoPE == post-RoPE)",
     "cross_attention_layers": "Cross-attention layers (not captured)",
+    "linear_attention_layers": "Layers without softmax attention (state-space, linear; not captured)",
+    "q_heads_per_layer": "Query heads per layer (0: no attention)",
+    "kv_heads_per_layer": "Key/value heads per layer (0: no attention)",
+    "head_dims": "head_dim per layer (0: no attention)",
     "partial_rotary_factor": "Rotated fraction of head_dim",
 }
 LAYOUT_FIRST = ("model_type", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "sliding_windows")
