@@ -216,9 +216,9 @@ def _fit_rope_sections(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         sections: list[int] = vars(module)["mrope_section"] or [1, 1, 1]
         if sum(sections) == inv_freq.shape[-1]:
             continue
-        config = getattr(module, "config", None)
-        owner = _owner_of(tiny, str(getattr(config, "model_type", "")))
-        rope = dict(getattr(config, "rope_parameters", None) or {})
+        rotary_config = getattr(module, "config", None)
+        owner = _owner_of(tiny, str(getattr(rotary_config, "model_type", "")))
+        rope = dict(getattr(rotary_config, "rope_parameters", None) or {})
         owner["rope_parameters"] = {**rope, "mrope_section": _scaled(sections, int(inv_freq.shape[-1]))}
     return tiny
 
