@@ -1,8 +1,9 @@
 """The capture: from a loaded model to Arrow tables of sampled query/key rows. Knows no files.
 
 Owns everything about the model side: reading a family's layout (:mod:`.models`, :mod:`.support`,
-:mod:`.positions`), the one attention-registry tap (:mod:`.tap`, with every private transformers attribute
-in :mod:`.compat`), which positions and heads are kept (:mod:`.samplers`, :mod:`.heads`), the capture
+:mod:`.positions`) and measuring its heads per layer from the attention calls (:mod:`.shapes`), the one
+attention-registry tap (:mod:`.tap`, calls named by the decoder layer running them, :mod:`.decoder_layers`;
+every private transformers attribute in :mod:`.compat`), which positions and heads are kept (:mod:`.samplers`, :mod:`.heads`), the capture
 session and its pipelined loop (:mod:`.session`, rows in :mod:`.rows`), the host-side gathering into Arrow
 tables (:mod:`.gather`) and the self-check against eager (:mod:`.selfcheck`).
 

@@ -33,7 +33,7 @@ from .models import ModelLayout, backbone_of, text_config
 from .rows import Block, KeysNotTokens
 from .samplers import AllSampler, Sampler
 from .shapes import loaded_layout
-from .tap import attention_modules, pre_rope_pair, rotary_call
+from .tap import EarlierKeys, attention_modules, pre_rope_pair, pre_rope_query, rotary_call
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
 
@@ -73,6 +73,7 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
     layers: dict[int, LayerQK] = {}
     pending: dict[str, Any] = {}
     repeated = RepeatedCall()
+    earlier_keys = EarlierKeys()
 
     def record_eager(original: Any) -> Any:
         def recorder(
@@ -82,7 +83,11 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
             if id(module) in tapped and not repeated(layer := layer_of(module), query, key):
                 if key.shape[2] != query.shape[2]:
                     raise KeysNotTokens(layer, key.shape[2], query.shape[2])
-                q_pre, k_pre = pre_rope_pair(query, key, calls)
+                if (earlier := earlier_keys.get(key)) is not None:
+                    q_pre, k_pre = pre_rope_query(query, calls), earlier
+                else:
+                    q_pre, k_pre = pre_rope_pair(query, key, calls)
+                    earlier_keys.remember(key, k_pre)
                 q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
                 if layer in layers:
                     raise RepeatedLayer(f"decoder layer {layer} calls attention more than once per forward")

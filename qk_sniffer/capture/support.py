@@ -61,7 +61,7 @@ def _full_layers_nope(cfg: PretrainedConfig) -> LayerSet:
 
 
 # Each one measured by the family sweep (its "rotation where the config says none" check).
-for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1", "beam"):
+for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1", "kolibri1_1", "beam"):
     NOPE_RULES.register(_family)(_full_layers_nope)
 
 
@@ -82,6 +82,14 @@ def nope_layers(cfg: PretrainedConfig) -> LayerSet:
     """Layers that never call the rotary function (text config in, layer indices out)."""
     if cfg.model_type in NOPE_RULES:
         return NOPE_RULES.get(cfg.model_type)(cfg)
+    # RoPE parameters per layer type, null for a type that does not rotate (Ergo's full-attention layers).
+    rope, kinds = getattr(cfg, "rope_parameters", None), getattr(cfg, "layer_types", None) or ()
+    if isinstance(rope, dict) and any(kind in rope and rope[kind] is None for kind in kinds):
+        return tuple(i for i, kind in enumerate(kinds[: cfg.num_hidden_layers]) if rope.get(kind, 0) is None)
+    # A RoPE base per layer, 0 for a layer that does not rotate (Muse Glimmer).
+    thetas = getattr(cfg, "layer_rope_theta", None)
+    if isinstance(thetas, (list, tuple)):
+        return tuple(i for i, theta in enumerate(thetas[: cfg.num_hidden_layers]) if not theta)
     # SmolLM3 and Llama 4 spell it the same way: one flag per layer, 1 = rotate, 0 = NoPE.
     flags = getattr(cfg, "no_rope_layers", None)
     if flags:

@@ -17,6 +17,7 @@ Traps handled here:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +88,36 @@ class _RotaryStash:
 
 class RotarySliceError(UserError):
     """The rotary function's output was not found in the vectors handed to attention."""
+
+
+class EarlierKeys:
+    """The pre-RoPE keys of the keys already handed to attention, for as long as those keys live: a layer that
+    attends to an earlier layer's keys (Gemma 3n's KV sharing) rotates only its query, and its keys' pre-RoPE
+    vectors are the earlier layer's. Entries go when their key is freed, so nothing outlives its layer."""
+
+    def __init__(self) -> None:
+        self._pre: dict[int, Tensor] = {}
+
+    def remember(self, post: Tensor, pre: Tensor) -> None:
+        if pre is post or id(post) in self._pre:
+            return  # a key without rotation is its own pre-RoPE key (holding it would keep it alive)
+        self._pre[id(post)] = pre
+        weakref.finalize(post, self._pre.pop, id(post), None)
+
+    def get(self, post: Tensor) -> Tensor | None:
+        return self._pre.get(id(post))
+
+
+def pre_rope_query(query: Tensor, calls: list[RotaryCall]) -> Tensor:
+    """The pre-RoPE query of a call whose key is an earlier layer's (see :class:`EarlierKeys`)."""
+    singles = [c for c in calls if len(c.inputs) == 1]
+    pairs = [c for c in calls if len(c.inputs) == 2]
+    if singles:
+        return _matched_single(query, singles)
+    if pairs:
+        (q_in, _), (q_out, _) = pairs[-1].inputs, pairs[-1].outputs
+        return whole_pre_rope(query, q_in, q_out)
+    return query
 
 
 def pre_rope_pair(query: Tensor, key: Tensor, calls: list[RotaryCall]) -> tuple[Tensor, Tensor]:
@@ -261,6 +292,7 @@ def attention_tap(
     rotary = rotary_functions(modules) if pre_rope else []
     stash = _RotaryStash()
     repeated = RepeatedCall()
+    earlier_keys = EarlierKeys()
 
     def tapped_attention(
         module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
@@ -270,9 +302,12 @@ def attention_tap(
             return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
         if layers is None or layer in layers:
             window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
-            if pre_rope:
+            if pre_rope and (earlier := earlier_keys.get(key)) is not None:
+                query_out, key_out = pre_rope_query(query, rotary_calls), earlier
+            elif pre_rope:
                 # Layers without rotation never called the rotary function: there pre == post.
                 query_out, key_out = pre_rope_pair(query, key, rotary_calls)
+                earlier_keys.remember(key, key_out)
             else:
                 query_out, key_out = query, key
             callback(layer, query_out, key_out, int(window) if window else None)

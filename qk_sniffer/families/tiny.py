@@ -36,6 +36,7 @@ SMALL: dict[str, int] = {
     "n_routed_experts": 4,
     "num_experts_per_tok": 2,
     "num_experts_per_token": 2,
+    "top_k_experts": 2,
     "num_expert_group": 1,
     "n_shared_experts": 1,
     "n_group": 1,
@@ -47,6 +48,10 @@ SMALL: dict[str, int] = {
     "qk_nope_head_dim": 8,
     "v_head_dim": 16,
     "global_head_dim": 32,
+    # Inkling's sliding layers: other heads and head_dim than its full ones (kept different, just smaller)
+    "swa_num_attention_heads": 8,
+    "swa_num_key_value_heads": 4,
+    "swa_head_dim": 32,
     "num_global_key_value_heads": 1,
     "linear_num_key_heads": 2,
     "linear_num_value_heads": 4,
@@ -59,6 +64,10 @@ SMALL: dict[str, int] = {
     "depth": 1,
     "embed_dim": 64,
     "out_hidden_size": 64,
+    # widths other towers must share with the text model (audio codebooks, adapters)
+    "codebook_dim": 64,
+    "adapter_in_dim": 64,
+    "index_num_heads": 2,  # a sparse-attention indexer's heads, at most the query heads of one key head
     "patch_size": 16,
     "num_channels": 3,
     "vision_output_dim": 64,
@@ -98,6 +107,8 @@ SMALL: dict[str, int] = {
     "encoder_attention_heads": 4,
     "decoder_attention_heads": 4,
 }
+MOE_KEYS = ("num_experts", "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "top_k_experts",
+            "moe_intermediate_size")  # fmt: skip
 WINDOW_KEYS = ("sliding_window", "attention_chunk_size")
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -113,8 +124,11 @@ def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
         out["head_dim"] = SMALL["head_dim"]  # a null default some families (Ministral) cannot build with
     if defaults.get("head_dim") and defaults.get("head_dim") == defaults.get("qk_rope_head_dim"):
         out["head_dim"] = out["qk_rope_head_dim"]  # MLA families rotate head_dim = qk_rope_head_dim dims
-    if "num_experts_per_tok" in defaults and defaults["num_experts_per_tok"] is None:
-        out["num_experts_per_tok"] = 2  # DeepSeek V2's default leaves routing unset
+    # MoE settings a default leaves null (DeepSeek V2's routing, Dots1's and DiffusionGemma's every one) that
+    # the MoE layers are built with anyway.
+    for key in MOE_KEYS:
+        if key in defaults and defaults[key] is None:
+            out[key] = SMALL[key]
     heads, kv = defaults.get("num_attention_heads"), defaults.get("num_key_value_heads")
     if isinstance(heads, int) and isinstance(kv, int) and kv:
         out["num_key_value_heads"] = 2 if kv < heads else out.get("num_attention_heads", heads)
