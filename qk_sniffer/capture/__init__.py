@@ -2,8 +2,9 @@
 
 Owns everything about the model side: reading a family's layout (:mod:`.models`, :mod:`.support`,
 :mod:`.positions`) and measuring its heads per layer from the attention calls (:mod:`.shapes`), the one
-attention-registry tap (:mod:`.tap`, calls named by the decoder layer running them, :mod:`.decoder_layers`;
-every private transformers attribute in :mod:`.compat`), which positions and heads are kept (:mod:`.samplers`, :mod:`.heads`), the capture
+attention-registry tap (:mod:`.tap`, calls named by the decoder layer running them,
+:mod:`.decoder_layers`; every private transformers attribute in :mod:`.compat`), which positions and heads
+are kept (:mod:`.samplers`, :mod:`.heads`), the capture
 session and its pipelined loop (:mod:`.session`, rows in :mod:`.rows`), the host-side gathering into Arrow
 tables (:mod:`.gather`) and the self-check against eager (:mod:`.selfcheck`).
 

@@ -61,7 +61,9 @@ def _full_layers_nope(cfg: PretrainedConfig) -> LayerSet:
 
 
 # Each one measured by the family sweep (its "rotation where the config says none" check).
-for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1", "kolibri1_1", "beam"):
+_FULL_LAYERS_NOPE = ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1",
+                     "kolibri1_1", "beam")  # fmt: skip
+for _family in _FULL_LAYERS_NOPE:
     NOPE_RULES.register(_family)(_full_layers_nope)
 
 
