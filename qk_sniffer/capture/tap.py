@@ -300,16 +300,21 @@ def attention_tap(
         rotary_calls = stash.take()
         if id(module) not in tapped or repeated(layer := layer_of(module), query, key):
             return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
-        if layers is None or layer in layers:
-            window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
-            if pre_rope and (earlier := earlier_keys.get(key)) is not None:
-                query_out, key_out = pre_rope_query(query, rotary_calls), earlier
-            elif pre_rope:
-                # Layers without rotation never called the rotary function: there pre == post.
+        wanted = layers is None or layer in layers
+        query_out, key_out = query, key
+        if pre_rope and (earlier := earlier_keys.get(key)) is not None:
+            query_out, key_out = pre_rope_query(query, rotary_calls), earlier
+        elif pre_rope:
+            # Layers without rotation never called the rotary function: there pre == post. A layer not
+            # captured still leaves its pre-RoPE keys for a later layer that attends to the same keys.
+            try:
                 query_out, key_out = pre_rope_pair(query, key, rotary_calls)
                 earlier_keys.remember(key, key_out)
-            else:
-                query_out, key_out = query, key
+            except RotarySliceError:
+                if wanted:
+                    raise
+        if wanted:
+            window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
             callback(layer, query_out, key_out, int(window) if window else None)
         if stop_after_layer is not None and layer >= stop_after_layer:
             raise StopForward

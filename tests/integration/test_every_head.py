@@ -197,3 +197,20 @@ def test_a_run_planned_from_the_config_alone_refuses_a_model_that_runs_other_hea
     with pytest.raises(UserError, match="attention calls see other heads than its config states"):
         run(compose_cfg(every_row_overrides(fr.ckpt, data, out, False)))
     assert not out.exists()
+
+
+def test_a_layer_reusing_earlier_keys_is_exact_pre_rope_when_captured_alone(runs, tmp_path):
+    """Gemma 3n's last layers attend to keys an earlier layer rotated: their pre-RoPE keys are that layer's,
+    also when only the reusing layer is captured."""
+    fr = runs("gemma3n_text")
+    shared = [i for i, layer in enumerate(backbone_of(fr.model).layers) if layer.self_attn.is_kv_shared_layer]
+    assert shared, "the tiny config must share keys and values"
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
+    out = tmp_path / "out"
+    run(compose_cfg([*every_row_overrides(fr.ckpt, data, out, True), f"capture.layers=[{shared[-1]}]"]))
+    tables = read_configs(out)
+    assert {parse_config_name(name)[0] for name in tables} == {shared[-1]}
+    for name, table in tables.items():
+        key = parse_config_name(name)
+        assert key is not None
+        check_rows(table, fr.refs, key, True)
