@@ -62,9 +62,15 @@ def _full_layers_nope(cfg: PretrainedConfig) -> LayerSet:
 
 # Each one measured by the family sweep (its "rotation where the config says none" check).
 _FULL_LAYERS_NOPE = ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1",
-                     "kolibri1_1", "beam")  # fmt: skip
+                     "beam")  # fmt: skip
 for _family in _FULL_LAYERS_NOPE:
     NOPE_RULES.register(_family)(_full_layers_nope)
+
+
+@NOPE_RULES.register("kolibri1_1")
+def _only_sliding_layers_rotate(cfg: PretrainedConfig) -> LayerSet:
+    # Kolibri 1.1 rotates on its sliding layers only; its indexed-attention layers see no positions.
+    return tuple(i for i, kind in enumerate(cfg.layer_types or []) if kind != "sliding_attention")
 
 
 @NOPE_RULES.register("zamba2")
