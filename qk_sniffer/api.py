@@ -31,11 +31,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .capture.gather import ExampleRecord, PendingRows, schema, tables_for
 from .capture.heads import HeadSelection, select_heads
-from .capture.models import ModelLayout, attention_backend, layout_from_config, text_config
+from .capture.models import ModelLayout, attention_backend, text_config
 from .capture.points import CapturePoint
 from .capture.rows import Block
 from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .capture.session import CaptureSession
+from .capture.shapes import loaded_layout
 from .core.config import CaptureConfig, HeadSamplingConfig
 from .core.errors import UserError
 from .core.naming import config_name, name_widths
@@ -78,13 +79,11 @@ class Recording:
         self.capture_cfg = capture_cfg
         self.max_length = max_length
         self.batch_size = batch_size
-        self.layout: ModelLayout = layout_from_config(model.config)
+        self.layout: ModelLayout = loaded_layout(model)
         self.selection: HeadSelection = select_heads(capture_cfg, self.layout)
         self._inputs = GivenInputs(tokenizer, int(text_config(model.config).vocab_size), max_length)
         self._attn_implementation = attention_backend(model)
-        self._widths = name_widths(
-            self.layout.num_layers, max(self.layout.num_q_heads, self.layout.num_kv_heads)
-        )
+        self._widths = name_widths(self.layout.num_layers, self.layout.max_heads)
         self._token_strings = (
             tokenization.token_strings(tokenizer)
             if capture_cfg.token_strings and tokenizer is not None
@@ -171,8 +170,8 @@ class Recording:
         A selected head that no position was sampled for gives an empty table.
         """
         out: dict[TableKey, pa.Table] = {}
-        empty = schema(self.layout.head_dim, self._token_strings is not None).empty_table()
         for layer in self.selection.layers:
+            empty = schema(self.layout.head_dim_of(layer), self._token_strings is not None).empty_table()
             for kind in KINDS:
                 heads = self.selection.heads(layer, kind)
                 if not heads:

@@ -37,7 +37,8 @@ class HeadSelection:
 def check_ranges(capture: CaptureConfig, layout: ModelLayout) -> list[str]:
     """Problems with layer/head numbers against this model, as messages naming the key and the valid range."""
     problems = []
-    cross = set(layout.cross_attention_layers)
+    cross, skipped = set(layout.cross_attention_layers), set(layout.linear_attention_layers)
+    attention = format_ranges(layout.self_attention_layers)
     for layer in capture.layers or []:
         if not 0 <= layer < layout.num_layers:
             problems.append(
@@ -46,13 +47,19 @@ def check_ranges(capture: CaptureConfig, layout: ModelLayout) -> list[str]:
         elif layer in cross:
             problems.append(
                 f"capture.layers: layer {layer} is a cross-attention layer (it attends to image features, "
-                f"not the text); self-attention layers are {format_ranges(layout.self_attention_layers)}"
+                f"not the text); self-attention layers are {attention}"
             )
-    for head in capture.heads or []:
-        if not 0 <= head < layout.num_q_heads:
+        elif layer in skipped:
             problems.append(
-                f"capture.heads: head {head} is out of range; "
-                f"valid query heads are 0..{layout.num_q_heads - 1}"
+                f"capture.layers: layer {layer} has no softmax attention (a state-space, linear-attention or "
+                f"convolution layer: no query or key); self-attention layers are {attention}"
+            )
+    most = max((layout.q_heads_of(layer) for layer in layout.self_attention_layers), default=0)
+    for head in capture.heads or []:
+        if not 0 <= head < most:
+            problems.append(
+                f"capture.heads: head {head} is out of range; valid query heads are 0..{most - 1}"
+                + ("" if not layout.q_heads_per_layer else " (in the layers that have that many)")
             )
     return problems
 
@@ -62,13 +69,19 @@ def candidate_heads(capture: CaptureConfig, layout: ModelLayout) -> list[tuple[i
 
     As in the original, the candidates span every decoder layer, Mllama's cross-attention layers included
     (the original drew there too, and its picks there captured nothing): the same count and seed must give
-    the original's heads. :func:`select_heads` drops cross-attention picks afterwards.
+    the original's heads. :func:`select_heads` drops the picks in layers without self-attention afterwards.
+    Each layer offers its own heads (families whose layers run different head counts).
     """
     layers = sorted(set(capture.layers)) if capture.layers is not None else list(range(layout.num_layers))
     if capture.full_attention_only:
         layers = [layer for layer in layers if not layout.is_sliding(layer)]
-    heads = sorted(set(capture.heads)) if capture.heads is not None else list(range(layout.num_q_heads))
-    return [(layer, head) for layer in layers for head in heads]
+    wanted = set(capture.heads) if capture.heads is not None else None
+    return [
+        (layer, head)
+        for layer in layers
+        for head in range(layout.q_heads_of(layer) or layout.num_q_heads)
+        if wanted is None or head in wanted
+    ]
 
 
 def sample_heads(candidates: list[tuple[int, int]], count: int, seed: int) -> list[tuple[int, int]]:
@@ -93,15 +106,16 @@ def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
                 "capture.layers/capture.heads/capture.full_attention_only"
             )
         candidates = sample_heads(candidates, count, capture.head_sampling.seed)
-    # Cross-attention layers (Mllama) never see text queries against text keys: they are not captured.
-    cross = set(layout.cross_attention_layers)
-    candidates = [(layer, head) for layer, head in candidates if layer not in cross]
+    # Cross-attention layers (Mllama) never see text queries against text keys, and non-softmax layers of
+    # hybrids have none: neither is captured.
+    attention = set(layout.self_attention_layers)
+    candidates = [(layer, head) for layer, head in candidates if layer in attention]
 
     q_heads: dict[int, set[int]] = {}
     for layer, head in candidates:
         q_heads.setdefault(layer, set()).add(head)
     # Keys: those the captured query heads read (GQA maps query head h to kv head h // group).
-    k_heads = {layer: {layout.kv_head_of(h) for h in hs} for layer, hs in q_heads.items()}
+    k_heads = {layer: {layout.kv_head_of(h, layer) for h in hs} for layer, hs in q_heads.items()}
 
     def frozen(d: dict[int, set[int]], enabled: bool) -> dict[int, tuple[int, ...]]:
         return {layer: tuple(sorted(hs)) for layer, hs in sorted(d.items())} if enabled else {}

@@ -97,8 +97,9 @@ def shape_of(
 
 
 def feed_forward_width(cfg: Any) -> int:
-    """Intermediate width one token goes through: dense, or top-k experts (+ a shared expert) for an MoE."""
-    dense = int(getattr(cfg, "intermediate_size", 0) or 4 * cfg.hidden_size)
+    """Intermediate width one token goes through: dense, or top-k experts (+ a shared expert) for an MoE.
+    A family that widens some layers (Gemma 3n: one width per layer) is sized by its widest."""
+    dense = _widest(getattr(cfg, "intermediate_size", 0)) or 4 * cfg.hidden_size
     experts = (
         getattr(cfg, "num_experts", None)
         or getattr(cfg, "num_local_experts", None)
@@ -107,10 +108,17 @@ def feed_forward_width(cfg: Any) -> int:
     top_k = getattr(cfg, "num_experts_per_tok", None)
     if not experts or not top_k:
         return dense
-    expert = int(getattr(cfg, "moe_intermediate_size", None) or dense)
+    expert = _widest(getattr(cfg, "moe_intermediate_size", None)) or dense
     shared = int(getattr(cfg, "shared_expert_intermediate_size", None) or 0)
     shared += int(getattr(cfg, "n_shared_experts", None) or 0) * expert
     return max(dense, int(top_k) * expert + shared)
+
+
+def _widest(width: Any) -> int:
+    """A width as a config states it: one int, or one per layer (the widest counts); 0 when unset."""
+    if isinstance(width, (list, tuple)):
+        return max((int(w) for w in width if w), default=0)
+    return int(width or 0)
 
 
 def model_weight_bytes(config: PretrainedConfig, dtype: str) -> int:

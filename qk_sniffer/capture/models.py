@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import torch
@@ -26,6 +26,7 @@ from ..core.config import DTYPES, ModelConfig
 from ..core.errors import UserError
 from . import support as families
 from .alibi import alibi_slopes
+from .decoder_layers import layer_list
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,12 @@ class ModelLayout:
     # Layers that attend to image features instead of the text (Mllama): never captured.
     cross_attention_layers: tuple[int, ...] = ()
     # Layers whose token mixer is not softmax attention (linear attention, SSM, convolution) in hybrid
-    # families (Qwen3-Next, LFM2): they have no Q/K to capture.
+    # families (Qwen3-Next, Zamba, LFM2): they make no attention call, have no Q/K, and are skipped.
     linear_attention_layers: tuple[int, ...] = ()
-    # head_dim of each layer, only for families whose layers differ (Gemma 4); ``head_dim`` is then the most
-    # common one. Every captured vector has its own layer's length.
+    # Per layer, only for families whose attention layers differ (measured from the attention calls, see
+    # :mod:`.shapes`): head_dim (Gemma 4), query heads and key heads (Inkling's sliding layers); 0 for a
+    # layer without attention. ``head_dim``, ``num_q_heads`` and ``num_kv_heads`` are then the most common
+    # values. Every captured vector has its own layer's length, every layer its own heads.
     head_dims: tuple[int, ...] = ()
     # How the model tells positions apart: rope, absolute, alibi, none, unknown (support.POSITION_ENCODINGS).
     # Without rotation nothing happens between pre-RoPE and post-RoPE: both capture points are the same.
@@ -72,10 +75,16 @@ class ModelLayout:
     # OPT and XGLM multiply the query by this factor before their attention function, which then scales
     # q . k by 1: the captured query includes it (it is what the dot product sees). None elsewhere.
     query_prescale: float | None = None
+    q_heads_per_layer: tuple[int, ...] = ()
+    kv_heads_per_layer: tuple[int, ...] = ()
 
-    @property
-    def group_size(self) -> int:
-        return self.num_q_heads // self.num_kv_heads
+    def record(self) -> dict[str, Any]:
+        """The layout as the metadata records it: per-layer heads only where the layers differ."""
+        record = asdict(self)
+        for key in ("q_heads_per_layer", "kv_heads_per_layer"):
+            if not record[key]:
+                del record[key]
+        return record
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
@@ -83,11 +92,26 @@ class ModelLayout:
         skip = set(self.cross_attention_layers) | set(self.linear_attention_layers)
         return tuple(layer for layer in range(self.num_layers) if layer not in skip)
 
+    @property
+    def max_heads(self) -> int:
+        """The most heads of one kind in any layer (config names are this wide)."""
+        return max(self.num_q_heads, self.num_kv_heads, *self.q_heads_per_layer, *self.kv_heads_per_layer)
+
+    def q_heads_of(self, layer: int) -> int:
+        return self.q_heads_per_layer[layer] if self.q_heads_per_layer else self.num_q_heads
+
+    def kv_heads_of(self, layer: int) -> int:
+        return self.kv_heads_per_layer[layer] if self.kv_heads_per_layer else self.num_kv_heads
+
+    def head_dim_of(self, layer: int) -> int:
+        return self.head_dims[layer] if self.head_dims else self.head_dim
+
     def is_sliding(self, layer: int) -> bool:
         return self.sliding_windows[layer] is not None
 
-    def kv_head_of(self, q_head: int) -> int:
-        return q_head // self.group_size
+    def kv_head_of(self, q_head: int, layer: int) -> int:
+        """The key head query head ``q_head`` of ``layer`` reads (GQA: one per group of query heads)."""
+        return q_head // (self.q_heads_of(layer) // self.kv_heads_of(layer))
 
 
 def text_config(config: PretrainedConfig) -> PretrainedConfig:
@@ -254,12 +278,13 @@ def choose_attn_implementation(
     """The backend to load with: ``requested`` if the family can run it, else an error naming what it can.
 
     With nothing requested: flash_attention_2 when flash_attn is installed and the device is CUDA, else sdpa,
-    else eager (Gemma 2's softcapping and GPT-OSS's sinks have no sdpa path).
+    else eager (Gemma 2's softcapping and GPT-OSS's sinks have no sdpa path). A family the sweep measured as
+    exact on eager only (its other paths compute something else, PaliGemma) can run eager only.
     """
     cls = model_class_for(config)
     if cls is None:  # remote code declares its own support; let transformers decide
         return requested
-    can = backends_of(cls)
+    can = ("eager",) if families.eager_only(config.model_type) else backends_of(cls)
     flash_installed = importlib.util.find_spec("flash_attn") is not None
     if requested is None:
         if device.type == "cuda" and flash_installed and "flash_attention_2" in can:
@@ -363,25 +388,14 @@ def _auto_class(config: PretrainedConfig, trust_remote_code: bool) -> Any:
 
 
 def check_capturable(model: PreTrainedModel) -> None:
-    """After loading, before any forward: every self-attention layer must have a module our tap can reach."""
-    from .module_tap import tapped_layers  # the taps need nothing from here; keep the import one-way
-
-    model_type = text_config(model.config).model_type
+    """After loading, before any forward: a family the sweep never measured must route its attention through
+    the registry (the layers and heads its attention calls see are checked by ``shapes.check_loaded``)."""
     measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls
     if not measured and not families.routes_attention(type(model)):
         raise families.unsupported_family_error(
-            model_type,
+            text_config(model.config).model_type,
             type(model).__name__,
             "its attention does not go through the AttentionInterface registry",
-        )
-    layout = layout_from_config(model.config)
-    found = tapped_layers(backbone_of(model))
-    if found != list(layout.self_attention_layers):
-        raise families.unsupported_family_error(
-            model_type,
-            type(model).__name__,
-            f"its config has self-attention layers {list(layout.self_attention_layers)} but attention "
-            f"modules were found for layers {found}",
         )
 
 
@@ -401,9 +415,9 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
         ]
         candidates.extend(frontier)
     for module in reversed(candidates):
-        # GPT-NeoX, GPT-J, Falcon, MPT: the stack may be `h` or `blocks`, the embeddings `embed_in`, `wte`,
-        # `word_embeddings`, OpenAI GPT's `tokens_embed` or CTRL's `w`.
-        has_layers = any(isinstance(getattr(module, a, None), torch.nn.ModuleList) for a in _LAYER_LISTS)
+        # GPT-NeoX, GPT-J, Falcon, MPT, Nemotron-H: the stack may be `h` or `blocks`, the embeddings
+        # `embed_in`, `wte`, `word_embeddings`, `embeddings`, OpenAI GPT's `tokens_embed` or CTRL's `w`.
+        has_layers = layer_list(module) is not None
         if has_layers and any(hasattr(module, a) for a in _EMBEDDINGS):
             return module
     raise UserError(
@@ -415,17 +429,7 @@ def backbone_of(model: PreTrainedModel) -> torch.nn.Module:
 # Where a model keeps its decoder: the usual names, OPT's `model.decoder`, and the class's own
 # `base_model_prefix` (BioGPT's `biogpt`), so a family needs no entry here to be found.
 _WRAPPERS = ("model", "language_model", "text_model", "transformer", "gpt_neox", "decoder")
-_LAYER_LISTS = ("layers", "h", "blocks")
-_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings", "tokens_embed", "w")
-
-
-def decoder_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers of a backbone (its ``layers`` or ``h`` list), in order."""
-    for attr in _LAYER_LISTS:
-        layers = getattr(backbone, attr, None)
-        if isinstance(layers, torch.nn.ModuleList):
-            return list(layers)
-    return []
+_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "word_embeddings", "embeddings", "tokens_embed", "w")
 
 
 def attention_backend(model: PreTrainedModel) -> str:

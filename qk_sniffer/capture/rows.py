@@ -21,9 +21,20 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..core.errors import UserError
 from ..inputs.data import Batch
 from .heads import HeadSelection
 from .samplers import KINDS, Sampler, sample_positions
+
+
+class KeysNotTokens(UserError):
+    """An attention call's keys are not one per token (DeepSeek V4's compressed entries)."""
+
+    def __init__(self, layer: int, keys: int, tokens: int) -> None:
+        super().__init__(
+            f"layer {layer}: its attention sees {keys} keys for {tokens} tokens; its keys are not one per "
+            "token (compressed or pooled entries), so a key cannot be named by its position"
+        )
 
 
 @dataclass
@@ -175,6 +186,10 @@ class BatchCapture:
         self.hook_seconds += time.perf_counter() - start
 
     def _gather(self, layer: int, query: torch.Tensor, key: torch.Tensor, window: int | None) -> None:
+        if layer in self.windows:  # a second call would write its rows a second time, under the same names
+            raise UserError(f"layer {layer} called attention twice in one forward; its rows cannot be named")
+        if key.shape[2] != query.shape[2]:  # keys by token position would index other entries
+            raise KeysNotTokens(layer, key.shape[2], query.shape[2])
         self.windows[layer] = window
         self.plan_layer(layer, query.device)
         for kind, states in (("q", query), ("k", key)):

@@ -29,13 +29,15 @@ from .compat import (
     module_globals,
     rotary_functions,
 )
+from .decoder_layers import RepeatedCall, running_layer
 from .heads import HeadSelection
 from .logits import attention_problems
-from .models import ModelLayout, backbone_of, layout_from_config, text_config
+from .models import ModelLayout, backbone_of, text_config
 from .module_tap import seam_modules, seam_reference
-from .rows import Block
+from .rows import Block, KeysNotTokens
 from .samplers import AllSampler, Sampler
-from .tap import attention_modules, pre_rope_pair, rotary_call
+from .shapes import loaded_layout
+from .tap import EarlierKeys, attention_modules, pre_rope_pair, pre_rope_query, rotary_call
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
 
@@ -55,9 +57,14 @@ class LayerQK:
     rotated: bool  # whether the layer called a rotary function
 
 
+class RepeatedLayer(Exception):  # noqa: N818 - a finding of the sweep, reported as a refusal reason
+    """A decoder layer called its eager attention more than once in one forward."""
+
+
 @torch.no_grad()
 def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]:
-    """The model's own eager Q/K for one unpadded example, per layer that called its eager attention."""
+    """The model's own eager Q/K for one unpadded example, per decoder layer that called its eager attention
+    (named as the tap names them: by the decoder layer running, :mod:`.decoder_layers`)."""
     backbone = backbone_of(model)
     if seam_modules(backbone):  # attention outside the registry: its own seams (held to its probabilities)
         ids = torch.tensor([input_ids], device=next(model.parameters()).device)
@@ -67,20 +74,31 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
     missing = [mod.__name__ for mod in modeling if not hasattr(mod, EAGER_ATTENTION)]
     if missing or not modeling:
         raise NoEagerPath(f"no eager_attention_forward in {', '.join(missing) or 'any attention module'}")
+    tapped = {id(m) for m in modules}
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     configs[id(backbone.config)] = backbone.config
     layers: dict[int, LayerQK] = {}
     pending: dict[str, Any] = {}
+    repeated = RepeatedCall()
+    earlier_keys = EarlierKeys()
 
     def record_eager(original: Any) -> Any:
         def recorder(
             module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *a: Any, **kw: Any
         ) -> Any:
             calls = pending.pop("rot", [])
-            q_pre, k_pre = pre_rope_pair(query, key, calls)
-            q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
-            layer = int(module.layer_idx)  # type: ignore[arg-type]
-            layers[layer] = LayerQK(q_post, k_post, q_pre, k_pre, rotated=bool(calls))
+            if id(module) in tapped and not repeated(layer := layer_of(module), query, key):
+                if key.shape[2] != query.shape[2]:
+                    raise KeysNotTokens(layer, key.shape[2], query.shape[2])
+                if (earlier := earlier_keys.get(key)) is not None:
+                    q_pre, k_pre = pre_rope_query(query, calls), earlier
+                else:
+                    q_pre, k_pre = pre_rope_pair(query, key, calls)
+                    earlier_keys.remember(key, k_pre)
+                q_post, k_post, q_pre, k_pre = (t[0].float().clone() for t in (query, key, q_pre, k_pre))
+                if layer in layers:
+                    raise RepeatedLayer(f"decoder layer {layer} calls attention more than once per forward")
+                layers[layer] = LayerQK(q_post, k_post, q_pre, k_pre, rotated=bool(calls))
             return original(module, query, key, *a, **kw)
 
         return recorder
@@ -97,7 +115,11 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
 
     replaced = [(mod, EAGER_ATTENTION, record_eager) for mod in modeling]
     replaced += [(mod, name, record_rotary) for mod, name in rotary_functions(modules)]
-    with attention_implementation(configs.values(), "eager"), module_globals(replaced):
+    with (
+        attention_implementation(configs.values(), "eager"),
+        module_globals(replaced),
+        running_layer(backbone) as layer_of,
+    ):
         device = next(model.parameters()).device
         backbone(input_ids=torch.tensor([input_ids], device=device), use_cache=False)
     return layers
@@ -106,8 +128,8 @@ def eager_qk(model: PreTrainedModel, input_ids: list[int]) -> dict[int, LayerQK]
 def every_head(layout: ModelLayout) -> HeadSelection:
     layers = layout.self_attention_layers
     return HeadSelection(
-        {layer: tuple(range(layout.num_q_heads)) for layer in layers},
-        {layer: tuple(range(layout.num_kv_heads)) for layer in layers},
+        {layer: tuple(range(layout.q_heads_of(layer))) for layer in layers},
+        {layer: tuple(range(layout.kv_heads_of(layer))) for layer in layers},
     )
 
 
@@ -180,6 +202,29 @@ def compare(
                 return
 
 
+def completeness(ref: dict[int, LayerQK], blocks: list[Block], rows: int) -> str | None:
+    """What is missing or extra in ``blocks`` against the (layer, head, q|k) the eager calls of ``ref`` saw,
+    each of which must hold ``rows`` rows; None when the capture is complete."""
+    seen = {(layer, h, "q") for layer, r in ref.items() for h in range(r.q_post.shape[0])}
+    seen |= {(layer, h, "k") for layer, r in ref.items() for h in range(r.k_post.shape[0])}
+    written = {(b.layer, h, b.kind) for b in blocks for h in b.heads}
+    if written != seen:
+        missing, extra = sorted(seen - written), sorted(written - seen)
+        return (
+            f"incomplete: the capture wrote {len(written & seen)} of the {len(seen)} (layer, head, kind) the "
+            f"eager attention calls saw; missing {_names(missing)}, extra {_names(extra)}"
+        )
+    short = sorted({(b.layer, b.kind) for b in blocks if len(b.plan) != rows})
+    if short:
+        return f"incomplete: (layer, kind) {short[:5]} kept other than the {rows} positions of the batch"
+    return None
+
+
+def _names(keys: list[tuple[int, int, str]]) -> str:
+    shown = ", ".join(f"l{layer}h{head}{kind}" for layer, head, kind in keys[:6])
+    return f"[{shown}{', ...' if len(keys) > 6 else ''}] ({len(keys)})"
+
+
 def check_against_eager(
     model: PreTrainedModel,
     texts: list[list[int]],
@@ -189,9 +234,10 @@ def check_against_eager(
 ) -> Comparison:
     """Capture ``texts`` pre- and post-RoPE and compare every vector with the model's own eager computation.
 
-    Also checks that the captured layers are the ones the eager forward ran attention in, and that
-    rotation shows where the model rotated and nowhere else (a rotary function the tap missed would
-    otherwise make pre == post pass unnoticed).
+    Also checks that the capture is complete: it wrote every (layer, head, q|k) the model's own eager
+    attention calls saw, at every position, and nothing else (counted from those calls, never from the
+    config); and that rotation shows where the model rotated and nowhere else (a rotary function the tap
+    missed would otherwise make pre == post pass unnoticed).
     """
     refs = [eager_qk(model, ids) for ids in texts]
     result = Comparison()
@@ -203,7 +249,7 @@ def check_against_eager(
     eager_layers = sorted(refs[0])
     if eager_layers != list(layout.self_attention_layers):
         result.problems.append(
-            f"the config's self-attention layers are {list(layout.self_attention_layers)} but the eager "
+            f"the layout's self-attention layers are {list(layout.self_attention_layers)} but the eager "
             f"forward ran attention in layers {eager_layers}"
         )
         return result
@@ -212,6 +258,10 @@ def check_against_eager(
         captured = sorted({b.layer for b in blocks})
         if captured != eager_layers:
             result.problems.append(f"the tap captured layers {captured}, eager ran {eager_layers}")
+            return result
+        incomplete = completeness(refs[0], blocks, sum(map(len, texts)))
+        if incomplete:
+            result.problems.append(incomplete)
             return result
         compare(refs, blocks, pre_rope, result, tol, relative)
         if result.problems:
@@ -243,7 +293,7 @@ def require_exact(model: PreTrainedModel) -> None:
     The probe is a fixed batch of unequal lengths of token ids (every row checked, both modes); a mismatch is
     a UserError naming the first differing vector, raised before any data is read or written.
     """
-    layout = layout_from_config(model.config)
+    layout = loaded_layout(model)
     vocab = int(text_config(model.config).vocab_size)
     rng = np.random.default_rng(0)
     texts = [rng.integers(3, vocab, size=n).tolist() for n in PROBE_LENGTHS]

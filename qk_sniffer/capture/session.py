@@ -16,8 +16,9 @@ from transformers import PreTrainedModel
 
 from ..inputs.data import Batch
 from .chunking import ChunkSizes, token_chunking
+from .decoder_layers import layer_list
 from .heads import HeadSelection
-from .models import ModelLayout, attention_backend, backbone_of, decoder_layers, layout_from_config
+from .models import ModelLayout, attention_backend, backbone_of, layout_from_config
 from .module_tap import open_tap
 from .rows import BatchCapture, Block, PendingCopy
 from .samplers import Sampler
@@ -92,7 +93,7 @@ class CaptureSession:
                     stop_after_layer=self.selection.deepest_layer if self.early_stop else None,
                     sizes=self.sizes if self.chunking is not None else None,
                     chunking=(
-                        token_chunking(self.backbone, decoder_layers(self.backbone), self.sizes)
+                        token_chunking(self.backbone, list(layer_list(self.backbone) or ()), self.sizes)
                         if self.chunking is not None
                         else None
                     ),

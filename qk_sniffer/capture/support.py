@@ -69,8 +69,29 @@ def _full_layers_nope(cfg: PretrainedConfig) -> LayerSet:
 
 
 # Each one measured by the family sweep (its "rotation where the config says none" check).
-for _family in ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1", "beam"):
+_FULL_LAYERS_NOPE = ("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "lara_mini", "kolibri1",
+                     "beam")  # fmt: skip
+for _family in _FULL_LAYERS_NOPE:
     NOPE_RULES.register(_family)(_full_layers_nope)
+
+
+@NOPE_RULES.register("kolibri1_1")
+def _only_sliding_layers_rotate(cfg: PretrainedConfig) -> LayerSet:
+    # Kolibri 1.1 rotates on its sliding layers only; its indexed-attention layers see no positions.
+    return tuple(i for i, kind in enumerate(cfg.layer_types or []) if kind != "sliding_attention")
+
+
+@NOPE_RULES.register("zamba2")
+def _shared_block_without_rope(cfg: PretrainedConfig) -> LayerSet:
+    # Zamba2's shared attention blocks rotate only with use_mem_rope (off by default), whatever rope_theta
+    # says.
+    return () if cfg.use_mem_rope else tuple(range(cfg.num_hidden_layers))
+
+
+@NOPE_RULES.register("granitemoehybrid")
+def _rope_only_when_asked(cfg: PretrainedConfig) -> LayerSet:
+    # Granite-4 hybrids rotate only with position_embedding_type="rope"; None (the default) or "nope" is NoPE.
+    return () if cfg.position_embedding_type == "rope" else tuple(range(cfg.num_hidden_layers))
 
 
 def nope_layers(cfg: PretrainedConfig) -> LayerSet:
@@ -79,6 +100,14 @@ def nope_layers(cfg: PretrainedConfig) -> LayerSet:
         return tuple(range(cfg.num_hidden_layers))
     if cfg.model_type in NOPE_RULES:
         return NOPE_RULES.get(cfg.model_type)(cfg)
+    # RoPE parameters per layer type, null for a type that does not rotate (Ergo's full-attention layers).
+    rope, kinds = getattr(cfg, "rope_parameters", None), getattr(cfg, "layer_types", None) or ()
+    if isinstance(rope, dict) and any(kind in rope and rope[kind] is None for kind in kinds):
+        return tuple(i for i, kind in enumerate(kinds[: cfg.num_hidden_layers]) if rope.get(kind, 0) is None)
+    # A RoPE base per layer, 0 for a layer that does not rotate (Muse Glimmer).
+    thetas = getattr(cfg, "layer_rope_theta", None)
+    if isinstance(thetas, (list, tuple)):
+        return tuple(i for i, theta in enumerate(thetas[: cfg.num_hidden_layers]) if not theta)
     # SmolLM3 and Llama 4 spell it the same way: one flag per layer, 1 = rotate, 0 = NoPE.
     flags = getattr(cfg, "no_rope_layers", None)
     if flags:
@@ -160,6 +189,12 @@ def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
     return ()
 
 
+def eager_only(model_type: str) -> bool:
+    """Whether the sweep found the family exact on eager only (transformers' sdpa path computes otherwise)."""
+    entry = matrix_entry(model_type)
+    return entry is not None and "eager_only" in entry.get("quirks", ())
+
+
 def routes_attention(model_class: type) -> bool:
     """Whether the modeling code dispatches attention through transformers' registry (our only seam)."""
     return compat_routes_attention(model_class)
@@ -174,9 +209,40 @@ def unsupported_family_error(model_type: str, model_class_name: str, reason: str
 
 
 def matrix_refusal(model_type: str, model_class_name: str, entry: dict[str, Any]) -> UserError:
-    """The refusal of a family the support matrix measured as not capturable exactly."""
+    """The refusal of a family the support matrix measured as not capturable exactly, naming the nearest
+    family that is."""
     version = support_matrix()["transformers"]
     return UserError(
         f"model family {model_type!r} ({model_class_name}) cannot be captured exactly: {entry['status']}: "
-        f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md)"
+        f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md). "
+        f"Nearest supported: {nearest_supported(model_type, entry['status'])}"
     )
+
+
+# What to try instead, per refusal class, when no supported family shares the refused one's decoder or name.
+INSTEAD = {
+    "no_softmax_attention": "a hybrid that keeps softmax layers beside its state-space ones (jamba, zamba2, "
+    "falcon_h1, bamba)",
+    "encoder_decoder": "a decoder-only family (docs/families.md lists every exact one)",
+    "keys_not_tokens": "a family whose keys are one per token (docs/families.md lists every exact one)",
+}
+
+
+def nearest_supported(model_type: str, status: str) -> str:
+    """The exact family nearest to ``model_type``: the family of its text decoder (a wrapper's), else the
+    one sharing the longest name prefix (five letters at least), else what its refusal class suggests."""
+    entries = support_matrix()["families"]
+    exact = sorted(m for m, e in entries.items() if e["status"] == "exact")
+    sub_config = (entries.get(model_type) or {}).get("tiny_config", {}).get("text_config")
+    text = sub_config.get("model_type") if isinstance(sub_config, dict) else None
+    if text in exact:
+        return f"{text} (its text decoder)"
+
+    def shared(other: str) -> int:
+        return next((i for i, (a, b) in enumerate(zip(model_type, other, strict=False)) if a != b),
+                    min(len(model_type), len(other)))  # fmt: skip
+
+    best = max(exact, key=lambda m: (shared(m), -len(m)), default=None)
+    if best is not None and shared(best) >= 5:
+        return best
+    return INSTEAD.get(status, "see docs/families.md for every exact family")

@@ -19,6 +19,7 @@ Traps handled here:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from .compat import (
     rotary_functions,
     unregister_attention,
 )
+from .decoder_layers import RepeatedCall, running_layer
 from .long_attention import attend, deferring
 
 # (layer_idx, query, key, sliding_window) with query (B, Hq, S, D) and key (B, Hkv, S, D).
@@ -159,6 +161,36 @@ class RotarySliceError(UserError):
     """The rotary function's output was not found in the vectors handed to attention."""
 
 
+class EarlierKeys:
+    """The pre-RoPE keys of the keys already handed to attention, for as long as those keys live: a layer that
+    attends to an earlier layer's keys (Gemma 3n's KV sharing) rotates only its query, and its keys' pre-RoPE
+    vectors are the earlier layer's. Entries go when their key is freed, so nothing outlives its layer."""
+
+    def __init__(self) -> None:
+        self._pre: dict[int, Tensor] = {}
+
+    def remember(self, post: Tensor, pre: Tensor) -> None:
+        if pre is post or id(post) in self._pre:
+            return  # a key without rotation is its own pre-RoPE key (holding it would keep it alive)
+        self._pre[id(post)] = pre
+        weakref.finalize(post, self._pre.pop, id(post), None)
+
+    def get(self, post: Tensor) -> Tensor | None:
+        return self._pre.get(id(post))
+
+
+def pre_rope_query(query: Tensor, calls: list[RotaryCall]) -> Tensor:
+    """The pre-RoPE query of a call whose key is an earlier layer's (see :class:`EarlierKeys`)."""
+    singles = [c for c in calls if len(c.inputs) == 1]
+    pairs = [c for c in calls if len(c.inputs) == 2]
+    if singles:
+        return _matched_single(query, singles)
+    if pairs:
+        (q_in, _), (q_out, _) = pairs[-1].inputs, pairs[-1].outputs
+        return whole_pre_rope(query, q_in, q_out)
+    return query
+
+
 def pre_rope_pair(query: Tensor, key: Tensor, calls: list[RotaryCall]) -> tuple[Tensor, Tensor]:
     """The pre-RoPE (query, key) of one attention call, from the rotary calls made since the previous one.
 
@@ -234,6 +266,18 @@ def whole_pre_rope(
         # Rotated in (B, S, H, D) order, heads moved first afterwards (DeepSeek V2, Llama 4).
         rot_in = rot_in.transpose(1, 2)
         rot_out = rot_out.transpose(1, 2) if rot_out is not None else None
+    if (
+        rot_out is not None
+        and rot_in.dim() == 4 == post.dim()
+        and rot_in.shape[1] != post.shape[1]
+        and post.shape[1] % rot_in.shape[1] == 0
+        and rot_out.shape[-1] == post.shape[-1]
+    ):
+        # Heads repeated after the rotation (JetMoE repeats its keys once per expert slot): the same repeat of
+        # the rotary input, where the repeat of its output is ``post`` bit for bit.
+        times = (1, post.shape[1] // rot_in.shape[1], 1, 1)
+        if torch.equal(rot_out.repeat(times), post):
+            return rot_in.repeat(times)
     if rot_in.shape[-1] == post.shape[-1]:
         return rot_in
     if rot_out is None:
@@ -268,7 +312,8 @@ def delegate_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]
 
 
 def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
-    """Self-attention modules in layer order: the ``*Attention`` modules that carry a ``layer_idx``.
+    """Self-attention modules in layer order: the ``*Attention`` modules that carry a ``layer_idx`` (Zamba's
+    shared block leaves it None: calls are named by the decoder layer running, not by it).
 
     The class-name test keeps out other per-layer modules (MoE blocks, linear-attention mixers) whatever
     their projections are called (``q_proj``, Phi-3's fused ``qkv_proj``, GPT-2's ``c_attn``); cross-attention
@@ -278,7 +323,7 @@ def attention_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     for module in backbone.modules():
         name = type(module).__name__
         if (
-            isinstance(getattr(module, "layer_idx", None), int)
+            hasattr(module, "layer_idx")
             and hasattr(module, "config")
             and name.endswith("Attention")
             and "CrossAttention" not in name
@@ -302,6 +347,8 @@ def attention_tap(
     """Route ``backbone``'s attention through ``callback`` then ``delegate`` while the context is open (the
     caller holds :func:`exclusive_session`: :func:`~.module_tap.open_tap` opens both).
 
+    Each call is named by the decoder layer it runs in (:func:`~.decoder_layers.running_layer`), so a shared
+    block applied at several depths (Zamba2) is one layer per application.
     ``layers`` limits which layers call back (None: all). With ``stop_after_layer`` set, the forward raises
     :class:`StopForward` right after that layer's Q/K were handed over, before its attention is computed.
     With ``sizes``, masks that would be built whole are built per ``sizes.queries`` query rows instead, and
@@ -309,37 +356,51 @@ def attention_tap(
     """
     name = f"qk_sniffer_{delegate}"
     modules = attention_modules(backbone)
+    tapped = {id(m) for m in modules}  # not cross-attention modules, which share the text config
     configs: dict[int, Any] = {id(m.config): m.config for m in modules}
     if getattr(backbone, "config", None) is not None:
         configs[id(backbone.config)] = backbone.config
     rotary = rotary_functions(modules) if pre_rope else []
     stash = RotaryStash()
-    wanted = {int(m.layer_idx) for m in modules} if layers is None else set(layers)  # type: ignore[arg-type]
-    watch = LayerWatch(wanted, "transformers' attention registry")
+    repeated = RepeatedCall()
+    earlier_keys = EarlierKeys()
+    # Requested layers (named by the decoder layer running) that must hand over their q and k each forward.
+    watch = LayerWatch(set(layers) if layers is not None else set(), "transformers' attention registry")
 
-    def tapped_attention(
-        module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> Any:
-        layer = int(module.layer_idx)  # type: ignore[arg-type]
-        rotary_calls = stash.take()
-        if layers is None or layer in layers:
-            window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
-            if pre_rope:
-                # Layers without rotation never called the rotary function: there pre == post.
-                query_out, key_out = pre_rope_pair(query, key, rotary_calls)
-            else:
-                query_out, key_out = query, key
-            callback(layer, query_out, key_out, int(window) if window else None)
-            watch.seen.add(layer)
-            del query_out, key_out
-        del rotary_calls  # the pre-RoPE vectors are not held through the attention call
-        if stop_after_layer is not None and layer >= stop_after_layer:
-            watch.require(layer, backbone)
-            raise StopForward
+    def run_backend(module: torch.nn.Module, query: Tensor, key: Tensor, args: Any, kwargs: Any) -> Any:
         backend = delegate_attention(delegate, module)
         if sizes is None:
             return backend(module, query, key, *args, **kwargs)
         return attend(backend, module, query, key, args, kwargs, sizes.queries)
+
+    def tapped_attention(
+        module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> Any:
+        rotary_calls = stash.take()
+        if id(module) not in tapped or repeated(layer := layer_of(module), query, key):
+            return run_backend(module, query, key, args, kwargs)
+        keep = layers is None or layer in layers
+        query_out, key_out = query, key
+        if pre_rope and (earlier := earlier_keys.get(key)) is not None:
+            query_out, key_out = pre_rope_query(query, rotary_calls), earlier
+        elif pre_rope:
+            # Layers without rotation never called the rotary function: there pre == post. A layer not
+            # captured still leaves its pre-RoPE keys for a later layer that attends to the same keys.
+            try:
+                query_out, key_out = pre_rope_pair(query, key, rotary_calls)
+                earlier_keys.remember(key, key_out)
+            except RotarySliceError:
+                if keep:
+                    raise
+        if keep:
+            window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+            callback(layer, query_out, key_out, int(window) if window else None)
+            watch.seen.add(layer)
+        del query_out, key_out, rotary_calls  # the pre-RoPE vectors are not held through the attention call
+        if stop_after_layer is not None and layer >= stop_after_layer:
+            watch.require(layer, backbone)
+            raise StopForward
+        return run_backend(module, query, key, args, kwargs)
 
     try:
         AttentionInterface.register(name, tapped_attention)
@@ -350,6 +411,7 @@ def attention_tap(
             attention_implementation(configs.values(), name),
             module_globals([(mod, fn_name, stash.recorder) for mod, fn_name in rotary]),
             watch.each_forward(backbone),
+            running_layer(backbone) as layer_of,
         ):
             yield
     finally:

@@ -1,5 +1,6 @@
 """The support matrix of every decoder family transformers ships.
 
+- :mod:`.tiny`   shrinks each family's default config by generic rules (the sweep's tiny configs)
 - :mod:`.sweep`  builds a tiny random model per family and measures its capture against eager
 - :mod:`.docs`   renders ``docs/families.md`` and the README's family table from the matrix
 

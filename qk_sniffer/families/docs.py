@@ -11,6 +11,24 @@ from typing import Any
 
 README_BEGIN, README_END = "<!-- families:begin -->", "<!-- families:end -->"
 
+# What a measured status does not say by itself; written by hand, shown under the tables.
+FAMILY_NOTES = {
+    "paligemma": "its text model, run alone, attends both ways under transformers' sdpa path (no mask, "
+    "`is_causal` off for its bidirectional prefix) and causally under eager, as it does inside the "
+    "wrapper on text; runs use eager (quirk `eager_only`).",
+    "diffllama": "each layer attends twice with the same query and key (once per half of its values, "
+    "combined differentially); the vectors are captured once per layer.",
+    "jetmoe": "mixture of attention heads: each query head is an expert slot routed per token, and the "
+    "keys are repeated once per slot; the vectors are the ones its attention computes with, but a query "
+    "head is a routing slot, not a fixed projection.",
+    "deepseek_v4": "its compressed and sparse layers attend to compressed entries besides the tokens: "
+    "those keys have no token position, so the family is refused (`keys_not_tokens`).",
+    "gemma3n": "its vision tower is a timm model: building it needs `timm` (and `torchvision`), which "
+    "this sweep's environment lacks.",
+    "fast_vlm": "its vision tower is a timm model (see gemma3n).",
+    "perception_lm": "its vision tower is a timm model (see gemma3n).",
+}
+
 
 def _by_status(matrix: dict[str, Any]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
@@ -62,7 +80,17 @@ def docs_page(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str
         "(shrunk: few layers, small hidden size, GQA where the family has it, small experts, windows of 6 "
         "tokens), captured pre- and post-RoPE on one right-padded batch of unequal lengths (23, 14 and 31 "
         f"tokens), and every vector compared with the model's own eager computation (float32, tolerance "
-        f"{matrix['tolerance']}). A family is `exact` only when every vector matched.",
+        f"{matrix['tolerance']}). A family is `exact` only when every vector matched and the capture was "
+        "complete: it wrote every (layer, head, q|k) the model's own attention calls saw, at the head count "
+        "and head dim each layer really runs, counted from those calls (never from the config).",
+        "",
+        "Layers are named by the decoder layer they run in: a hybrid's state-space or linear-attention "
+        "layers are skipped and listed in the metadata (`linear_attention_layers`), and a shared attention "
+        "block applied at several depths (Zamba2) is captured once per application, under each layer.",
+        "",
+        "Out of scope: encoder-decoder (seq2seq) models. Their decoder attends to an encoder's output as "
+        "well as to itself, so there is no single causal stack whose keys are the text's tokens; they are "
+        "refused as `encoder_decoder`. Refusals name their reason and the nearest supported family.",
         "",
         "Rebuild any family's model with `AutoConfig.for_model(model_type, **tiny_config)` "
         "(`tiny_config` is in `qk_sniffer/resources/families.json`).",
@@ -78,6 +106,8 @@ def docs_page(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str
         if counts[status]:
             lines.append(f"| {status} | {counts[status]} | {meaning} |")
     lines += ["", "| quirk | meaning |", "|---|---|", *(f"| {q} | {m} |" for q, m in quirks.items())]
+    notes = [(m, note) for m, note in FAMILY_NOTES.items() if m in matrix["families"]]
+    lines += ["", "Families whose measurement needs a word more:", "", *(f"- `{m}`: {n}" for m, n in notes)]
     lines += ["", "| model_type | status | backend | quirks | worst abs error | reason |", "|---" * 6 + "|"]
     for model_type, e in sorted(matrix["families"].items()):
         worst = e.get("worst_error")

@@ -1,7 +1,7 @@
 """The family sweep: every decoder family transformers ships, built tiny, captured, compared with itself.
 
 For each model type of transformers' causal-LM and image-text-to-text mappings, the sweep shrinks the
-family's own default config (:func:`tiny_config`), builds a random model from it, captures every head of
+family's own default config (:func:`.tiny.tiny_config`), builds a random model from it, captures every head of
 every layer pre- and post-RoPE on one right-padded batch of unequal lengths (each longer than any window),
 and compares each vector with the model's own eager computation
 (:mod:`qk_sniffer.capture.selfcheck`). A family is ``exact`` only when every vector matched; otherwise it
@@ -12,6 +12,7 @@ needs to build small at all.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -19,7 +20,6 @@ import numpy as np
 import torch
 import transformers
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
@@ -29,15 +29,18 @@ from ..capture.models import (
     _auto_class,
     attention_backend,
     backbone_of,
-    choose_attn_implementation,
+    backends_of,
     layout_from_config,
     model_class_for,
     text_config,
 )
 from ..capture.module_tap import seam_modules
-from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, check_against_eager
+from ..capture.rows import KeysNotTokens
+from ..capture.selfcheck import TOLERANCE, Comparison, NoEagerPath, RepeatedLayer, check_against_eager
+from ..capture.shapes import AttentionShapeError, check_loaded, measured_layout
 from ..capture.tap import attention_modules
 from ..core.errors import UserError
+from .tiny import VOCAB, tiny_config
 
 # Refusal classes, each with what it means; the matrix, the docs and the runtime refusal use these words.
 STATUSES = {
@@ -50,7 +53,10 @@ STATUSES = {
     "no_softmax_attention": "no attention module the tap can reach (an `*Attention` module with a "
     "`layer_idx`): state-space or recurrent mixers, or attention written outside the registry",
     "not_registry": "attention modules exist but do not go through the AttentionInterface registry",
-    "layout_mismatch": "the layout read from the config is not the one the model ran",
+    "keys_not_tokens": "the attention's keys are not one per token (compressed or pooled entries): a key has "
+    "no position to be named by",
+    "layout_mismatch": "the layout planned before loading (layers, heads, rotation) is not the one the model "
+    "ran",
     "mismatch": "captured vectors differ from the model's own eager computation",
     "capture_error": "the capture raised an error",
 }
@@ -74,91 +80,11 @@ QUIRKS = {
     "outside_registry": "attention computed outside the registry: tapped at the module's own seams, and "
     "held against its attention probabilities",
     "query_prescaled": "the query is scaled by head_dim**-0.5 before attention (captured scaled, as used)",
+    "per_layer_heads": "query or key head counts differ between layers; each layer's own heads are captured",
+    "eager_only": "transformers' sdpa path differs from its own eager computation here: runs use eager",
 }
-WINDOW = 6  # sliding/chunked windows of the tiny models; every text below outruns it
-LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded
-VOCAB = 512  # the embedded tokenizer's ids fit, so a tiny checkpoint works with the real CLI
+LENGTHS = (23, 14, 31)  # one batch of unequal lengths, right-padded; each longer than the tiny windows
 MAX_PARAMS = 30_000_000  # a "tiny" model above this was not shrunk by the generic rules
-
-# Generic shrinking: a key the family's default config has is set to this value when its default is larger.
-SMALL: dict[str, int] = {
-    "vocab_size": VOCAB,
-    "hidden_size": 64,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "moe_intermediate_size": 32,
-    "shared_expert_intermediate_size": 32,
-    "num_experts": 4,
-    "num_local_experts": 4,
-    "n_routed_experts": 4,
-    "num_experts_per_tok": 2,
-    "n_shared_experts": 1,
-    "n_group": 1,
-    "topk_group": 1,
-    "first_k_dense_replace": 1,
-    "kv_lora_rank": 16,
-    "q_lora_rank": 32,
-    "qk_rope_head_dim": 8,
-    "qk_nope_head_dim": 8,
-    "v_head_dim": 16,
-    "global_head_dim": 32,
-    "num_global_key_value_heads": 1,
-    "linear_num_key_heads": 2,
-    "linear_num_value_heads": 4,
-    "linear_key_head_dim": 16,
-    "linear_value_head_dim": 16,
-    "image_size": 32,
-    "patch_size": 16,
-    "num_channels": 3,
-    "vision_output_dim": 64,
-    "projection_dim": 64,
-    "hidden_size_per_layer_input": 16,
-    "vocab_size_per_layer_input": VOCAB,
-    "mamba_d_state": 8,
-    "mamba_n_heads": 4,
-    "mamba_d_head": 32,  # mamba_n_heads * mamba_d_head = mamba_expand (2) * hidden_size
-    "mamba_n_groups": 1,
-    "ssm_state_size": 8,
-    "mamba_dt_rank": 8,
-    "mamba_num_heads": 4,
-    "mamba_head_dim": 32,
-    # Jamba: one attention layer in every two, the second, so three layers hold one.
-    "attn_layer_period": 2,
-    "attn_layer_offset": 1,
-    "rotary_dim": 8,
-    # GPT-2, MPT, XLM and encoder-decoder spellings, so such families build small enough to be measured.
-    "n_embd": 64,
-    "n_layer": 2,
-    "n_head": 4,
-    "n_layers": 2,
-    "n_heads": 4,
-    "emb_dim": 64,
-    "n_inner": 64,
-    "n_positions": 256,
-    "n_ctx": 256,
-    "d_model": 64,
-    "d_ff": 64,
-    "ffn_dim": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "encoder_attention_heads": 4,
-    "decoder_attention_heads": 4,
-}
-WINDOW_KEYS = ("sliding_window", "attention_chunk_size", "window_size")
-# A family whose config validation rejects the generic shrinking: the least it needs to build small.
-TINY_OVERRIDES: dict[str, dict[str, Any]] = {
-    # GPT-Neo lists its layers' kinds as (pattern, repeats): one global and one local layer.
-    "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
-}
-TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
-
 
 _NO_TAPPABLE = "no `*Attention` module with a layer_idx and a config (what the tap hooks)"
 
@@ -166,60 +92,6 @@ _NO_TAPPABLE = "no `*Attention` module with a layer_idx and a config (what the t
 def candidates() -> list[str]:
     """Every model type with a causal-LM class, plus the vision-language wrappers (image-text-to-text)."""
     return sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES))
-
-
-def _shrunk(defaults: dict[str, Any]) -> dict[str, Any]:
-    """The overrides that make one (sub-)config small, from its defaults (a ``to_dict()``)."""
-    out: dict[str, Any] = {}
-    for key, small in SMALL.items():
-        value = defaults.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > small:
-            out[key] = small
-    if "head_dim" in defaults and defaults["head_dim"] is None and "num_attention_heads" in defaults:
-        out["head_dim"] = SMALL["head_dim"]  # a null default some families (Ministral) cannot build with
-    if defaults.get("head_dim") and defaults.get("head_dim") == defaults.get("qk_rope_head_dim"):
-        out["head_dim"] = out["qk_rope_head_dim"]  # MLA families rotate head_dim = qk_rope_head_dim dims
-    if "num_experts_per_tok" in defaults and defaults["num_experts_per_tok"] is None:
-        out["num_experts_per_tok"] = 2  # DeepSeek V2's default leaves routing unset
-    heads, kv = defaults.get("num_attention_heads"), defaults.get("num_key_value_heads")
-    if isinstance(heads, int) and isinstance(kv, int) and kv:
-        out["num_key_value_heads"] = 2 if kv < heads else out.get("num_attention_heads", heads)
-    for key in WINDOW_KEYS:
-        if isinstance(defaults.get(key), int):
-            out[key] = WINDOW
-    for key in TOKEN_ID_KEYS:
-        value = defaults.get(key)
-        if isinstance(value, int) and value >= VOCAB:
-            out[key] = TOKEN_ID_KEYS.index(key)
-    n_default = defaults.get("num_hidden_layers")
-    n_layers = out.get("num_hidden_layers", n_default)
-    if isinstance(n_default, int) and isinstance(n_layers, int):
-        per_layer = {
-            key: value
-            for key, value in defaults.items()
-            if isinstance(value, list)
-            and len(value) == n_default
-            and all(isinstance(v, (str, int)) for v in value)
-        }
-        for kinds in per_layer.values():
-            if len(set(kinds)) <= 4:
-                # The shortest prefix that still has every kind of layer (Gemma 3: five sliding, one full;
-                # SmolLM3: NoPE every 4th layer), so each kind is measured.
-                n_layers = max(n_layers, max(kinds.index(kind) for kind in set(kinds)) + 1)
-        if n_layers != n_default:
-            out["num_hidden_layers"] = n_layers
-            for key, value in per_layer.items():
-                out[key] = value[:n_layers]
-    for key, value in defaults.items():  # sub-configs (a wrapper's text and vision models)
-        if isinstance(value, dict) and "model_type" in value:
-            out[key] = {"model_type": value["model_type"], **_shrunk(value)}
-    return out
-
-
-def tiny_config(model_type: str) -> dict[str, Any]:
-    """Config kwargs for a tiny random model: ``AutoConfig.for_model(model_type, **tiny_config(...))``."""
-    defaults = CONFIG_MAPPING[model_type]().to_dict()
-    return {**_shrunk(defaults), "tie_word_embeddings": False, **TINY_OVERRIDES.get(model_type, {})}
 
 
 def _entry(status: str, reason: str, tiny: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -280,6 +152,8 @@ def quirks_of(
         found.append("nope_layers")
     if layout.head_dims:
         found.append("per_layer_head_dim")
+    if layout.q_heads_per_layer or layout.kv_heads_per_layer:
+        found.append("per_layer_heads")
     if layout.partial_rotary_factor < 1.0:
         found.append("partial_rotary")
     if mla:
@@ -341,12 +215,26 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         return _entry("config_unbuildable", f"model: {type(exc).__name__}: {_short(exc)}", tiny)
     if n_params > MAX_PARAMS:
         return _entry("config_unbuildable", f"shrunk, still {n_params / 1e6:.0f}M parameters", tiny)
-    backend = choose_attn_implementation(None, config, torch.device("cpu"))
+    # The class's own best backend, never the shipped matrix's verdict: the sweep is what measures that.
+    backend = "sdpa" if "sdpa" in backends_of(cls) else "eager"
+    entry = _measure_on(config, tiny, backend)
+    if entry["status"] in ("mismatch", "bidirectional") and backend != "eager":
+        # transformers' sdpa path computes something else than its eager one (PaliGemma's text model alone
+        # attends both ways under sdpa, causally under eager): exact on eager, the backend a run then uses.
+        on_eager = _measure_on(config, tiny, "eager")
+        if on_eager["status"] == "exact":
+            on_eager["quirks"].append("eager_only")
+            return on_eager
+    return entry
+
+
+def _measure_on(config: PretrainedConfig, tiny: dict[str, Any], backend: str) -> dict[str, Any]:
+    """One family's entry with its model built (random weights, seed 0) to run ``backend``."""
     torch.manual_seed(0)
     try:
         model = (
             _auto_class(config, False)
-            .from_config(config, dtype=torch.float32, attn_implementation=backend)
+            .from_config(copy.deepcopy(config), dtype=torch.float32, attn_implementation=backend)
             .eval()
         )
     except Exception as exc:
@@ -366,14 +254,19 @@ def _measure(model_type: str, tiny: dict[str, Any]) -> dict[str, Any]:
         return _entry("no_decoder_stack", "no module with `layers` and `embed_tokens` to tap", tiny)
     if not attention_modules(backbone) and not seams:
         return _entry("no_softmax_attention", "no `*Attention` module with a layer_idx in the decoder", tiny)
-    layout = layout_from_config(config, check=False)
     texts = _texts(int(text_config(config).vocab_size))
-    positions = {"position_encoding": position_encoding_of(backbone, layout)}
+    positions = {"position_encoding": position_encoding_of(backbone, layout_from_config(config, check=False))}
     try:
+        layout = measured_layout(config, check=False)
+        check_loaded(model, layout)  # what a run checks after loading: the weightless plan is the model's
         with torch.inference_mode():
             if sees_later_tokens(backbone, texts[0]):
                 return _entry("bidirectional", _BIDIRECTIONAL, tiny, backend=backend, **positions)
             result = check_against_eager(model, texts, layout)
+    except KeysNotTokens as exc:
+        return _entry("keys_not_tokens", str(exc), tiny, backend=backend, **positions)
+    except (AttentionShapeError, RepeatedLayer) as exc:
+        return _entry("layout_mismatch", str(exc), tiny, backend=backend, **positions)
     except NoEagerPath as exc:
         return _entry("not_registry", str(exc), tiny, backend=backend, **positions)
     return _classify(result, model, config, layout, tiny, backend, positions)
@@ -397,7 +290,7 @@ def _classify(
     problem = result.problems[0] if result.problems else "no vector was captured"
     if "tap captured layers []" in problem:
         return _entry("not_registry", "the registered attention function was never called", tiny, **extra)
-    if "layers" in problem or "shape" in problem or "config says" in problem:
+    if any(word in problem for word in ("layers", "shape", "config says", "incomplete")):
         return _entry("layout_mismatch", problem, tiny, **extra)
     return _entry("mismatch", problem, tiny, **extra)
 

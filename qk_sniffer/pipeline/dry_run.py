@@ -17,8 +17,11 @@ import pyarrow as pa
 from ..capture.chunking import ChunkSizes
 from ..capture.gather import schema
 from ..capture.memory import GB, estimate
+from ..capture.models import ModelLayout
+from ..capture.samplers import KINDS
 from ..core.config import Config
 from ..core.errors import UserError
+from ..core.ranges import format_ranges
 from .budget import Budget, expected_kept_positions, run_budget
 from .plan import CapturePlan, plan_capture
 
@@ -89,7 +92,11 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
     kept = expected_kept_positions(plan.sampler, length) if length else None
     vectors = sel.count("q") + sel.count("k")
     rows = kept * vectors if kept is not None else None
-    per_row = row_bytes(layout.head_dim)
+    # Bytes per row, averaged over the selected vectors: families whose layers differ in head_dim (Gemma 4,
+    # Inkling) write rows of their own layer's length.
+    widths = [row_bytes(layout.head_dim_of(layer)) for layer in sel.layers for kind in KINDS
+              for _ in sel.heads(layer, kind)]  # fmt: skip
+    per_row = round(sum(widths) / len(widths)) if widths else row_bytes(layout.head_dim)
     examples = known_examples(cfg)
     memory = memory_plan(cfg, plan, length)
     return {
@@ -100,6 +107,8 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         "num_q_heads": layout.num_q_heads,
         "num_kv_heads": layout.num_kv_heads,
         "head_dim": layout.head_dim,
+        **per_layer_shapes(layout),
+        "skipped_layers": skipped_layers(layout),
         "layers": sel.layers,
         "query_heads": sorted([layer, h] for layer, hs in sel.q_heads.items() for h in hs),
         "key_heads": sorted([layer, h] for layer, hs in sel.k_heads.items() for h in hs),
@@ -148,6 +157,28 @@ def memory_plan(cfg: Config, plan: CapturePlan, length: int | None) -> dict[str,
     }
 
 
+def per_layer_shapes(layout: ModelLayout) -> dict[str, list[int]]:
+    """Per-layer heads and head dims, only where the model's layers differ (read off its attention calls)."""
+    fields = {
+        "q_heads_per_layer": layout.q_heads_per_layer,
+        "kv_heads_per_layer": layout.kv_heads_per_layer,
+        "head_dims": layout.head_dims,
+    }
+    return {key: list(values) for key, values in fields.items() if values}
+
+
+def skipped_layers(layout: ModelLayout) -> dict[str, list[int]]:
+    """Decoder layers with no self-attention to capture, by why."""
+    return {
+        key: list(values)
+        for key, values in (
+            ("cross_attention", layout.cross_attention_layers),
+            ("no_softmax_attention", layout.linear_attention_layers),
+        )
+        if values
+    }
+
+
 def _amount(value: float | None, unit: str = "") -> str:
     if value is None:
         return "unknown"
@@ -155,6 +186,9 @@ def _amount(value: float | None, unit: str = "") -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{suffix}{unit}"
     return f"{value:.1f} {unit}".rstrip()
+
+
+_PER_LAYER = {"q_heads_per_layer": "query heads", "kv_heads_per_layer": "KV heads", "head_dims": "head_dim"}
 
 
 def describe(plan: dict[str, Any]) -> list[str]:
@@ -165,15 +199,21 @@ def describe(plan: dict[str, Any]) -> list[str]:
         by_layer_q.setdefault(layer, []).append(head)
     for layer, head in plan["key_heads"]:
         by_layer_k.setdefault(layer, []).append(head)
+    differ = " in most layers, per layer below" if any(k in plan for k in _PER_LAYER) else ""
     lines = [
         f"dry run: {plan['model'] or plan['model_type']} ({plan['model_type']}, {plan['num_layers']} layers, "
-        f"{plan['num_q_heads']} query / {plan['num_kv_heads']} KV heads, head_dim {plan['head_dim']}); "
-        "no weights loaded, nothing written",
+        f"{plan['num_q_heads']} query / {plan['num_kv_heads']} KV heads, head_dim {plan['head_dim']}"
+        f"{differ}); no weights loaded, nothing written",
         f"capturing {len(plan['query_heads'])} query heads and {len(plan['key_heads'])} key heads "
         f"on {len(plan['layers'])} layers ({'pre' if plan['pre_rope'] else 'post'}-RoPE):",
     ]
     for layer in plan["layers"]:
-        lines.append(f"  layer {layer:>3}: q {by_layer_q.get(layer, [])}  k {by_layer_k.get(layer, [])}")
+        shape = ", ".join(f"{label} {plan[key][layer]}" for key, label in _PER_LAYER.items() if key in plan)
+        shape = f" ({shape})" if shape else ""
+        heads = f"q {by_layer_q.get(layer, [])}  k {by_layer_k.get(layer, [])}"
+        lines.append(f"  layer {layer:>3}{shape}: {heads}")
+    for why, layers in plan["skipped_layers"].items():
+        lines.append(f"  skipped ({why.replace('_', ' ')}): layers {format_ranges(layers)}")
     params = ", ".join(f"{k}={v}" for k, v in plan["sampler"].items() if k != "name")
     lines.append(f"sampler: {plan['sampler']['name']} ({params})")
     length = plan["tokens_per_example"]

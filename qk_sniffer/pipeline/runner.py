@@ -24,6 +24,7 @@ from ..capture.rows import Block
 from ..capture.samplers import KINDS
 from ..capture.selfcheck import check_unlisted_family
 from ..capture.session import CaptureSession
+from ..capture.shapes import check_loaded
 from ..core.config import Config
 from ..core.errors import UserError
 from ..core.naming import config_name, name_widths
@@ -109,6 +110,7 @@ def run(cfg: Config) -> RunResult:
         with _phase(phases, "load_s"):
             model = load_model(cfg.model, prep.plan.model_config)
             check_unlisted_family(model)
+            check_loaded(model, prep.plan.layout)
         prep.metadata["attn_implementation"] = attention_backend(model)
         run_id = uuid.uuid4().hex[:12]
         shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
@@ -167,7 +169,7 @@ def _prepare(cfg: Config) -> Prepared:
     if length is not None:  # a plan that cannot fit is refused before anything is read or loaded
         budget.check(cfg.inference.batch_size, length)
     layout = plan.layout
-    widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
+    widths = name_widths(layout.num_layers, layout.max_heads)
     configs = config_names(plan.selection, widths)
     store = Store(resolve_output_dir(cfg))
     metadata = run_metadata(cfg, layout, plan.selection, plan.sampler)

@@ -36,7 +36,7 @@ def run_metadata(
     model.pop("architecture", None)
     return {
         "model": model,
-        "layout": asdict(layout),
+        "layout": layout.record(),
         "dataset": _dataset_keys(_plain(cfg.dataset)),
         "tokenizer": _plain(cfg.tokenizer),
         "max_length": cfg.tokenizer.max_length,
