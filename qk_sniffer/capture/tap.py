@@ -31,6 +31,7 @@ from ..core.errors import UserError
 from .compat import (
     attention_implementation,
     eager_attention,
+    mask_fitted_to_keys,
     module_globals,
     rotary_functions,
     unregister_attention,
@@ -259,6 +260,7 @@ def attention_tap(
             callback(layer, query_out, key_out, int(window) if window else None)
         if stop_after_layer is not None and layer >= stop_after_layer:
             raise StopForward
+        args, kwargs = mask_fitted_to_keys(key, args, kwargs)
         return delegate_attention(delegate, module)(module, query, key, *args, **kwargs)
 
     def wrap_rotary(original: Callable[..., Any]) -> Callable[..., Any]:
