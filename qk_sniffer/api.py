@@ -34,6 +34,7 @@ from .capture.gather import ExampleRecord, PendingRows, schema, tables_for
 from .capture.heads import HeadSelection, select_heads
 from .capture.models import ModelLayout, attention_backend, layout_from_config, text_config
 from .capture.points import CapturePoint
+from .capture.probe import check_loaded_model
 from .capture.rows import Block
 from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .capture.session import CaptureSession
@@ -94,6 +95,7 @@ class Recording:
         self.stats = DataStats()
         self._vocab_size = int(text_config(model.config).vocab_size)
         self._attn_implementation = attention_backend(model)
+        check_loaded_model(model)  # a backend this release runs wrong; the probe on a release not measured
         self._widths = name_widths(
             self.layout.num_layers, max(self.layout.num_q_heads, self.layout.num_kv_heads)
         )
@@ -323,7 +325,7 @@ class Recording:
             sampler={"name": self.sampler.name, **self.sampler.params()},
             capture=self.capture_cfg,
         )  # output and tracking stay unset: run_metadata reads neither
-        metadata = run_metadata(cfg, self.layout, self.selection, self.sampler)
+        metadata = run_metadata(cfg, self.layout, self.selection, self.sampler, self.model.config.model_type)
         metadata.update(
             attn_implementation=self._attn_implementation,
             examples=self.stats.examples,

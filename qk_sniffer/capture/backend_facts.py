@@ -3,14 +3,16 @@ and release, consulted wherever a backend is chosen (the run and the family swee
 :func:`~qk_sniffer.capture.models.choose_attn_implementation`, the Python API through :func:`check_loaded`).
 
 A model class declares the backends it supports (``_supports_sdpa``, ``_supports_flash_attn``); some releases
-declared one that drops part of the family's attention, and a later release withdrew the flag. On the older
-release the flag is still there, so nothing in transformers stops the wrong backend: this table does. Each
-row names the release that withdrew the flag (measured by bisecting the releases' own modeling code), why,
-and the backend to use instead. The default choice never picks a listed backend; a request for one is a
-UserError naming the family, the release and the backend to use.
+declared one that drops part of the family's attention, and a later release withdrew the flag or fixed the
+path. On the older release nothing in transformers stops the wrong backend: this table does. Each row names
+the first release where the backend is right or no longer declared (bisected over the releases' own
+modeling code, and for Doge measured against its eager forward), why, and the backend to use instead. The
+default choice never picks a listed backend; a request for one is a UserError naming the family, the
+release and the backend to use.
 
-Also here: the versions a capture ran with (:func:`capture_versions`), read from the installed
-distributions, so the metadata and the card say which release produced the rows.
+Also here: the versions a capture runs with (:func:`capture_versions`), so the metadata and the card say
+which releases produced the rows, and what a resumed capture on another release must agree on
+(:func:`check_resume`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class BackendFact:
 
     families: tuple[str, ...]  # model types (the loaded config's, so a wrapper is listed as itself)
     backends: tuple[str, ...]
-    fixed_in: str  # the first release whose class no longer declares the backend
+    fixed_in: str  # the first release where the backend is right, or no longer declared
     why: str
     use: str  # the backend to use instead
 
@@ -45,6 +47,14 @@ FACTS: tuple[BackendFact, ...] = (
         ("sdpa",),
         fixed_in="5.21.0",
         why="sdpa drops its attention logit softcapping, so every vector after the first layer is wrong",
+        use="eager",
+    ),
+    BackendFact(
+        ("doge",),
+        ("sdpa",),
+        fixed_in="5.18.0",
+        why="under sdpa it skips the causal mask its dynamic mask is added onto, so the dynamic mask is "
+        "dropped (measured: layer-1 queries off by 2.5 against its eager forward on 5.17.0)",
         use="eager",
     ),
     BackendFact(
@@ -67,8 +77,10 @@ FACTS: tuple[BackendFact, ...] = (
 
 
 def installed_release() -> str:
-    """The installed transformers release (from its distribution's metadata: no import of transformers)."""
-    return metadata.version("transformers")
+    """The transformers release this process runs (the imported module's, whatever put it on the path)."""
+    import transformers
+
+    return str(transformers.__version__)
 
 
 def wrong_backends(model_type: str, release: str | None = None) -> dict[str, BackendFact]:
@@ -110,12 +122,40 @@ def check_loaded(model_type: str, backend: str) -> None:
         raise error
 
 
+def check_resume(model_type: str, written_on: str | None, running_on: str, where: str) -> str | None:
+    """A run into ``where``, whose rows ``written_on`` captured: a note when the releases differ (None when
+    they do not, or the dir does not say), and a UserError when the backend facts of ``model_type`` differ
+    between the two, as the rows of one dataset would then come from backends that are not the same."""
+    if written_on is None or Version(written_on) == Version(running_on):
+        return None
+    before, now = facts_in_force(model_type, written_on), facts_in_force(model_type, running_on)
+    if before != now:
+        raise UserError(
+            f"{where} holds rows captured with transformers {written_on} and this run uses {running_on}, "
+            f"but the backends of model family {model_type!r} differ between the two "
+            f"({'; '.join(before + now)}); resume it with transformers {written_on}, or use another "
+            "output.dir"
+        )
+    return (
+        f"{where} holds rows captured with transformers {written_on}; this run uses {running_on} (the "
+        f"backend facts of model family {model_type!r} are the same on both)"
+    )
+
+
 def capture_versions() -> dict[str, str]:
-    """The releases a capture runs with, as the metadata and the card record them."""
-    out = {}
-    for name in ("transformers", "torch", "tokenizers", "huggingface_hub", "qk-sniffer"):
-        try:
-            out[name.replace("-", "_")] = metadata.version(name)
-        except metadata.PackageNotFoundError:  # qk_sniffer run from a source tree without an install
-            out[name.replace("-", "_")] = "unknown"
-    return out
+    """The releases a capture runs with (the imported modules'), as the metadata and the card record them."""
+    import huggingface_hub
+    import tokenizers
+    import torch
+
+    try:
+        own = metadata.version("qk-sniffer")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        own = "unknown"
+    return {
+        "transformers": installed_release(),
+        "torch": str(torch.__version__),
+        "tokenizers": str(tokenizers.__version__),
+        "huggingface_hub": str(huggingface_hub.__version__),
+        "qk_sniffer": own,
+    }

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -25,16 +24,16 @@ from transformers import PretrainedConfig
 from ..core.errors import UserError
 from ..core.registry import Registry
 from .compat import routes_attention as compat_routes_attention
+from .matrices import matrix_choice
 
 LayerSet = tuple[int, ...]
-
-MATRIX_PATH = Path(__file__).resolve().parent.parent / "resources" / "families.json"
 
 
 @cache
 def support_matrix() -> dict[str, Any]:
-    """The shipped support matrix: ``{"transformers": version, "families": {model_type: entry}}``."""
-    matrix: dict[str, Any] = json.loads(MATRIX_PATH.read_text())
+    """The support matrix of the installed release, or of the nearest older one measured (:mod:`.matrices`):
+    ``{"transformers": version, "families": {model_type: entry}}``."""
+    matrix: dict[str, Any] = json.loads(matrix_choice().path.read_text())
     return matrix
 
 
@@ -122,8 +121,10 @@ def unsupported_family_error(model_type: str, model_class_name: str, reason: str
 
 def matrix_refusal(model_type: str, model_class_name: str, entry: dict[str, Any]) -> UserError:
     """The refusal of a family the support matrix measured as not capturable exactly."""
-    version = support_matrix()["transformers"]
+    choice = matrix_choice()
+    nearest = "" if choice.measured_here else f", the nearest to the installed {choice.installed}"
     return UserError(
         f"model family {model_type!r} ({model_class_name}) cannot be captured exactly: {entry['status']}: "
-        f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md)"
+        f"{entry['reason']} (measured by the family sweep on transformers {choice.measured_on}{nearest}; see "
+        "docs/families.md)"
     )

@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 
 from ..capture.heads import HeadSelection
 from ..capture.models import attention_backend, backbone_of, layout_from_config, load_model, text_config
+from ..capture.probe import check_before_loading
 from ..capture.samplers import Sampler
 from ..capture.selfcheck import check_unlisted_family
 from ..capture.session import CaptureSession, to_device
@@ -86,6 +87,7 @@ def prepare(cfg: BenchAppConfig) -> BenchSetup:
     )
     if not data:
         raise UserError("dataset.num_examples/num_shards leave no example for this shard: nothing to time")
+    check_before_loading(cfg.model, model_config)  # the probe, on a release the matrix was not measured on
     model = load_model(cfg.model, model_config)
     check_unlisted_family(model)
     backbone = backbone_of(model)

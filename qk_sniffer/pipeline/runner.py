@@ -20,6 +20,7 @@ from ..analysis.figures import current_figures
 from ..capture.gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from ..capture.heads import HeadSelection
 from ..capture.models import attention_backend, load_model
+from ..capture.probe import check_before_loading
 from ..capture.rows import Block
 from ..capture.samplers import KINDS
 from ..capture.selfcheck import check_unlisted_family
@@ -38,7 +39,7 @@ from ..inputs.data import (
 )
 from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
 from ..publish import documents, hub
-from ..publish.metadata import final_metadata, run_metadata
+from ..publish.metadata import check_release_of_dir, final_metadata, run_metadata
 from ..store import RunInfo, Store
 from ..store.compact import compact_store
 from ..store.manifest import model_identity, recipe_id, recipe_of
@@ -101,6 +102,7 @@ def run(cfg: Config) -> RunResult:
     tracker = make_tracker(cfg, prep.metadata)
     try:
         with _phase(phases, "load_s"):
+            check_before_loading(cfg.model, prep.plan.model_config)  # the probe, on a release not measured
             model = load_model(cfg.model, prep.plan.model_config)
             check_unlisted_family(model)
         prep.metadata["attn_implementation"] = attention_backend(model)
@@ -160,8 +162,11 @@ def _prepare(cfg: Config) -> Prepared:
     widths = name_widths(layout.num_layers, max(layout.num_q_heads, layout.num_kv_heads))
     configs = config_names(plan.selection, widths)
     store = Store(resolve_output_dir(cfg))
-    metadata = run_metadata(cfg, layout, plan.selection, plan.sampler)
+    metadata = run_metadata(cfg, layout, plan.selection, plan.sampler, plan.model_config.model_type)
     store.check_claim(model_identity(metadata))
+    release_note = check_release_of_dir(store.recorded_metadata(), metadata, store.where)
+    if release_note:
+        log.warning(release_note)
     recipe = recipe_of(metadata)
     rid = recipe_id(recipe)
     hub.preflight(cfg.output.hub)

@@ -27,6 +27,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
         ("gemma2", "5.20.2", {"sdpa"}),  # the last release whose Gemma 2 still declared sdpa
         ("gemma2", "5.21.0", set()),
         ("vaultgemma", "5.17.0", {"sdpa"}),
+        ("doge", "5.17.0", {"sdpa"}),
+        ("doge", "5.18.0", set()),
         ("mllama", "5.22.0", {"flash_attention_2", "flash_attention_3"}),
         ("mllama", "5.23.0", set()),
         ("gemma3", "5.23.0", {"flash_attention_2", "flash_attention_3"}),
