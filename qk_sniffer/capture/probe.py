@@ -35,7 +35,7 @@ from .support import matrix_entry
 log = logging.getLogger(__name__)
 
 # (model_type, backend, device type) probes that passed in this process.
-_PASSED: set[tuple[str, str | None, str]] = set()
+_passed: set[tuple[str, str | None, str]] = set()
 PROBE_VOCAB = 512  # the sweep's tiny vocabulary: every probe id fits any tiny model
 
 
@@ -80,7 +80,7 @@ def check_release(config: PretrainedConfig, backend: str | None, device: torch.d
     ):
         return
     key = (model_type, backend, device.type)
-    if key in _PASSED:
+    if key in _passed:
         return
     problem = probe(model_type, entry["tiny_config"], backend, device)
     if problem is not None:
@@ -91,7 +91,7 @@ def check_release(config: PretrainedConfig, backend: str | None, device: torch.d
             f"{problem}; install transformers {choice.measured_on}, or measure {choice.installed} with "
             "`make sweep`"
         )
-    _PASSED.add(key)
+    _passed.add(key)
     log.info(
         "transformers %s was not measured (nearest matrix: %s): %s passed its exactness probe (%s)",
         choice.installed,
