@@ -20,6 +20,7 @@ Only one capture may be attached at a time in a process; a second one raises
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -53,7 +54,7 @@ from .inputs.data import DataStats, Example, batches, make_example, stable_id
 from .inputs.tokenization import encoder, pad_id
 from .pipeline.validate import capture_problems
 from .publish import documents
-from .publish.metadata import final_metadata, run_metadata
+from .publish.metadata import check_release_of_dir, final_metadata, run_metadata
 from .store import RunInfo, Store
 from .store.manifest import model_identity, recipe_id, recipe_of
 from .store.writer import PartWriter
@@ -274,6 +275,9 @@ class Recording:
             )
         metadata = self._metadata(dataset)
         store = Store(root)
+        release_note = check_release_of_dir(store.recorded_metadata(), metadata, store.where)
+        if release_note:  # rows of another transformers release are there: said here, kept in the metadata
+            logging.getLogger(__name__).warning(release_note)
         recipe = recipe_of(metadata)
         rid = recipe_id(recipe)
         configs = sorted(config_name(layer, head, kind, *self._widths) for layer, head, kind in self._keys())

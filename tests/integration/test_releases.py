@@ -12,9 +12,9 @@ import logging
 
 import pytest
 import torch
-from helpers import compose_cfg
+from helpers import TEXTS, compose_cfg, embedded_tokenizer
 from packaging.version import Version
-from tiny_models import TINY, tiny_model
+from tiny_models import EMBEDDED_VOCAB, TINY, tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import qk_sniffer
@@ -155,3 +155,24 @@ def test_the_api_refuses_a_model_loaded_with_a_backend_its_release_runs_wrong(sd
     config = AutoConfig.for_model("llama", **TINY["llama"])
     eager = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     assert qk_sniffer.attach(eager).layout.model_type == "llama"  # the right backend: attached
+
+
+def test_the_api_writing_into_a_dir_of_another_release_is_refused_where_the_backends_differ(
+    tmp_path, on_release
+):
+    config = AutoConfig.for_model(
+        "gemma2", **{**TINY["llama"], "vocab_size": EMBEDDED_VOCAB, "sliding_window": 6}
+    )
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    out = tmp_path / "out"
+    on_release("5.10.4")
+    with qk_sniffer.attach(model, embedded_tokenizer(), sampler="all") as cap:
+        cap.run(TEXTS[:1])
+    cap.write(out)
+    on_release("5.21.0")
+    with qk_sniffer.attach(model, embedded_tokenizer(), sampler="all") as cap:
+        cap.run(TEXTS[1:2])
+    with pytest.raises(
+        UserError, match="holds rows captured with transformers 5.10.4 and this run uses 5.21.0"
+    ):
+        cap.write(out)
