@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from packaging.version import Version
@@ -42,10 +41,9 @@ def measured_releases() -> dict[str, Path]:
     return found
 
 
-@cache
 def matrix_choice(release: str | None = None) -> MatrixChoice:
     """The matrix for ``release`` (default: the installed one): its own, else the nearest older one
-    measured, else (a release older than every matrix) the oldest."""
+    measured, else (a release older than every matrix) the oldest. Not cached: a glob and one small read."""
     release = release or backend_facts.installed_release()
     measured = measured_releases()
     older = [r for r in measured if Version(r) <= Version(release)]

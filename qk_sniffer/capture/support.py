@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -29,11 +30,15 @@ from .matrices import matrix_choice
 LayerSet = tuple[int, ...]
 
 
-@cache
 def support_matrix() -> dict[str, Any]:
     """The support matrix of the installed release, or of the nearest older one measured (:mod:`.matrices`):
     ``{"transformers": version, "families": {model_type: entry}}``."""
-    matrix: dict[str, Any] = json.loads(matrix_choice().path.read_text())
+    return _read_matrix(matrix_choice().path)
+
+
+@cache
+def _read_matrix(path: Path) -> dict[str, Any]:
+    matrix: dict[str, Any] = json.loads(path.read_text())
     return matrix
 
 

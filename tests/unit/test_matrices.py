@@ -25,11 +25,7 @@ def shipped(tmp_path, monkeypatch):
         (resources / "families" / f"{release}.json").write_text(matrix_json(_matrix(release, "mismatch")))
     monkeypatch.setattr(matrices, "MATRIX_PATH", resources / "families.json")
     monkeypatch.setattr(matrices, "RELEASE_MATRICES", resources / "families")
-    matrices.matrix_choice.cache_clear()
-    support.support_matrix.cache_clear()
-    yield resources
-    matrices.matrix_choice.cache_clear()
-    support.support_matrix.cache_clear()
+    return resources
 
 
 @pytest.mark.parametrize(
