@@ -45,20 +45,33 @@ format: install ## Apply ruff's fixes and formatting
 bench: install ## Capture overhead benchmark (prints a table, then one JSON line)
 	$(PY) -m qk_sniffer.bench $(BENCH_ARGS)
 
-# The transformers releases at both ends of pyproject's range; each is installed on its own (no deps) into
-# $(VENV)/compat/ and put in front of the venv's copy, then the architecture and exactness tests run against it.
-TRANSFORMERS_COMPAT ?= 5.23.0 5.24.0
-test-compat: install ## Architecture + exactness tests on the oldest and newest supported transformers
+# The transformers releases `make test-compat` checks: the oldest pyproject accepts, two in the middle (5.17 is
+# the GPU bench machine's) and the newest. Each gets a venv of its own under $(COMPAT_VENVS)/<release>, with
+# the pip resolution that release asks for: an overlay on .venv is not enough, since what a newer
+# transformers pulled in (kernels, a newer tokenizers or huggingface_hub) breaks an older one's import.
+TRANSFORMERS_COMPAT ?= 5.0.0 5.10.4 5.17.0 5.25.0
+COMPAT_VENVS ?= .venv-compat
+COMPAT_TESTS := tests/unit/test_compat.py tests/unit/test_backend_facts.py tests/unit/test_matrices.py \
+	tests/integration/test_architectures.py tests/integration/test_exactness.py tests/integration/test_releases.py
+
+$(COMPAT_VENVS)/%/.installed: pyproject.toml
+	$(PYTHON) -m venv $(COMPAT_VENVS)/$*
+	$(COMPAT_VENVS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT_VENVS)/$*/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(COMPAT_VENVS)/$*/bin/python -m pip install --quiet -e ".[dev]" "transformers==$*"
+	touch $@
+
+test-compat: $(foreach v,$(TRANSFORMERS_COMPAT),$(COMPAT_VENVS)/$(v)/.installed) ## Architecture, exactness and release tests on each of TRANSFORMERS_COMPAT, one venv each
 	@set -e; for v in $(TRANSFORMERS_COMPAT); do \
-	  $(PIP) install --quiet --no-deps --target $(VENV)/compat/transformers-$$v "transformers==$$v"; \
 	  echo "== transformers $$v"; \
-	  PYTHONPATH=$(VENV)/compat/transformers-$$v $(PY) -m pytest -q -p no:cacheprovider \
-	    tests/unit/test_compat.py tests/integration/test_architectures.py tests/integration/test_exactness.py \
-	    $(PYTEST_ARGS); \
+	  $(COMPAT_VENVS)/$$v/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS); \
 	done
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-sweep: install ## Measure every decoder family; rewrite the support matrix, docs/families.md, README table
-	$(PY) -m qk_sniffer.families sweep=true write=true
+# TRANSFORMERS=<release> measures that release in its compat venv, into resources/families/<release>.json.
+SWEEP_DEPS := $(if $(TRANSFORMERS),$(COMPAT_VENVS)/$(TRANSFORMERS)/.installed,install)
+SWEEP_PY := $(if $(TRANSFORMERS),$(COMPAT_VENVS)/$(TRANSFORMERS)/bin/python,$(PY))
+sweep: $(SWEEP_DEPS) ## Measure every decoder family; rewrite the support matrix, docs/families.md, README table (TRANSFORMERS=5.10.4: that release's matrix)
+	$(SWEEP_PY) -m qk_sniffer.families sweep=true write=true

@@ -33,6 +33,7 @@ from .capture.gather import ExampleRecord, PendingRows, schema, tables_for
 from .capture.heads import HeadSelection, select_heads
 from .capture.models import ModelLayout, attention_backend, text_config
 from .capture.points import CapturePoint
+from .capture.probe import check_loaded_model
 from .capture.rows import Block
 from .capture.samplers import KINDS, SAMPLERS, Sampler, build_sampler
 from .capture.session import CaptureSession
@@ -83,6 +84,7 @@ class Recording:
         self.selection: HeadSelection = select_heads(capture_cfg, self.layout)
         self._inputs = GivenInputs(tokenizer, int(text_config(model.config).vocab_size), max_length)
         self._attn_implementation = attention_backend(model)
+        check_loaded_model(model)  # a backend this release runs wrong; the probe on a release not measured
         self._widths = name_widths(self.layout.num_layers, self.layout.max_heads)
         self._token_strings = (
             tokenization.token_strings(tokenizer)
@@ -235,6 +237,7 @@ class Recording:
     def _metadata(self, dataset: str | None) -> dict[str, Any]:
         return recording_metadata(
             model_name=self.model.config.name_or_path or None,
+            model_type=self.model.config.model_type,
             dtype=str(next(self.model.parameters()).dtype).removeprefix("torch."),
             tokenizer_name=getattr(self.tokenizer, "name_or_path", None) or None,
             max_length=self.max_length,

@@ -12,6 +12,9 @@ and reached only through a function here, so a release that moves one breaks thi
   attention modules look them up at call time, so replacing the module global is the one way to see the
   vectors before rotation, or the eager reference, without copying modeling code.
 - ``PreTrainedModel._supports_attention_backend``: whether a class routes attention through the registry.
+
+Releases also differ in what they hand the attention function; :func:`mask_fitted_to_keys` absorbs the one
+difference the tap meets (transformers 5.0 and 5.1).
 """
 
 from __future__ import annotations
@@ -129,3 +132,30 @@ def module_globals(replacements: Iterable[tuple[ModuleType, str, Callable[..., A
     finally:
         for mod, name, original in saved:
             setattr(mod, name, original)
+
+
+# ------------------------------------------------------------------------------------- release differences
+
+
+def mask_fitted_to_keys(
+    key: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of an attention call with a 4D mask cut to the keys' length.
+
+    In transformers 5.0 and 5.1, families that still build their own causal mask (``_update_causal_mask``:
+    Mllama, Persimmon, Falcon-H1, Fuyu, ...) make it one position longer than the keys when the backend's
+    name is not ``sdpa`` (ours is not); their eager function cuts it to the keys, sdpa does not and fails.
+    The cut is the one the model's own eager attention makes; a mask that fits is passed on untouched.
+    """
+    length = key.shape[-2]
+
+    def fitted(mask: Any) -> Any:
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] > length:
+            return mask[..., :length]
+        return mask
+
+    if "attention_mask" in kwargs:
+        return args, {**kwargs, "attention_mask": fitted(kwargs["attention_mask"])}
+    if len(args) >= 2:  # (value, attention_mask, ...), the registry's calling convention
+        return (args[0], fitted(args[1]), *args[2:]), kwargs
+    return args, kwargs

@@ -24,6 +24,7 @@ from transformers.models.auto.modeling_auto import (
 
 from ..core.config import DTYPES, ModelConfig
 from ..core.errors import UserError
+from . import backend_facts
 from . import support as families
 from .alibi import alibi_slopes
 from .decoder_layers import layer_list
@@ -279,17 +280,24 @@ def choose_attn_implementation(
 
     With nothing requested: flash_attention_2 when flash_attn is installed and the device is CUDA, else sdpa,
     else eager (Gemma 2's softcapping and GPT-OSS's sinks have no sdpa path). A family the sweep measured as
-    exact on eager only (its other paths compute something else, PaliGemma) can run eager only.
+    exact on eager only (its other paths compute something else, PaliGemma) can run eager only. A backend the
+    installed release declares but runs wrong for the family (:mod:`.backend_facts`) is never picked, and a
+    request for it is refused naming the release.
     """
     cls = model_class_for(config)
     if cls is None:  # remote code declares its own support; let transformers decide
         return requested
     can = ("eager",) if families.eager_only(config.model_type) else backends_of(cls)
+    wrong = backend_facts.wrong_backends(config.model_type)
     flash_installed = importlib.util.find_spec("flash_attn") is not None
     if requested is None:
-        if device.type == "cuda" and flash_installed and "flash_attention_2" in can:
+        usable = [name for name in can if name not in wrong]
+        if device.type == "cuda" and flash_installed and "flash_attention_2" in usable:
             return "flash_attention_2"
-        return "sdpa" if "sdpa" in can else "eager"
+        return "sdpa" if "sdpa" in usable else "eager"
+    refused = backend_facts.refusal(config.model_type, requested, "model.attn_implementation")
+    if refused is not None:
+        raise refused
     if requested not in can:
         raise UserError(
             f"model.attn_implementation={requested!r}: {cls.__name__} ({config.model_type}) cannot run it; "

@@ -30,16 +30,20 @@ from ..core.errors import UserError
 from ..core.registry import Registry
 from .alibi import uses_alibi
 from .compat import routes_attention as compat_routes_attention
+from .matrices import matrix_choice
 
 LayerSet = tuple[int, ...]
 
-MATRIX_PATH = Path(__file__).resolve().parent.parent / "resources" / "families.json"
+
+def support_matrix() -> dict[str, Any]:
+    """The support matrix of the installed release, or of the nearest older one measured (:mod:`.matrices`):
+    ``{"transformers": version, "families": {model_type: entry}}``."""
+    return _read_matrix(matrix_choice().path)
 
 
 @cache
-def support_matrix() -> dict[str, Any]:
-    """The shipped support matrix: ``{"transformers": version, "families": {model_type: entry}}``."""
-    matrix: dict[str, Any] = json.loads(MATRIX_PATH.read_text())
+def _read_matrix(path: Path) -> dict[str, Any]:
+    matrix: dict[str, Any] = json.loads(path.read_text())
     return matrix
 
 
@@ -211,11 +215,12 @@ def unsupported_family_error(model_type: str, model_class_name: str, reason: str
 def matrix_refusal(model_type: str, model_class_name: str, entry: dict[str, Any]) -> UserError:
     """The refusal of a family the support matrix measured as not capturable exactly, naming the nearest
     family that is."""
-    version = support_matrix()["transformers"]
+    choice = matrix_choice()
+    nearest = "" if choice.measured_here else f", the nearest to the installed {choice.installed}"
     return UserError(
         f"model family {model_type!r} ({model_class_name}) cannot be captured exactly: {entry['status']}: "
-        f"{entry['reason']} (measured by the family sweep on transformers {version}; see docs/families.md). "
-        f"Nearest supported: {nearest_supported(model_type, entry['status'])}"
+        f"{entry['reason']} (measured by the family sweep on transformers {choice.measured_on}{nearest}; see "
+        f"docs/families.md). Nearest supported: {nearest_supported(model_type, entry['status'])}"
     )
 
 

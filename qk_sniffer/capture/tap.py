@@ -35,6 +35,7 @@ from .chunking import ChunkSizes
 from .compat import (
     attention_implementation,
     eager_attention,
+    mask_fitted_to_keys,
     module_globals,
     rotary_functions,
     unregister_attention,
@@ -369,6 +370,7 @@ def attention_tap(
 
     def run_backend(module: torch.nn.Module, query: Tensor, key: Tensor, args: Any, kwargs: Any) -> Any:
         backend = delegate_attention(delegate, module)
+        args, kwargs = mask_fitted_to_keys(key, args, kwargs)
         if sizes is None:
             return backend(module, query, key, *args, **kwargs)
         return attend(backend, module, query, key, args, kwargs, sizes.queries)

@@ -1,8 +1,9 @@
 """``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``: tiny models
 of every family transformers ships, each captured and compared with its own eager attention; ``write=true``
-also rewrites the shipped matrix, ``docs/families.md`` and the README's family table, as ``make sweep``
-does; with ``only=[...]`` it rewrites those families' entries and keeps every other one). The last stdout
-line is one JSON object ``{"transformers": ..., "families": {...}}``."""
+also writes it, as ``make sweep`` does: on the newest release measured it rewrites the shipped matrix,
+``docs/families.md`` and the README's family table; on an older release, its own
+``resources/families/<release>.json``; with ``only=[...]`` it rewrites those families' entries and keeps
+every other one). The last stdout line is one JSON object ``{"transformers": ..., "families": {...}}``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import json
 import sys
 from typing import Any
 
-from ..capture.support import MATRIX_PATH, support_matrix
+from ..capture import matrices
+from ..capture.support import support_matrix
 from ..core.errors import UserError
 
 
@@ -51,13 +53,24 @@ def merged(shipped: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_matrix(matrix: dict[str, Any], statuses: dict[str, str], quirks: dict[str, str]) -> None:
-    """The shipped matrix, docs/families.md and the README table, from one measured matrix."""
+    """One measured matrix, into its release's file; for the newest release measured, also docs/families.md
+    and the README table (the matrix it replaces moves to its own release's file, so none is lost)."""
     from ..families.docs import docs_page, replace_readme_table
 
-    repo = MATRIX_PATH.parent.parent.parent
+    repo = matrices.MATRIX_PATH.parent.parent.parent
     shipped = {**matrix, "families": {k: {f: v for f, v in e.items() if f != "seconds"} for k, e in
                                       matrix["families"].items()}}  # fmt: skip
-    MATRIX_PATH.write_text(matrix_json(shipped))
+    target = matrices.matrix_file_for(matrix["transformers"])
+    if target != matrices.MATRIX_PATH:
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(matrix_json(shipped))
+        return
+    previous = json.loads(target.read_text())
+    if previous["transformers"] != matrix["transformers"]:
+        matrices.RELEASE_MATRICES.mkdir(exist_ok=True)
+        (matrices.RELEASE_MATRICES / f"{previous['transformers']}.json").write_text(matrix_json(previous))
+    (matrices.RELEASE_MATRICES / f"{matrix['transformers']}.json").unlink(missing_ok=True)  # one per release
+    target.write_text(matrix_json(shipped))
     (repo / "docs").mkdir(exist_ok=True)
     (repo / "docs" / "families.md").write_text(docs_page(shipped, statuses, quirks))
     readme = repo / "README.md"

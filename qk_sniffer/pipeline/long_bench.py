@@ -30,14 +30,14 @@ from omegaconf import OmegaConf
 
 from ..capture.heads import select_heads
 from ..capture.memory import GB, ModelShape, gb
-from ..capture.models import build_config, layout_from_config, load_model, resolve_device, text_config
+from ..capture.models import build_config, layout_from_config, resolve_device, text_config
 from ..capture.samplers import Sampler
 from ..capture.session import CaptureSession
 from ..core.config import Config
 from ..core.errors import UserError
 from ..inputs.data import DataStats, batches, synthetic_examples
 from .budget import Budget, run_budget
-from .plan import plan_capture
+from .plan import load_checked, plan_capture
 
 ARMS = ("budget", "one_pass")
 
@@ -171,7 +171,7 @@ def _capture(
     built = min(int(cfg.bench.layers_built or layers), layers)
     text_config(config).num_hidden_layers = built
     layout = layout_from_config(config)
-    model = load_model(cfg.model, config)
+    model = load_checked(cfg.model, config, None)
     ballast = _ballast(budget.shape, model, device)
     selection = select_heads(cfg.capture, layout)
     data = list(

@@ -32,14 +32,13 @@ import transformers
 from transformers import PreTrainedModel
 
 from ..capture.heads import HeadSelection
-from ..capture.models import attention_backend, backbone_of, layout_from_config, load_model, text_config
+from ..capture.models import attention_backend, backbone_of, layout_from_config, text_config
 from ..capture.samplers import Sampler
-from ..capture.selfcheck import check_unlisted_family
 from ..capture.session import CaptureSession, to_device
 from ..core.config import BenchAppConfig
 from ..core.errors import UserError
 from ..inputs.data import Batch, DataStats, batches, synthetic_examples
-from .plan import plan_capture
+from .plan import load_checked, plan_capture
 
 GIB = 2**30
 
@@ -86,8 +85,7 @@ def prepare(cfg: BenchAppConfig) -> BenchSetup:
     )
     if not data:
         raise UserError("dataset.num_examples/num_shards leave no example for this shard: nothing to time")
-    model = load_model(cfg.model, model_config)
-    check_unlisted_family(model)
+    model = load_checked(cfg.model, model_config, plan.layout)
     backbone = backbone_of(model)
     device = next(backbone.parameters()).device
     return BenchSetup(model, backbone, device, selection, sampler, data)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedModel
 
 from ..capture.heads import HeadSelection, select_heads
-from ..capture.models import ModelLayout, build_config
+from ..capture.models import ModelLayout, build_config, load_model
 from ..capture.positions import PositionLimit, position_limit
+from ..capture.probe import check_before_loading
 from ..capture.samplers import Sampler, build_sampler
-from ..capture.shapes import measured_layout
-from ..core.config import Config
+from ..capture.selfcheck import check_unlisted_family
+from ..capture.shapes import check_loaded, measured_layout
+from ..core.config import Config, ModelConfig
 from .validate import validate
 
 
@@ -40,3 +42,15 @@ def plan_capture(cfg: Config) -> CapturePlan:
     return CapturePlan(
         model_config, layout, select_heads(cfg.capture, layout), build_sampler(cfg.sampler), limit
     )
+
+
+def load_checked(cfg: ModelConfig, config: PretrainedConfig, layout: ModelLayout | None) -> PreTrainedModel:
+    """The model's weights, loaded after the checks that need none and checked before any capture: the probe
+    of the family on a transformers release the matrix was not measured on, the self-check of a family the
+    matrix does not list, and (given the plan's ``layout``) the heads its attention calls really see."""
+    check_before_loading(cfg, config)
+    model = load_model(cfg, config)
+    check_unlisted_family(model)
+    if layout is not None:
+        check_loaded(model, layout)
+    return model

@@ -4,6 +4,7 @@ commit naming every example, then the metadata and card settled."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,15 +21,18 @@ from ..capture.samplers import Sampler
 from ..core.config import CaptureConfig, Config, DatasetConfig, ModelConfig, TokenizerConfig
 from ..inputs.data import DataStats
 from ..publish import documents
-from ..publish.metadata import final_metadata, run_metadata
+from ..publish.metadata import check_release_of_dir, final_metadata, run_metadata
 from ..store import RunInfo, Store
 from ..store.manifest import model_identity, recipe_id, recipe_of
 from ..store.writer import PartWriter
+
+log = logging.getLogger(__name__)
 
 
 def recording_metadata(
     *,
     model_name: str | None,
+    model_type: str,
     dtype: str,
     tokenizer_name: str | None,
     max_length: int | None,
@@ -49,7 +53,7 @@ def recording_metadata(
         sampler={"name": sampler.name, **sampler.params()},
         capture=capture_cfg,
     )  # output and tracking stay unset: run_metadata reads neither
-    metadata = run_metadata(cfg, layout, selection, sampler)
+    metadata = run_metadata(cfg, layout, selection, sampler, model_type)
     metadata.update(
         attn_implementation=attn_implementation,
         examples=stats.examples,
@@ -75,6 +79,9 @@ def write_recorded(
     """Register, write and commit the recorded rows in ``root`` (new, empty, or the same model's capture),
     then settle its metadata and card. Refused, writing nothing, where an example is already there."""
     store = Store(root)
+    release_note = check_release_of_dir(store.recorded_metadata(), metadata, store.where)
+    if release_note:  # rows of another transformers release are there: said here, kept in the metadata
+        log.warning(release_note)
     recipe = recipe_of(metadata)
     rid = recipe_id(recipe)
     run_id = uuid.uuid4().hex[:12]

@@ -19,12 +19,10 @@ import numpy as np
 from ..analysis.figures import current_figures
 from ..capture.gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from ..capture.heads import HeadSelection
-from ..capture.models import attention_backend, load_model
+from ..capture.models import attention_backend
 from ..capture.rows import Block
 from ..capture.samplers import KINDS
-from ..capture.selfcheck import check_unlisted_family
 from ..capture.session import CaptureSession
-from ..capture.shapes import check_loaded
 from ..core.config import Config
 from ..core.errors import UserError
 from ..core.naming import config_name, name_widths
@@ -40,7 +38,7 @@ from ..inputs.data import (
 from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
 from ..publish import documents, hub
 from ..publish.branches import branch_name, dataset_url
-from ..publish.metadata import final_metadata, run_metadata
+from ..publish.metadata import check_release_of_dir, final_metadata, run_metadata
 from ..publish.sync import pull_before_run
 from ..store import RunInfo, Store
 from ..store.compact import compact_store
@@ -50,7 +48,7 @@ from ..store.writer import PartWriter
 from ..tracking import Tracker, make_tracker
 from .budget import Budget, run_budget
 from .dry_run import example_length
-from .plan import CapturePlan, plan_capture
+from .plan import CapturePlan, load_checked, plan_capture
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +106,7 @@ def run(cfg: Config) -> RunResult:
     tracker = make_tracker(cfg, prep.metadata)
     try:
         with _phase(phases, "load_s"):
-            model = load_model(cfg.model, prep.plan.model_config)
-            check_unlisted_family(model)
-            check_loaded(model, prep.plan.layout)
+            model = load_checked(cfg.model, prep.plan.model_config, prep.plan.layout)
         prep.metadata["attn_implementation"] = attention_backend(model)
         run_id = uuid.uuid4().hex[:12]
         shard = (cfg.dataset.shard_index, cfg.dataset.num_shards)
@@ -172,8 +168,11 @@ def _prepare(cfg: Config) -> Prepared:
     widths = name_widths(layout.num_layers, layout.max_heads)
     configs = config_names(plan.selection, widths)
     store = Store(resolve_output_dir(cfg))
-    metadata = run_metadata(cfg, layout, plan.selection, plan.sampler)
+    metadata = run_metadata(cfg, layout, plan.selection, plan.sampler, plan.model_config.model_type)
     store.check_claim(model_identity(metadata))
+    release_note = check_release_of_dir(store.recorded_metadata(), metadata, store.where)
+    if release_note:
+        log.warning(release_note)
     recipe = recipe_of(metadata)
     rid = recipe_id(recipe)
     hub.preflight(cfg.output.hub)

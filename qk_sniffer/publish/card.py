@@ -203,7 +203,33 @@ def _model_section(meta: dict[str, Any]) -> list[str]:
         lines.append(f"- Random weights (seed {model.get('seed')})")
     if model.get("config_overrides"):
         lines.append(f"- Config overrides: {_inline(model['config_overrides'])}")
-    return [*lines, ""]
+    return [*lines, *_release_lines(meta), ""]
+
+
+def _release_lines(meta: dict[str, Any]) -> list[str]:
+    """The releases the rows were captured with, and what was checked on them (absent in older dirs)."""
+    versions = meta.get("versions")
+    if not versions:
+        return []
+    line = (
+        f"- Captured with transformers {versions.get('transformers')}, torch {versions.get('torch')}, "
+        f"tokenizers {versions.get('tokenizers')}"
+    )
+    matrix = meta.get("support_matrix") or {}
+    line += {
+        "matrix": "; the family was measured exact on this release (the support matrix)",
+        "probe": f"; the nearest support matrix is transformers {matrix.get('measured_on')}'s, so the family "
+        "passed an exactness probe on this release before its weights loaded",
+        "self-check": "; the family is in no support matrix: it passed a self-check against its own eager "
+        "attention after loading",
+    }.get(str(matrix.get("check")), "")
+    lines = [line]
+    if meta.get("earlier_transformers"):
+        lines.append(
+            f"- Earlier runs into this dataset used transformers {', '.join(meta['earlier_transformers'])}"
+        )
+    lines += [f"- On this release: {fact}" for fact in (meta.get("backend_facts") or {}).get("in_force", [])]
+    return lines
 
 
 def _source_section(meta: dict[str, Any]) -> list[str]:

@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import httpx2
 import pytest
 import yaml
 from datasets import load_dataset
 from helpers import compose_cfg, files_with_bytes, read_configs
+from hub_stand_in import HTTP, SECRET, http_error
 from hub_stand_in import REPO_ID as REPO
-from hub_stand_in import SECRET, http_error
 from huggingface_hub.errors import HfHubHTTPError
 from omegaconf import OmegaConf
 
@@ -125,7 +124,7 @@ def test_token_from_dotenv_reaches_the_client_only(fake, monkeypatch, tmp_path):
     ("setup", "reason"),
     [
         (
-            dict(fail={"whoami": httpx2.ConnectError("[Errno -2] Name or service not known")}),
+            dict(fail={"whoami": HTTP.ConnectError("[Errno -2] Name or service not known")}),
             "cannot reach https://huggingface.co (ConnectError: [Errno -2] Name or service not known)",
         ),
         (

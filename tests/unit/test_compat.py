@@ -39,3 +39,17 @@ def test_attention_implementation_and_module_globals_are_restored():
     assert "qk_test" not in compat.registered_attention_names()
     assert compat.eager_attention(module) is mod.eager_attention_forward
     assert compat.routes_attention(type(model)) and isinstance(module, torch.nn.Module)
+
+
+def test_a_mask_one_key_too_long_is_cut_to_the_keys_as_eager_cuts_it():
+    """transformers 5.0/5.1's own mask builders (Mllama, Persimmon, ...) hand sdpa one key too many."""
+    key, value = torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4)
+    long_mask = torch.arange(6.0).expand(1, 1, 5, 6)
+    args, kwargs = compat.mask_fitted_to_keys(key, (value, long_mask), {"scaling": 0.5})
+    assert args[0] is value and torch.equal(args[1], long_mask[..., :5]) and kwargs == {"scaling": 0.5}
+    _, kwargs = compat.mask_fitted_to_keys(key, (value,), {"attention_mask": long_mask})
+    assert torch.equal(kwargs["attention_mask"], long_mask[..., :5])
+    fitting, padding = long_mask[..., :5], torch.ones(1, 5)
+    assert compat.mask_fitted_to_keys(key, (value, fitting), {})[0][1] is fitting
+    assert compat.mask_fitted_to_keys(key, (value, padding), {})[0][1] is padding  # flash's 2D padding mask
+    assert compat.mask_fitted_to_keys(key, (value, None), {})[0][1] is None
