@@ -87,13 +87,24 @@ def test_a_removed_part_is_named_and_only_its_examples_are_captured_again(copy, 
 
 
 def test_a_corrupted_part_is_found_by_its_hash(copy, reference, tmp_path):
+    assert Store(copy).verify() == []  # the digest cache now holds every committed file
     damaged = copy / named_files(commits(copy)[0])[0]
+    before = damaged.stat()
     data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
-    damaged.write_bytes(bytes(data))
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, written in place: same size, same inode
+    with open(damaged, "r+b") as f:
+        f.write(data)
+    os.utime(damaged, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same mtime
+    after = damaged.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
     check = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.verify")
     assert check.returncode == 1, check.stderr
     assert "does not match the recorded sha256" in check.stdout
+    assert json.loads(check.stdout.splitlines()[-1])["cached"] == 0  # every file was read
     assert f"repair: python -m qk_sniffer.verify output.dir={copy} repair=true" in check.stdout
     assert json.loads(check.stdout.splitlines()[-1])["ok"] is False
     proc = capture(copy, cwd=tmp_path)
@@ -141,6 +152,20 @@ def test_compaction_keeps_orphans_out(copy, reference, tmp_path):
     assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
     rows = loaded_rows(copy, tmp_path / "compacted")
     assert len(rows) == len(set(rows)) and set(rows) < set(reference[1])
+
+
+def test_verify_fast_trusts_the_cache_and_says_how_many_files_it_did_not_read(copy):
+    from qk_sniffer.commands.verify import inspect, report
+
+    store = Store(copy)
+    files = len(store.view().paths())
+    full = inspect(store)
+    assert full["ok"] and (full["hashed"], full["cached"]) == (files, 0)
+    fast = inspect(Store(copy), fast=True)
+    assert fast["ok"] and (fast["hashed"], fast["cached"]) == (0, files)
+    text = report(fast, "python -m qk_sniffer.verify")
+    assert f"fast: {files} files were not read" in text and "run without fast=true" in text
+    assert "matches its recorded size" in text
 
 
 # ------------------------------------------------------------------------------ dirs we cannot account for
