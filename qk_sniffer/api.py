@@ -170,7 +170,7 @@ class Recording:
             batches(examples, self.batch_size, pad_id(self.tokenizer), self.stats)
         ):
             self._add(blocks)
-            self._records += [(e.index, e.example_id, e.length, ()) for e in batch.examples]
+            self._records += [(e.index, e.example_id, e.length, e.token_hash, ()) for e in batch.examples]
         return self.rows - before
 
     def _examples(
@@ -278,7 +278,7 @@ class Recording:
         run_id = uuid.uuid4().hex[:12]
         info = RunInfo(run_id, rid, (0, 1), configs)
         # Every example completes every config: the commit says so, as a CLI run's commits do.
-        examples = [(i, eid, n, tuple(configs)) for i, eid, n, _ in self._records]
+        examples = [(i, eid, n, digest, tuple(configs)) for i, eid, n, digest, _ in self._records]
         with store.registered(info, recipe, model_identity(metadata), "append"):
             store.new_examples_check(rid, configs, {e[1] for e in examples})
             writer = PartWriter(root, "api", run_id, store.committer(rid, run_id, "api"))

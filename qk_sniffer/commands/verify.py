@@ -4,8 +4,9 @@ It hashes every committed part file against its commit (``fast=true`` trusts the
 whose size and times are unchanged, and says how many it did not read), checks the manifest can be read,
 that the card lists exactly the committed files, and that nothing foreign sits where the tool writes. It
 prints one line per finding, then one JSON object as its last line, and exits 1 when anything is damaged
-(naming the command that repairs it). ``repair=true`` drops damaged commits, rewrites the metadata and card, and
-removes the files no commit needs; the next capture run then captures the dropped examples again.
+(naming the command that repairs it). ``repair=true`` drops damaged commits, rewrites the metadata and
+card, and removes the files no commit needs; the next capture run then captures the dropped examples
+again.
 """
 
 from __future__ import annotations

@@ -78,8 +78,8 @@ class ResumeFilter:
         )
         raise UserError(
             f"output.dir={str(self.root)!r}: example {example.index} of the dataset is not the text whose "
-            f"rows the dir holds: {what}. Restore the text (or the tokenizer) it was captured from, or capture "
-            "the edited dataset into another output.dir; nothing of this example was written"
+            f"rows the dir holds: {what}. Restore the text (or the tokenizer) it was captured from, or "
+            "capture the edited dataset into another output.dir; nothing of this example was written"
         )
 
     def done_for(self, index: int) -> frozenset[str]:
