@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import hydra
 import torch
 import transformers
 from omegaconf import DictConfig
@@ -38,11 +37,11 @@ from ..capture.models import attention_backend, backbone_of, layout_from_config,
 from ..capture.samplers import Sampler
 from ..capture.selfcheck import check_unlisted_family
 from ..capture.session import CaptureSession, to_device
-from ..core.config import CONF_DIR, BenchAppConfig, register_configs
+from ..core.config import BenchAppConfig, register_configs
 from ..core.errors import UserError
 from ..inputs.data import Batch, DataStats, batches, synthetic_examples
 from ..pipeline.plan import plan_capture
-from .common import report_user_errors
+from .common import command, report_user_errors
 
 register_configs()
 
@@ -245,7 +244,7 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
+@command("bench", check_keys=False)
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         record = run_bench(cfg)  # type: ignore[arg-type] # a DictConfig typed by the BenchAppConfig schema

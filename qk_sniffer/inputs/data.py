@@ -10,10 +10,12 @@ to them when ``tokenizer.max_length`` is null, and counted (see :mod:`qk_sniffer
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 EMBEDDED_CORPUS = RESOURCES / "corpus.jsonl"
 EMBEDDED_TOKENIZER = RESOURCES / "tokenizer.json"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -44,6 +47,16 @@ class Example:
     @property
     def length(self) -> int:
         return len(self.input_ids)
+
+    @functools.cached_property
+    def token_hash(self) -> str:
+        return token_hash(self.input_ids)
+
+
+def token_hash(ids: list[int]) -> str:
+    """What identifies an example's content: a digest of its token ids (so an edited text, or a tokenizer
+    that changed, shows even when the number of tokens did not)."""
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -108,6 +121,8 @@ class ExampleIds:
                 f"{key}: row {index} has an id of type {type(value).__name__} ({_short(value)}); ids must "
                 f"be integers or strings, {fix}"
             )
+        if isinstance(value, (int, np.integer)) and not INT64_MIN <= int(value) <= INT64_MAX:
+            raise self.beyond_int64(index, str(value))
         example_id = stable_id(value)
         first = self._seen.get(example_id)
         if first is None:
@@ -125,6 +140,13 @@ class ExampleIds:
             else ""
         )
         raise UserError(f"{key}: {what}; ids must be unique, {fix}{committed}")
+
+    def beyond_int64(self, index: int, shown: str) -> UserError:
+        return UserError(
+            f"dataset.id_column={self.column!r}: row {index} has the id {shown}, beyond the 64-bit integers "
+            "example ids are stored as; give ids as strings (they are hashed to one), or set "
+            "dataset.id_column=null to number examples by row index"
+        )
 
 
 def _short(value: Any) -> str:
@@ -148,6 +170,8 @@ def load_rows(cfg: DatasetConfig) -> Iterable[dict[str, Any]]:
         if "://" not in f and not any(ch in f for ch in "*?[") and not os.path.exists(f):
             raise UserError(f"dataset.data_files: file not found: {f}")
     files = _local_files(data_files) if path in LOCAL_BUILDERS else []
+    if path not in LOCAL_BUILDERS and not os.path.exists(path):
+        _check_hub_reachable(cfg.path)
     try:
         ds = datasets.load_dataset(
             path, name=cfg.name, data_files=data_files, split=cfg.split, streaming=cfg.streaming
@@ -166,8 +190,36 @@ def load_rows(cfg: DatasetConfig) -> Iterable[dict[str, Any]]:
             )
     if cfg.streaming:
         return _reading_errors_named(ds, cfg, path, files)
-    _check_whole_dataset(ds, cfg)
+    _check_whole_dataset(ds, cfg, files)
     return ds
+
+
+def _check_hub_reachable(dataset: str) -> None:
+    """One quick request before a Hub dataset is loaded online: unreachable, ``datasets`` would retry for
+    most of a minute, warning at each try, and end with no word of offline mode."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    import datasets  # noqa: PLC0415
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE:
+        return
+    endpoint = constants.ENDPOINT
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered: reachable (the dataset's own access is datasets' to check)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise UserError(
+            f"dataset.path={dataset!r}: the Hugging Face Hub ({endpoint}) cannot be reached ({reason}); "
+            "check the network (or HTTPS_PROXY), or, if the dataset is in your cache, run offline with "
+            "HF_HUB_OFFLINE=1"
+        ) from None
+
+
+HUB_TIMEOUT_S = 10
 
 
 def _local_files(data_files: Any) -> list[str]:
@@ -200,6 +252,10 @@ def _unreadable(cfg: DatasetConfig, path: str, files: list[str], exc: BaseExcept
     """One message for a file ``datasets`` could not parse: the file and line for JSON lines."""
     if path == "json":
         for f in files:
+            not_utf8 = _first_line_not_utf8(f)
+            if not_utf8 is not None:
+                line, where = not_utf8
+                return UserError(f"dataset.data_files: {f} line {line} is not UTF-8 text ({where}){UTF8_FIX}")
             bad = _first_bad_json_line(f)
             if bad is not None:
                 line, reason = bad
@@ -242,19 +298,93 @@ def _reading_errors_named(
         raise _unreadable(cfg, path, files, exc) from None
 
 
-def _check_whole_dataset(ds: Any, cfg: DatasetConfig) -> None:
+def _check_whole_dataset(ds: Any, cfg: DatasetConfig, files: list[str]) -> None:
     """Texts and ids of every row the run will read, before any weight loads."""
     import datasets  # noqa: PLC0415
 
     count = ds.num_rows if cfg.max_samples is None else min(ds.num_rows, cfg.max_samples)
+    _check_utf8(ds, count, cfg, files)
     text_feature = ds.features.get(cfg.text_column)
     if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
         for index, text in enumerate(_column_values(ds, cfg.text_column, count)):
             check_text(cfg.text_column, index, text)
     if cfg.id_column is not None:
         ids = ExampleIds(cfg.id_column)
-        for index, value in enumerate(_column_values(ds, cfg.id_column, count)):
+        values = _column_values(ds, cfg.id_column, count)
+        id_feature = ds.features.get(cfg.id_column)
+        if isinstance(id_feature, datasets.Value) and id_feature.dtype.startswith("float"):
+            # A reader makes the whole column floats for one id it cannot hold as an integer (JSON's
+            # 99999999999999999999): blame that row, not row 0, whose id merely became 1.0.
+            first = next((i for i, v in enumerate(values) if not _integral_int64(v)), 0)
+            if _integral(values[first]) and not _integral_int64(values[first]):
+                raise ids.beyond_int64(first, f"{values[first]:.17g} (as the reader holds it)")
+            ids.take(first, values[first])
+        for index, value in enumerate(values):
             ids.take(index, value)
+
+
+def _integral(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+
+
+def _integral_int64(value: Any) -> bool:
+    return _integral(value) and INT64_MIN <= value < 2.0**63
+
+
+def _check_utf8(ds: Any, count: int, cfg: DatasetConfig, files: list[str]) -> None:
+    """Every string the run will read is UTF-8 (a reader may load bytes it cannot decode, which would fail
+    mid-capture): refuse naming the file and line (JSON lines) or the column and row."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    table = ds.data.table.slice(0, count)
+    for name in table.column_names:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        start = 0
+        for chunk in column.chunks:
+            try:
+                chunk.validate(full=True)
+            except pa.ArrowInvalid:
+                raise _not_utf8(cfg, files, name, start + _first_invalid(chunk)) from None
+            start += len(chunk)
+
+
+def _first_invalid(chunk: Any) -> int:
+    """The index of the first value of a string chunk that is not UTF-8."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    for i, value in enumerate(chunk.cast(pa.binary()).to_pylist()):
+        try:
+            (value or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return 0
+
+
+def _not_utf8(cfg: DatasetConfig, files: list[str], column: str, row: int) -> UserError:
+    for f in files if cfg.path in ("json", "embedded") else []:
+        bad = _first_line_not_utf8(f)
+        if bad is not None:
+            return UserError(f"dataset.data_files: {f} line {bad[0]} is not UTF-8 text ({bad[1]}){UTF8_FIX}")
+    return UserError(f"dataset column {column!r}: row {row} is not UTF-8 text{UTF8_FIX}")
+
+
+UTF8_FIX = "; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)"
+
+
+def _first_line_not_utf8(path: str) -> tuple[int, str] | None:
+    """(line number, which byte) of the first line of a file that is not UTF-8."""
+    try:
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return number, f"byte 0x{line[err.start]:02x} at column {err.start + 1}"
+    except OSError:
+        return None
+    return None
 
 
 def _column_values(ds: Any, column: str, count: int) -> list[Any]:

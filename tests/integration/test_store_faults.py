@@ -334,6 +334,49 @@ def test_a_full_disk_while_registering_or_writing_the_card_is_one_message_and_a_
     assert_exactly_the_reference(out, reference, tmp_path)
 
 
+def test_a_full_disk_during_compaction_is_one_message_and_loses_nothing(
+    copy, reference, tmp_path, monkeypatch
+):
+    from qk_sniffer.commands.compact import compact
+    from qk_sniffer.store import compact as compaction
+
+    real = compaction.atomic_file
+    calls = {"n": 0}
+
+    def fills_up(path, mode="wb"):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the second merged file finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, mode)
+
+    monkeypatch.setattr(compaction, "atomic_file", fills_up)
+    before = files_with_bytes(copy)
+    with pytest.raises(UserError) as err:
+        compact(Store(copy))
+    assert str(err.value) == (
+        f"output.dir={str(copy)!r}: cannot write the merged part files: No space left on device (errno 28); "
+        "the rows already committed are kept. Free space or fix permissions, then run the same command again"
+    )
+    # The dataset is the unmerged files, as before; the one merged file written is a dead run's leftover.
+    assert loaded_rows(copy, tmp_path / "full") == reference[1]
+    assert {p: b for p, b in files_with_bytes(copy).items() if p in before} == before
+    monkeypatch.undo()
+    compact(Store(copy))
+    assert_exactly_the_reference(copy, reference, tmp_path)
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
+
+
+def test_an_empty_dir_is_called_empty(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli([f"output.dir={empty}"], cwd=tmp_path, module="qk_sniffer.verify")
+    assert (
+        one_message(proc)
+        == f"qk_sniffer: error: output.dir={str(empty)!r} is empty: it holds no qk-sniffer capture yet"
+    )
+    assert list(empty.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------ the notebook API's dirs
 
 
