@@ -51,6 +51,7 @@ from .inputs import tokenization
 from .inputs.data import DataStats, Example, batches, make_example, stable_id
 from .inputs.tokenization import encoder, pad_id
 from .pipeline.validate import capture_problems
+from .pipeline.weights import checkpoint_digest, local_checkpoint
 from .publish import documents
 from .publish.metadata import final_metadata, run_metadata
 from .store import RunInfo, Store
@@ -324,6 +325,9 @@ class Recording:
             capture=self.capture_cfg,
         )  # output and tracking stay unset: run_metadata reads neither
         metadata = run_metadata(cfg, self.layout, self.selection, self.sampler)
+        checkpoint = local_checkpoint(cfg.model)
+        if checkpoint is not None:  # loaded from a local dir: identified by its files, as a CLI run is
+            metadata["weights"] = checkpoint_digest(checkpoint)
         metadata.update(
             attn_implementation=self._attn_implementation,
             examples=self.stats.examples,

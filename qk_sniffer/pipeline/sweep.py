@@ -56,6 +56,9 @@ def chooses_rows_only(key: str) -> bool:
 
 def job_output_dir(output_dir: Path, hydra: Any) -> Path:
     """output.dir for the multirun job ``hydra`` (its Hydra config) describes."""
+    mine = {o.key_or_group: o for o in _parse(_raw(hydra.overrides.task))}
+    if "output.dir" in mine and "${" in str(mine["output.dir"].value()):
+        return output_dir  # e.g. out_${hydra:job.num}: each job has a dir of its own already
     swept = swept_keys(Path(str(hydra.sweep.dir)))
     if swept is None:
         log.warning(
@@ -65,8 +68,7 @@ def job_output_dir(output_dir: Path, hydra: Any) -> Path:
     apart = sorted(k for k in swept if not chooses_rows_only(k))
     if not apart:
         return output_dir
-    mine = {o.key_or_group: o.get_value_element_as_str() for o in _parse(list(hydra.overrides.task))}
-    name = ",".join(f"{key}={mine.get(key)}" for key in apart)
+    name = ",".join(f"{key}={mine[key].get_value_element_as_str() if key in mine else None}" for key in apart)
     return output_dir / re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
 
 
@@ -82,15 +84,20 @@ def swept_keys(sweep_dir: Path) -> set[str] | None:
 
 def swept_keys_of(master: Any) -> set[str]:
     """The swept keys of a multirun's own config (the command line's and ``hydra.sweeper.params``)."""
-    overrides = list(master.hydra.overrides.task)
-    params = OmegaConf.select(master, "hydra.sweeper.params") or {}
-    overrides += [f"{key}={value}" for key, value in params.items()]
+    overrides = _raw(master.hydra.overrides.task)
+    params = OmegaConf.select(master, "hydra.sweeper.params")
+    overrides += [f"{key}={value}" for key, value in (_raw(params) if params is not None else {}).items()]
     return {o.key_or_group for o in _parse(overrides) if o.is_sweep_override()}
 
 
 def swept_values(overrides: list[str], keys: set[str]) -> list[str]:
     """The ``key=value`` overrides of one job that set a swept key."""
     return [text for text, o in zip(overrides, _parse(overrides), strict=True) if o.key_or_group in keys]
+
+
+def _raw(node: Any) -> Any:
+    """A config node's values as written (``out_${hydra:job.num}``, not this job's ``out_3``)."""
+    return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
 
 
 def _parse(overrides: list[str]) -> list[Any]:

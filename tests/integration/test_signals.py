@@ -38,7 +38,14 @@ def test_signal_commits_what_is_complete_exits_non_zero_and_resumes(tmp_path, si
 def test_ctrl_c_during_start_up_is_one_message_and_writes_nothing(tmp_path):
     """Wherever Ctrl-C lands before the capture (imports, composing, loading the model or the data), the
     command ends with one line and exit 130, and leaves no dir behind."""
-    proc = start_cli(["dataset=synthetic", "dataset.num_examples=2", f"output.dir={tmp_path}/out"], tmp_path)
+    # A child inherits an ignored SIGINT (a test run started in the background): give it Python's own.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = start_cli(
+            ["dataset=synthetic", "dataset.num_examples=2", f"output.dir={tmp_path}/out"], tmp_path
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

@@ -156,6 +156,9 @@ def test_a_sweep_job_writes_where_its_recipe_keys_say(tmp_path):
         sweep / "multirun.yaml",
     )
     assert job_output_dir(tmp_path / "out", job) == tmp_path / "out"  # shards of one capture merge
+    OmegaConf.save(master, sweep / "multirun.yaml")
+    job.overrides.task.append("output.dir=out_${hydra:job.num}")
+    assert job_output_dir(tmp_path / "out_3", job) == tmp_path / "out_3"  # a dir per job already
 
 
 def test_a_single_run_with_output_dir_leaves_no_hydra_dirs():
