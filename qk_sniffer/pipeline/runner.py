@@ -27,15 +27,8 @@ from ..capture.session import CaptureSession
 from ..core.config import Config
 from ..core.errors import UserError
 from ..core.naming import config_name, name_widths
-from ..inputs.data import (
-    Batch,
-    DataStats,
-    Example,
-    batches,
-    load_rows,
-    synthetic_examples,
-    tokenized_examples,
-)
+from ..inputs.data import Batch, DataStats, Example, batches, synthetic_examples, tokenized_examples
+from ..inputs.sources import load_rows
 from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
 from ..publish import documents, hub
 from ..publish.metadata import final_metadata, run_metadata

@@ -17,7 +17,7 @@ from ..capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
 from ..core.config import DTYPES, Config, setting, unknown_keys
 from ..core.errors import UserError
 from ..hub.gitref import branch_problem
-from ..inputs.data import LOCAL_BUILDERS
+from ..inputs.sources import LOCAL_BUILDERS
 from ..tracking import choose_mode
 
 OUTPUT_MODES = ("append", "replace")
