@@ -156,7 +156,7 @@ class Recording:
             batches(examples, self.batch_size, pad_id(self.tokenizer), self.stats)
         ):
             self._add(blocks)
-            self._records += [(e.index, e.example_id, e.length, ()) for e in batch.examples]
+            self._records += [(e.index, e.example_id, e.length, e.token_hash, ()) for e in batch.examples]
         return self.rows - before
 
     def _add(self, blocks: list[Block]) -> None:

@@ -16,8 +16,9 @@ import pyarrow as pa
 from ..core.naming import config_name
 from .rows import Block, RowKeys
 
-# (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
-ExampleRecord = tuple[int, int, int, tuple[str, ...]]
+# (dataset index, example_id, tokens, token-id hash, configs written for it) of an example whose rows are
+# all in a flush.
+ExampleRecord = tuple[int, int, int, str, tuple[str, ...]]
 
 
 def return_freed_buffers_to_the_os() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..core.config import CaptureConfig
+from ..core.config import CaptureConfig, setting
 from ..core.errors import UserError
 from ..core.ranges import format_ranges
 from .models import ModelLayout
@@ -120,7 +120,9 @@ def select_heads(capture: CaptureConfig, layout: ModelLayout) -> HeadSelection:
     def frozen(d: dict[int, set[int]], enabled: bool) -> dict[int, tuple[int, ...]]:
         return {layer: tuple(sorted(hs)) for layer, hs in sorted(d.items())} if enabled else {}
 
-    selection = HeadSelection(frozen(q_heads, capture.queries), frozen(k_heads, capture.keys))
+    selection = HeadSelection(
+        frozen(q_heads, setting(capture, "queries")), frozen(k_heads, setting(capture, "keys"))
+    )
     if not selection.layers:
         raise UserError(
             "nothing to capture: capture.queries and capture.keys are both false, or the layer/head filters "

@@ -9,7 +9,8 @@ prints; none holds logic of its own, and nothing in the package imports them.
 - :mod:`.families`    ``python -m qk_sniffer.families``: the support matrix (and the sweep that measures it)
 - :mod:`.bench`       ``python -m qk_sniffer.bench``: capture overhead and speed
 - :mod:`.load_bench`  ``python -m qk_sniffer.load_bench``: reading a capture back
-- :mod:`.common`      how every command shows a user error, and opens the dir it works on
+- :mod:`.sweep`       the end of a multirun: one summary of its jobs, one exit code
+- :mod:`.common`      the Hydra app around each command (exit codes), user errors, the dir a command opens
 
 The public ``python -m qk_sniffer.NAME`` modules are two-line shims that call these.
 May import: everything below (pipeline, publish, analysis, the store, the core).

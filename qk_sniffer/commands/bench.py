@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 
-import hydra
 from omegaconf import DictConfig
 
-from ..core.config import CONF_DIR, register_configs
+from ..core.config import register_configs
 from ..pipeline.long_bench import format_records, run_long_bench
 from ..pipeline.overhead_bench import check_bench, format_table, run_bench
-from .common import report_user_errors
+from .common import command, report_user_errors
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
+@command("bench", check_keys=False)
 def main(cfg: DictConfig) -> None:
     if cfg.bench.mode == "long_context":
         records = []

@@ -1,24 +1,87 @@
-"""What the command-line entry points share: how user errors are shown, and the dir a command works on."""
+"""What the command-line entry points share: the Hydra app around each command with the project's exit
+codes, how user errors are shown, and the dir a command works on.
+
+Exit codes: 0 done; 1 a crash (a bug: Hydra prints it), or ``verify`` finding damage; 2 any user error,
+one ``qk_sniffer: error:`` line with no traceback (Hydra's own, such as an unknown key or group option,
+included); 128+N a signal N (130 for Ctrl-C, wherever it lands: start-up included).
+"""
 
 from __future__ import annotations
 
+import functools
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from ..core.errors import UserError
+from ..core.config import CONF_DIR, unknown_keys
+from ..core.errors import INTERRUPTED, UserError
 from ..store import Store
+
+USER_ERROR = UserError.exit_code
+INTERRUPTED_EXIT = 128 + signal.SIGINT
 
 
 @contextmanager
 def report_user_errors() -> Iterator[None]:
-    """A UserError becomes one message on stderr and its exit code (2; 128+N for signal N), no traceback."""
+    """A UserError becomes one message on stderr and its exit code (2; 128+N for signal N), no traceback;
+    so does Ctrl-C."""
     try:
         yield
     except UserError as exc:
         print(f"qk_sniffer: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+def _interrupted() -> None:
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT)
+
+
+def command(
+    config_name: str, *, check_keys: bool = True
+) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+    """``@hydra.main`` for a qk_sniffer command (``conf/<config_name>.yaml``), with the exit codes above.
+    ``check_keys``: refuse keys the schema does not know before the command runs (the capture command
+    lists them with every other problem of its config instead)."""
+    import hydra
+
+    def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
+        entered = False
+
+        @functools.wraps(task)
+        def job(cfg: Any) -> Any:
+            nonlocal entered
+            entered = True
+            if check_keys:
+                with report_user_errors():
+                    problems = unknown_keys(cfg)
+                    if problems:
+                        raise UserError("invalid configuration:\n  - " + "\n  - ".join(problems))
+            return task(cfg)
+
+        app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main() -> None:
+            try:
+                app()
+            except KeyboardInterrupt:
+                _interrupted()
+            except SystemExit as exc:
+                # Hydra reports a bad override, an unknown key or group option and exits 1, as it does for
+                # a crash; before the command ran, it can only have been the command line.
+                if exc.code == 1 and not entered:
+                    sys.exit(USER_ERROR)
+                raise
+
+        return main
+
+    return wrap
 
 
 def capture_dir(value: str | None, command: str) -> Store:
@@ -30,5 +93,5 @@ def capture_dir(value: str | None, command: str) -> Store:
         raise UserError(f"output.dir={value!r} does not exist or is not a directory")
     store = Store(root)
     if not store.claimed():
-        store.check_accountable()  # says why: no manifest, a stray qk_sniffer.json, or not a capture
+        store.check_accountable()  # says why: empty, no manifest, a stray qk_sniffer.json, or not a capture
     return store

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import uuid
 
-import hydra
 from omegaconf import DictConfig
 
-from ..core.config import CONF_DIR, register_configs
+from ..core.config import register_configs
 from ..publish import documents
 from ..store import RunInfo, Store
 from ..store.compact import compact_store
-from .common import capture_dir, report_user_errors
+from .common import capture_dir, command, report_user_errors
 
 register_configs()
 
@@ -38,7 +37,7 @@ def compact(store: Store) -> int:
     return merged
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="compact")
+@command("compact")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         store = capture_dir(cfg.output.dir, "qk_sniffer.compact")

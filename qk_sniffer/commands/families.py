@@ -96,14 +96,12 @@ def summary(matrix: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    import hydra
-
-    from ..core.config import CONF_DIR, register_configs
-    from .common import report_user_errors
+    from ..core.config import register_configs
+    from .common import command, report_user_errors
 
     register_configs()
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="families")
+    @command("families")
     def app(cfg: Any) -> None:
         with report_user_errors():
             matrix = run_families(cfg)

@@ -57,7 +57,9 @@ def write_config(root: Path, rows: int, head_dim: int, parts: int, seed: int = 0
                 },
                 schema=schema(head_dim, token_strings=False),
             )
-            writer.submit(partial(list, [(config, table)]), [(index, index, int(count), (config,))])
+            # Random rows with no text behind them: the token-id hash records that there is none.
+            example = (index, index, int(count), "none", (config,))
+            writer.submit(partial(list, [(config, table)]), [example])
         writer.close()
     (root / METADATA).write_text(json.dumps(metadata))
     return config

@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.config import CONF_DIR, PublishOutputConfig, register_configs
 from ..core.errors import UserError
 from ..publish import hub
-from .common import report_user_errors
+from .common import command, report_user_errors
 
 register_configs()
 
@@ -49,7 +48,7 @@ def publish_dir(output: PublishOutputConfig) -> hub.PushResult:
     return hub.push_dir(output.hub, out_dir)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="publish")
+@command("publish")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         output = settings(cfg)

@@ -4,19 +4,18 @@ overrides."""
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
 from ..analysis.figures import FIGURES_DIR, capture_layout, render_figures
-from ..core.config import CONF_DIR, register_configs
+from ..core.config import register_configs
 from ..publish import documents
 from ..store.files import DamagedFile, read_json
-from .common import capture_dir, report_user_errors
+from .common import capture_dir, command, report_user_errors
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
+@command("report")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         store = capture_dir(cfg.output.dir, "qk_sniffer.report")

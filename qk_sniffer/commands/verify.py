@@ -1,10 +1,12 @@
 """``python -m qk_sniffer.verify output.dir=PATH [repair=true]``: what a capture dir holds, and its damage.
 
-It hashes every committed part file against its commit, checks the manifest can be read, that the card
-lists exactly the committed files, and that nothing foreign sits where the tool writes. It prints one line
-per finding, then one JSON object as its last line, and exits 1 when anything is damaged (naming the
-command that repairs it). ``repair=true`` drops damaged commits, rewrites the metadata and card, and
-removes the files no commit needs; the next capture run then captures the dropped examples again.
+It hashes every committed part file against its commit (``fast=true`` trusts the digest cache for files
+whose size and times are unchanged, and says how many it did not read), checks the manifest can be read,
+that the card lists exactly the committed files, and that nothing foreign sits where the tool writes. It
+prints one line per finding, then one JSON object as its last line, and exits 1 when anything is damaged
+(naming the command that repairs it). ``repair=true`` drops damaged commits, rewrites the metadata and
+card, and removes the files no commit needs; the next capture run then captures the dropped examples
+again.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ import json
 import sys
 from typing import Any
 
-import hydra
 import yaml
 from omegaconf import DictConfig
 
-from ..core.config import CONF_DIR, register_configs
+from ..core.config import register_configs
 from ..publish import documents
 from ..store import Store
 from ..store.layout import CARD
-from .common import capture_dir, report_user_errors
+from .common import capture_dir, command, report_user_errors
 
 register_configs()
 
@@ -43,11 +44,12 @@ def card_listing(store: Store) -> dict[str, list[str]] | None:
         return None
 
 
-def inspect(store: Store) -> dict[str, Any]:
+def inspect(store: Store, fast: bool = False) -> dict[str, Any]:
     """Everything the report says, as plain data."""
     view = store.view()
     manifest = store.manifest()
-    damage = [d.line() for d in store.verify()]
+    check = store.check_files(fast=fast)
+    damage = [d.line() for d in check.damage]
     listed = card_listing(store)
     expected = {c: [p.rel for p in view.files[c]] for c in view.configs}
     if view.configs and listed is None:
@@ -69,6 +71,8 @@ def inspect(store: Store) -> dict[str, Any]:
         "damage": damage,
         "foreign": store.foreign_entries(),
         "leftovers": sum(p.name.startswith("part-") for p in store.garbage()),
+        "hashed": check.hashed,
+        "cached": check.cached,
     }
 
 
@@ -86,6 +90,11 @@ def report(state: dict[str, Any], command: str) -> str:
             f"  {state['leftovers']} part files no commit names (not part of the dataset; removed by a "
             "repair or the next run)"
         )
+    if state["cached"]:
+        lines.append(
+            f"  fast: {state['cached']} files were not read (their digests come from the cache, by size and "
+            "times); run without fast=true to hash every file"
+        )
     if state["damage"]:
         lines.append(
             f"  repair: {command} repair=true  (then run the capture command again: it captures the "
@@ -94,18 +103,19 @@ def report(state: dict[str, Any], command: str) -> str:
     elif state["foreign"]:
         lines.append("  move the foreign files out of the dir: qk_sniffer refuses to write to it until then")
     else:
-        lines.append("  ok: every committed file is on disk and matches its commit")
+        checked = "its recorded size" if state["cached"] else "its commit's sha256"
+        lines.append(f"  ok: every committed file is on disk and matches {checked}")
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="verify")
+@command("verify")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
         store = capture_dir(cfg.output.dir, "qk_sniffer.verify")
         if cfg.repair:
             store.check_accountable()
             documents.settle(store, change=store.repair)
-        state = inspect(store)
+        state = inspect(store, fast=cfg.fast)
     print(report(state, f"python -m qk_sniffer.verify output.dir={store.root}"))
     print(json.dumps(state, sort_keys=True))
     if not state["ok"]:

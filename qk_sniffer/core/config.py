@@ -7,17 +7,27 @@ express live in :mod:`qk_sniffer.pipeline.validate`.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 # conf/ sits next to the package in the repository (installs are editable, see the Makefile).
 CONF_DIR = (Path(__file__).resolve().parent.parent.parent / "conf").resolve()
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+def setting(node: Any, key: str) -> Any:
+    """``node.<key>`` of a config node or a schema object. A composed node is a DictConfig, whose methods
+    win over keys of the same name (``capture.keys`` is DictConfig.keys, a bound method: always true), so
+    it is read by item; a dataclass by attribute."""
+    return node[key] if isinstance(node, Mapping) else getattr(node, key)
 
 
 @dataclass
@@ -252,6 +262,37 @@ class VerifyAppConfig:
 
     output: DirConfig = field(default_factory=DirConfig)
     repair: bool = False
+    # Trust the digest cache (.qk_sniffer/verified.json) for files whose size and times are unchanged,
+    # instead of hashing every committed file; the report says how many files were not read.
+    fast: bool = False
+
+
+def unknown_keys(node: Any, prefix: str = "") -> list[str]:
+    """One problem per key of a composed config that its schema does not have: a key added with ``+``
+    (``+capture.layer=[0]``, as Hydra suggests for a typo) would otherwise be accepted and never read.
+    Each names the nearest known key. Dict-typed keys (``model.config_overrides``) take any key."""
+    schema = OmegaConf.get_type(node)
+    if not (isinstance(node, DictConfig) and dataclasses.is_dataclass(schema)):
+        return []
+    known = [f.name for f in dataclasses.fields(schema)]
+    problems = []
+    for key, value in node.items_ex(resolve=False):
+        name = f"{prefix}{key!s}"
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f"did you mean {prefix}{near[0]}?" if near else f"the keys here are: {', '.join(known)}"
+            problems.append(f"{name} is not a key of the config ({hint})")
+        else:
+            problems += unknown_keys(value, f"{name}.")
+    return problems
+
+
+def hydra_dir(output_dir: str | None, mode: Any, kept: Any, otherwise: Any) -> Any:
+    """``kept`` (Hydra's run dir, its .hydra/ snapshot, its log file) unless a single run was given
+    ``output.dir``: then ``otherwise`` (none of them), so the run leaves nothing outside the dataset. Used
+    in conf/config.yaml's ``hydra`` node."""
+    multirun = str(mode).rpartition(".")[2] == "MULTIRUN"  # a RunMode, or its name
+    return otherwise if output_dir and not multirun else kept
 
 
 def preset_slug(name: str | None, preset_name: str | None, slug: str) -> str | None:
@@ -283,6 +324,7 @@ class ReportAppConfig:
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore, and the presets' resolver in OmegaConf. Idempotent."""
     OmegaConf.register_new_resolver("preset_slug", preset_slug, replace=True)
+    OmegaConf.register_new_resolver("qk_sniffer.hydra_dir", hydra_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)

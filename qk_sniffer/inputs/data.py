@@ -6,15 +6,15 @@ output, so ids must be present and unique and texts must be strings: anything el
 column and the row (a loaded dataset is checked whole before the weights load; a stream as it is read).
 Empty or null texts are skipped and counted, never fatal. A text longer than the model's positions is cut
 to them when ``tokenizer.max_length`` is null, and counted (see :mod:`qk_sniffer.capture.positions`).
+Each example carries a hash of its token ids, which the manifest records: an edited text shows even at the
+same token count. Reading the rows themselves is :mod:`.sources`'.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
 import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +29,9 @@ from ..core.errors import UserError
 log = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-# Builders that read files named by dataset.data_files from this machine.
-LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 EMBEDDED_CORPUS = RESOURCES / "corpus.jsonl"
 EMBEDDED_TOKENIZER = RESOURCES / "tokenizer.json"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -44,6 +43,16 @@ class Example:
     @property
     def length(self) -> int:
         return len(self.input_ids)
+
+    @functools.cached_property
+    def token_hash(self) -> str:
+        return token_hash(self.input_ids)
+
+
+def token_hash(ids: list[int]) -> str:
+    """What identifies an example's content: a digest of its token ids (so an edited text, or a tokenizer
+    that changed, shows even when the number of tokens did not)."""
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -108,6 +117,8 @@ class ExampleIds:
                 f"{key}: row {index} has an id of type {type(value).__name__} ({_short(value)}); ids must "
                 f"be integers or strings, {fix}"
             )
+        if isinstance(value, (int, np.integer)) and not INT64_MIN <= int(value) <= INT64_MAX:
+            raise self.beyond_int64(index, str(value))
         example_id = stable_id(value)
         first = self._seen.get(example_id)
         if first is None:
@@ -126,155 +137,17 @@ class ExampleIds:
         )
         raise UserError(f"{key}: {what}; ids must be unique, {fix}{committed}")
 
+    def beyond_int64(self, index: int, shown: str) -> UserError:
+        return UserError(
+            f"dataset.id_column={self.column!r}: row {index} has the id {shown}, beyond the 64-bit integers "
+            "example ids are stored as; give ids as strings (they are hashed to one), or set "
+            "dataset.id_column=null to number examples by row index"
+        )
+
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def load_rows(cfg: DatasetConfig) -> Iterable[dict[str, Any]]:
-    """The raw rows of the configured dataset (``datasets`` is imported here, lazily).
-
-    Every problem it can see before the capture starts is a UserError naming the key: missing files, a
-    glob that matches nothing, an empty or unreadable file, a missing column, and (for a dataset that is
-    loaded, not streamed) a text that is not a string or an id that is null or repeated.
-    """
-    import datasets  # noqa: PLC0415 - kept lazy so the benchmark imports without it
-
-    path, data_files = cfg.path, cfg.data_files
-    if path == "embedded":
-        path, data_files = "json", str(EMBEDDED_CORPUS)
-    for f in _as_list(data_files):
-        if "://" not in f and not any(ch in f for ch in "*?[") and not os.path.exists(f):
-            raise UserError(f"dataset.data_files: file not found: {f}")
-    files = _local_files(data_files) if path in LOCAL_BUILDERS else []
-    try:
-        ds = datasets.load_dataset(
-            path, name=cfg.name, data_files=data_files, split=cfg.split, streaming=cfg.streaming
-        )
-    except OSError as exc:  # missing files, an unreachable Hub (ConnectionError), offline mode
-        raise UserError(f"dataset.path={cfg.path!r}: {exc}") from None
-    except ValueError as exc:
-        raise UserError(f"dataset {cfg.path!r} (split {cfg.split!r}): {exc}") from None
-    except (datasets.exceptions.DatasetGenerationError, StopIteration) as exc:
-        raise _unreadable(cfg, path, files, exc) from None
-    columns = list(ds.column_names or [])
-    for key, column in (("dataset.text_column", cfg.text_column), ("dataset.id_column", cfg.id_column)):
-        if column is not None and columns and column not in columns:
-            raise UserError(
-                f"{key}={column!r} is not a column of the dataset; its columns are: {', '.join(columns)}"
-            )
-    if cfg.streaming:
-        return _reading_errors_named(ds, cfg, path, files)
-    _check_whole_dataset(ds, cfg)
-    return ds
-
-
-def _local_files(data_files: Any) -> list[str]:
-    """The files each data_files entry names on this machine; refuses a pattern that matches nothing and
-    an empty file (``datasets`` would fail on either with an internal error)."""
-    files = []
-    for entry in _as_list(data_files):
-        if "://" in entry:
-            continue
-        matched = sorted(glob.glob(entry, recursive=True)) if any(ch in entry for ch in "*?[") else [entry]
-        if not matched:
-            raise UserError(f"dataset.data_files: no file matches {entry!r}")
-        for f in matched:
-            if os.path.isfile(f) and _is_blank(f):
-                raise UserError(f"dataset.data_files: {f} is empty")
-        files += matched
-    return files
-
-
-def _is_blank(path: str) -> bool:
-    """Nothing but whitespace (reads only until the first other byte)."""
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 16):
-            if chunk.strip():
-                return False
-    return True
-
-
-def _unreadable(cfg: DatasetConfig, path: str, files: list[str], exc: BaseException) -> UserError:
-    """One message for a file ``datasets`` could not parse: the file and line for JSON lines."""
-    if path == "json":
-        for f in files:
-            bad = _first_bad_json_line(f)
-            if bad is not None:
-                line, reason = bad
-                return UserError(f"dataset.data_files: {f} line {line} is not valid JSON ({reason})")
-    cause = exc.__cause__ or exc.__context__ or exc
-    detail = str(cause) or type(cause).__name__
-    where = ", ".join(files) if files else repr(cfg.path)
-    return UserError(f"dataset.path={cfg.path!r}: cannot read {where}: {detail}")
-
-
-def _first_bad_json_line(path: str) -> tuple[int, str] | None:
-    """(line number, reason) of the first line of a JSON-lines file that is not one JSON object."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as err:
-                    return number, err.msg
-                if not isinstance(value, dict):
-                    return number, f"a JSON {type(value).__name__}, not an object"
-    except (OSError, UnicodeDecodeError) as err:
-        return 0, str(err)
-    return None
-
-
-def _reading_errors_named(
-    rows: Iterable[dict[str, Any]], cfg: DatasetConfig, path: str, files: list[str]
-) -> Iterator[dict[str, Any]]:
-    """A streamed dataset reads (and may fail) while it is iterated: name the dataset, not a traceback."""
-    import datasets  # noqa: PLC0415
-
-    try:
-        yield from rows
-    except OSError as exc:
-        raise UserError(f"dataset.path={cfg.path!r}: reading the stream failed: {exc}") from None
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:  # pyarrow's parse errors
-        raise _unreadable(cfg, path, files, exc) from None
-
-
-def _check_whole_dataset(ds: Any, cfg: DatasetConfig) -> None:
-    """Texts and ids of every row the run will read, before any weight loads."""
-    import datasets  # noqa: PLC0415
-
-    count = ds.num_rows if cfg.max_samples is None else min(ds.num_rows, cfg.max_samples)
-    text_feature = ds.features.get(cfg.text_column)
-    if not (isinstance(text_feature, datasets.Value) and text_feature.dtype in ("string", "large_string")):
-        for index, text in enumerate(_column_values(ds, cfg.text_column, count)):
-            check_text(cfg.text_column, index, text)
-    if cfg.id_column is not None:
-        ids = ExampleIds(cfg.id_column)
-        for index, value in enumerate(_column_values(ds, cfg.id_column, count)):
-            ids.take(index, value)
-
-
-def _column_values(ds: Any, column: str, count: int) -> list[Any]:
-    """The first ``count`` values of one column as Python objects; plain Arrow columns are read as such
-    (fast), others (e.g. a JSON column of mixed types) through ``datasets``' decoding."""
-    import datasets  # noqa: PLC0415
-
-    if isinstance(ds.features.get(column), datasets.Value):
-        return list(ds.with_format("arrow")[:count][column].to_pylist())
-    return list(ds.select_columns([column])[:count][column])
-
-
-def _as_list(data_files: Any) -> list[str]:
-    if data_files is None:
-        return []
-    if isinstance(data_files, str):
-        return [data_files]
-    if isinstance(data_files, dict):
-        return [f for v in data_files.values() for f in _as_list(v)]
-    return [str(f) for f in data_files]
 
 
 def select_rows(rows: Iterable[dict[str, Any]], cfg: DatasetConfig) -> Iterator[tuple[int, dict[str, Any]]]:

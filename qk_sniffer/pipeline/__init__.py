@@ -8,6 +8,8 @@
 - :mod:`.recorded`  writing a notebook Recording into a capture dir, as a run would
 - :mod:`.overhead_bench`, :mod:`.long_bench`  the benchmarks (``python -m qk_sniffer.bench``);
   :mod:`.memory_table` the memory table of docs/performance.md
+- :mod:`.weights`   a local checkpoint's identity: the digest of its files
+- :mod:`.sweep`     where each job of a multirun writes when output.dir names one dir
 
 May import: publish, analysis, tracking, the capture, the store, inputs and the core; never the commands.
 """

@@ -25,6 +25,7 @@ from ..publish.metadata import check_release_of_dir, final_metadata, run_metadat
 from ..store import RunInfo, Store
 from ..store.manifest import model_identity, recipe_id, recipe_of
 from ..store.writer import PartWriter
+from .weights import checkpoint_digest, local_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def recording_metadata(
         capture=capture_cfg,
     )  # output and tracking stay unset: run_metadata reads neither
     metadata = run_metadata(cfg, layout, selection, sampler, model_type)
+    checkpoint = local_checkpoint(cfg.model)
+    if checkpoint is not None:  # loaded from a local dir: identified by its files, as a CLI run is
+        metadata["weights"] = checkpoint_digest(checkpoint)
     metadata.update(
         attn_implementation=attn_implementation,
         examples=stats.examples,
@@ -87,7 +91,7 @@ def write_recorded(
     run_id = uuid.uuid4().hex[:12]
     info = RunInfo(run_id, rid, (0, 1), configs)
     # Every example completes every config: the commit says so, as a CLI run's commits do.
-    examples = [(i, eid, n, tuple(configs)) for i, eid, n, _ in records]
+    examples = [(i, eid, n, digest, tuple(configs)) for i, eid, n, digest, _ in records]
     with store.registered(info, recipe, model_identity(metadata), "append"):
         store.new_examples_check(rid, configs, {e[1] for e in examples})
         writer = PartWriter(root, "api", run_id, store.committer(rid, run_id, "api"))

@@ -26,15 +26,8 @@ from ..capture.session import CaptureSession
 from ..core.config import Config
 from ..core.errors import UserError
 from ..core.naming import config_name, name_widths
-from ..inputs.data import (
-    Batch,
-    DataStats,
-    Example,
-    batches,
-    load_rows,
-    synthetic_examples,
-    tokenized_examples,
-)
+from ..inputs.data import Batch, DataStats, Example, batches, synthetic_examples, tokenized_examples
+from ..inputs.sources import load_rows
 from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
 from ..publish import documents, hub
 from ..publish.branches import branch_name, dataset_url
@@ -49,6 +42,8 @@ from ..tracking import Tracker, make_tracker
 from .budget import Budget, run_budget
 from .dry_run import example_length
 from .plan import CapturePlan, load_checked, plan_capture
+from .sweep import job_output_dir
+from .weights import checkpoint_digest, local_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +62,22 @@ class RunResult:
 
 
 def resolve_output_dir(cfg: Config) -> Path:
-    if cfg.output.dir:
-        return Path(cfg.output.dir).expanduser().resolve()
+    """output.dir; in a multirun, the dir of this job inside it (:mod:`.sweep`); without output.dir,
+    ``capture/`` inside the Hydra run (or job) dir."""
     from hydra.core.hydra_config import HydraConfig
 
+    if cfg.output.dir:
+        root = Path(cfg.output.dir).expanduser().resolve()
+        return job_output_dir(root, HydraConfig.get()) if in_multirun() else root
     return Path(HydraConfig.get().runtime.output_dir) / "capture"
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @dataclass
@@ -122,8 +128,13 @@ def run(cfg: Config) -> RunResult:
             )
             tracker.watch_writer(writer)
             with _phase(phases, "capture_s"):
-                signum = _capture_all(cfg, prep, model, writer, tracker)
+                try:
+                    signum = _capture_all(cfg, prep, model, writer, tracker)
+                except Exception:
+                    _settle_committed(cfg, prep)
+                    raise
             if signum is not None:
+                _settle_committed(cfg, prep)
                 raise RunInterrupted(signum, prep.out_dir, writer.examples_committed)
             with _phase(phases, "export_s"):
                 _export(cfg, prep, run_id)
@@ -169,6 +180,9 @@ def _prepare(cfg: Config) -> Prepared:
     configs = config_names(plan.selection, widths)
     store = Store(resolve_output_dir(cfg))
     metadata = run_metadata(cfg, layout, plan.selection, plan.sampler, plan.model_config.model_type)
+    checkpoint = local_checkpoint(cfg.model)
+    if checkpoint is not None:  # a path can hold other weights tomorrow: identify them by content
+        metadata["weights"] = checkpoint_digest(checkpoint)
     store.check_claim(model_identity(metadata))
     release_note = check_release_of_dir(store.recorded_metadata(), metadata, store.where)
     if release_note:
@@ -183,7 +197,9 @@ def _prepare(cfg: Config) -> Prepared:
     if store.claimed():
         store.repair()  # before reading what is done: a dropped commit's examples are captured again
     # What is already durable for this recipe: rerunning a command resumes it; other layers merge in.
-    resume = ResumeFilter(store.manifest().done(rid), configs, store.root)
+    manifest = store.manifest()
+    seen = manifest.examples(manifest.same_texts(recipe))
+    resume = ResumeFilter(manifest.done(rid), configs, store.root, seen)
     tokenizer = None if cfg.dataset.path == "synthetic" else load_tokenizer(cfg.tokenizer, cfg.model)
     stats = DataStats()
     vocab_size = int(plan.model_config.get_text_config().vocab_size)
@@ -242,6 +258,22 @@ def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
         change=change,
         draw=cfg.report.enabled,
     )
+
+
+def _settle_committed(cfg: Config, prep: Prepared) -> None:
+    """A run that stops early (a bad row mid-stream, a full disk, a signal) still leaves the dir's card
+    and metadata listing exactly what is committed: a claimed dir never goes without its card. Nothing it
+    owed the dir on success (replace, compaction, figures) is done. Best effort: the error that stopped
+    the run is the one to report."""
+    try:
+        documents.settle(
+            prep.store,
+            lambda: final_metadata(prep.store, prep.metadata, prep.rid, prep.stats),
+            repo_id=cfg.output.hub.repo_id,
+            branch=branch_name(cfg) if cfg.output.hub.repo_id else None,
+        )
+    except (OSError, UserError) as exc:
+        log.warning("could not rewrite the card after the run stopped: %s", exc)
 
 
 @contextmanager
@@ -314,7 +346,9 @@ def _collect(
     """Buffer the rows of ``batch`` not yet durable in output.dir; returns them."""
     blocks = keep_missing(blocks, [resume.done_for(e.index) for e in batch.examples], widths)
     buffer.add(blocks)
-    buffer.complete([(e.index, e.example_id, e.length, resume.todo(e.index)) for e in batch.examples])
+    buffer.complete(
+        [(e.index, e.example_id, e.length, e.token_hash, resume.todo(e.index)) for e in batch.examples]
+    )
     return blocks
 
 

@@ -14,9 +14,10 @@ from ..capture.heads import check_ranges, select_heads
 from ..capture.models import ModelLayout
 from ..capture.positions import PositionLimit
 from ..capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
-from ..core.config import DTYPES, Config
+from ..core.config import DTYPES, Config, setting, unknown_keys
 from ..core.errors import UserError
 from ..hub.gitref import branch_problem
+from ..inputs.sources import LOCAL_BUILDERS
 from ..tracking import choose_mode
 
 OUTPUT_MODES = ("append", "replace")
@@ -44,13 +45,13 @@ def capture_problems(capture: Any) -> list[str]:
     """The ``capture`` group's own checks; the Python API (:func:`qk_sniffer.attach`) runs them too."""
     problems = _count("capture.head_sampling.count", capture.head_sampling.count, nullable=True)
     problems += _seed("capture.head_sampling.seed", capture.head_sampling.seed)
-    if not (capture.queries or capture.keys):
+    if not (setting(capture, "queries") or setting(capture, "keys")):
         problems.append("capture.queries and capture.keys are both false: nothing to capture")
     return problems
 
 
 def config_problems(cfg: Config) -> list[str]:
-    problems = []
+    problems = unknown_keys(cfg)
     if cfg.model.dtype not in DTYPES:
         problems.append(
             f"model.dtype={cfg.model.dtype!r} is not supported; choose one of {', '.join(DTYPES)}"
@@ -72,6 +73,12 @@ def config_problems(cfg: Config) -> list[str]:
     problems += _count("tokenizer.max_length", cfg.tokenizer.max_length, nullable=True)
     problems += _sampler_problems(cfg.sampler)
     data = cfg.dataset
+    if data.path in LOCAL_BUILDERS and not data.data_files:
+        # datasets would read every file of the working directory instead.
+        problems.append(
+            f"dataset.path={data.path!r} reads local files: set dataset.data_files (e.g. "
+            "dataset.data_files=/path/to/docs.jsonl)"
+        )
     problems += _count("dataset.max_samples", data.max_samples, nullable=True)
     problems += _count("dataset.num_shards", data.num_shards)
     if 1 <= data.num_shards <= INT32_MAX and not 0 <= data.shard_index < data.num_shards:

@@ -22,7 +22,15 @@ from .store import Store
 
 def compact_store(store: Store, run_id: str) -> int:
     """Merge part files per (config, recipe). The caller holds the maintenance lock and a run lease named
-    ``run_id`` (which protects the merged files until their commit exists). Returns configs merged."""
+    ``run_id`` (which protects the merged files until their commit exists). Returns configs merged. A
+    write that fails (a full disk) is one StoreError; the dataset is then still the unmerged files."""
+    try:
+        return _compact(store, run_id)
+    except OSError as exc:
+        raise store.write_error("the merged part files", exc, committed=True) from None
+
+
+def _compact(store: Store, run_id: str) -> int:
     manifest = store.manifest()
     merged = 0
     for rid in sorted({c.recipe for c in manifest.commits}):

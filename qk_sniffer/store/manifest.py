@@ -6,7 +6,8 @@ What it leaves out only chooses *which* rows get written: layers/heads, max_samp
 device. Two runs with the same recipe therefore write identical rows for the same (example, config).
 
 A *commit* records one durable flush: each part file it made durable (name, rows, bytes, sha256) and the
-examples (index, example_id, tokens) those files complete, with the configs written for each. It is
+examples (index, example_id, tokens, token-id hash) those files complete, with the configs written for
+each. The hash is what tells an edited text from the one captured (format 3; earlier commits have none). It is
 written only after every file it names is durable, so the manifest never claims rows that are not on disk.
 A commit is *trusted* while every file it names is on disk; :mod:`.store` also checks rows and hashes.
 """
@@ -23,14 +24,15 @@ from typing import Any
 from .files import DamagedFile, read_json, write_json_atomic
 from .layout import Paths
 
-FORMAT = 2
+FORMAT = 3
 
 
 # ---------------------------------------------------------------------------------------------- recipes
 
 
 def model_identity(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What makes two runs "the same model": its weights (name + revision) or, without a name, its shape."""
+    """What makes two runs "the same model": its weights (name + revision, and for a local dir the digest
+    of its files, which the metadata records as ``weights``) or, without a name, its shape."""
     model = metadata.get("model", {})
     identity = {
         "name": model.get("name") if not model.get("random_init") else None,
@@ -38,6 +40,8 @@ def model_identity(metadata: dict[str, Any]) -> dict[str, Any]:
         "config_overrides": model.get("config_overrides") or {},
         "pre_rope": metadata.get("capture", {}).get("pre_rope", False),
     }
+    if metadata.get("weights"):
+        identity["weights"] = metadata["weights"]["sha256"]
     if identity["name"] is None:
         identity["layout"] = metadata.get("layout")
         identity["seed"] = model.get("seed")
@@ -111,7 +115,8 @@ class PartFile:
 
 @dataclass
 class Commit:
-    """One durable flush. ``groups``: [{"configs", "examples"}], each example as [index, example_id, tokens].
+    """One durable flush. ``groups``: [{"configs", "examples"}], each example as [index, example_id, tokens,
+    token-id hash] (format 3; earlier commits recorded no hash).
     ``supersedes`` names commits (same recipe) this one replaces whole (compaction)."""
 
     name: str
@@ -181,6 +186,7 @@ class ExampleDone:
     example_id: int
     tokens: int
     configs: frozenset[str]
+    token_hash: str | None = None  # None: recorded by a commit from before hashes (format 2)
 
 
 def write_commit(paths: Paths, commit: Commit) -> None:
@@ -247,13 +253,32 @@ class Manifest:
 
     def done(self, rid: str) -> dict[int, ExampleDone]:
         """Per example index, the configs durable for it under recipe ``rid``."""
-        seen: dict[int, tuple[int, int, set[str]]] = {}
-        for commit in self.of_recipe(rid):
+        return self.examples([rid])
+
+    def examples(self, rids: Collection[str]) -> dict[int, ExampleDone]:
+        """Per example index, what the commits of recipes ``rids`` record of it: its id, tokens and token-id
+        hash (the first recorded), and the configs durable for it under any of them."""
+        seen: dict[int, tuple[int, int, str | None, set[str]]] = {}
+        for commit in self.commits:
+            if commit.recipe not in rids:
+                continue
             for group in commit.groups:
-                for index, example_id, tokens in group["examples"]:
-                    entry = seen.setdefault(int(index), (int(example_id), int(tokens), set()))
-                    entry[2].update(group["configs"])
-        return {i: ExampleDone(eid, tok, frozenset(cfgs)) for i, (eid, tok, cfgs) in seen.items()}
+                for entry in group["examples"]:
+                    index, example_id, tokens = (int(v) for v in entry[:3])
+                    digest = str(entry[3]) if len(entry) > 3 else None
+                    record = seen.setdefault(index, (example_id, tokens, digest, set()))
+                    record[3].update(group["configs"])
+        return {i: ExampleDone(eid, tok, frozenset(cfgs), h) for i, (eid, tok, h, cfgs) in seen.items()}
+
+    def same_texts(self, recipe: dict[str, Any]) -> list[str]:
+        """The recipes that read the same dataset with the same tokenizer as ``recipe``: an example index
+        means the same token ids under each of them (whatever their sampler or model)."""
+        return [
+            rid
+            for rid, other in self.recipes.items()
+            if other.get("dataset") == recipe.get("dataset")
+            and other.get("tokenizer") == recipe.get("tokenizer")
+        ]
 
     def recipes_by_config(self) -> dict[str, set[str]]:
         owners: dict[str, set[str]] = {}

@@ -21,8 +21,9 @@ from .files import atomic_file, fsync_dir, sha256_of
 from .layout import part_name
 from .manifest import PartFile
 
-# (dataset index, example_id, tokens, configs written for it) of an example whose rows are all in a flush.
-ExampleRecord = tuple[int, int, int, tuple[str, ...]]
+# (dataset index, example_id, tokens, token-id hash, configs written for it) of an example whose rows are
+# all in a flush.
+ExampleRecord = tuple[int, int, int, str, tuple[str, ...]]
 # A flush's tables, (config name, table), produced on the writer's thread.
 Tables = Callable[[], Iterable[tuple[str, pa.Table]]]
 OnDurable = Callable[[int, list[ExampleRecord], list[PartFile]], None]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from datasets import load_dataset
 from helpers import run_cli, write_jsonl
+
+from qk_sniffer.store.layout import METADATA
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -54,6 +57,53 @@ def test_multirun_sweeps_samplers(tmp_path):
     assert "`log_bucket`" in cards[0].read_text() and "`uniform`" in cards[1].read_text()
 
 
+def test_multirun_into_one_output_dir_gives_each_recipe_its_subdir_and_one_summary(tmp_path):
+    out = tmp_path / "out"
+    # A dir the uniform jobs cannot use: they are refused, the others still run, the summary lists all.
+    (out / "sampler=uniform").mkdir(parents=True)
+    (out / "sampler=uniform" / "notes.txt").write_text("mine")
+    proc = run_cli(
+        [
+            "-m",
+            "sampler=log_bucket,uniform",
+            "dataset.num_shards=2",
+            "dataset.shard_index=0,1",
+            "dataset.max_samples=4",
+            f"output.dir={out}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "output.mode=replace" not in proc.stdout + proc.stderr
+    # The two shards of one recipe merge into one subdir: every example once.
+    merged = out / "sampler=log_bucket"
+    assert json.loads((merged / METADATA).read_text())["examples"] == 4
+    assert load_dataset(str(merged), "l00h00q", split="train").num_rows > 0
+    assert (out / "sampler=uniform" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "sampler=uniform").iterdir()) == ["notes.txt"]
+    summary = proc.stdout[proc.stdout.index("qk_sniffer: sweep of 4 jobs:") :].splitlines()
+    assert summary[1].startswith("  job 0 [sampler=log_bucket dataset.shard_index=0]: ")
+    assert summary[1].endswith(f" in {merged}") and summary[2].endswith(f" in {merged}")
+    for line in summary[3:5]:
+        assert "[sampler=uniform dataset.shard_index=" in line
+        assert "failed: output.dir=" in line and "is not empty and holds no qk-sniffer capture" in line
+    assert "qk_sniffer: error: 2 of 4 jobs failed" in proc.stderr
+
+
+def test_an_unreachable_hub_is_one_message_that_names_offline_mode(tmp_path):
+    offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+    proc = run_cli(
+        ["dataset.path=nobody/no-such-dataset", f"output.dir={tmp_path}/out"], cwd=tmp_path, env=offline
+    )
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("qk_sniffer: error:")]
+    assert "the Hugging Face Hub (http://127.0.0.1:9) cannot be reached" in line
+    assert "run offline with HF_HUB_OFFLINE=1" in line
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def docs(tmp_path):
     return write_jsonl(
@@ -61,10 +111,28 @@ def docs(tmp_path):
     )
 
 
+# Every user error exits 2: Hydra's own (an unknown key, group option or a wrong type) as the project's.
 BAD = {
-    "unknown key": (["capture.colour=red"], 1, ["capture.colour"]),
-    "unknown group option": (["sampler=logbucket"], 1, ["sampler/logbucket", "log_bucket", "uniform", "all"]),
-    "wrong type": (["inference.batch_size=many"], 1, ["inference.batch_size", "many"]),
+    "unknown key": (["capture.colour=red"], 2, ["capture.colour"]),
+    "unknown group option": (["sampler=logbucket"], 2, ["sampler/logbucket", "log_bucket", "uniform", "all"]),
+    "wrong type": (["inference.batch_size=many"], 2, ["inference.batch_size", "many"]),
+    # Hydra suggests `+` for a key it does not know; a key the schema does not know is still refused.
+    "unknown key added with +": (
+        ["+capture.layer=[0]"],
+        2,
+        ["capture.layer is not a key of the config (did you mean capture.layers?)"],
+    ),
+    "nothing to capture": (
+        ["capture.queries=false", "capture.keys=false"],
+        2,
+        ["capture.queries and capture.keys are both false: nothing to capture"],
+    ),
+    # datasets would read every file of the working directory.
+    "local dataset without files": (
+        ["dataset=local"],
+        2,
+        ["dataset.path='json' reads local files: set dataset.data_files"],
+    ),
     "layer out of range": (["capture.layers=[0,7]"], 2, ["capture.layers: layer 7 is out of range", "0..3"]),
     "head out of range": (["capture.heads=[4]"], 2, ["capture.heads: head 4 is out of range", "0..3"]),
     "unknown dtype": (["model.dtype=float64"], 2, ["model.dtype='float64'", "float32, float16, bfloat16"]),
@@ -117,7 +185,7 @@ def test_missing_column_lists_the_columns(tmp_path, docs, column_args, needles):
     assert not parquet_files(tmp_path)
 
 
-def test_local_files_with_id_column_and_token_strings(tmp_path, docs):
+def test_local_files_with_id_column_token_strings_and_no_keys(tmp_path, docs):
     out = tmp_path / "out"
     proc = run_cli(
         [
@@ -126,13 +194,21 @@ def test_local_files_with_id_column_and_token_strings(tmp_path, docs):
             "dataset.text_column=body",
             "dataset.id_column=doc",
             "capture.token_strings=true",
+            "capture.keys=false",
             "sampler=all",
             f"output.dir={out}",
         ],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    ds = load_dataset(str(out), "l01h01k", split="train")
+    # capture.keys=false is read as the key, not as DictConfig.keys (a method, always true).
+    configs = sorted(p.name for p in out.glob("l*"))
+    assert configs and all(c.endswith("q") for c in configs)
+    card = (out / "README.md").read_text()
+    assert "config_name: l00h00q" in card and "config_name: l00h00k" not in card
+    # With output.dir set, the run leaves nothing else: no outputs/<date>/<time>, no .hydra, no log file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "out"]
+    ds = load_dataset(str(out), "l01h01q", split="train")
     from helpers import embedded_tokenizer
 
     from qk_sniffer.inputs.data import stable_id

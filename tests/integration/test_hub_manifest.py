@@ -65,7 +65,7 @@ def shared(root: Path) -> dict[str, bytes]:
 def examples_by_run(root: Path) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for commit in Manifest(root).commits:
-        out.setdefault(commit.run, set()).update(i for g in commit.groups for i, _, _ in g["examples"])
+        out.setdefault(commit.run, set()).update(i for g in commit.groups for i, *_ in g["examples"])
     return out
 
 
@@ -180,7 +180,7 @@ def test_a_pull_whose_parts_do_not_arrive_is_refused_and_such_commits_are_not_tr
     (broken,) = [c for c in manifest.all_commits if lost in c.paths()]
     assert manifest.untrusted == [broken] and broken not in manifest.commits
     rid = recipe_id(manifest.recipes[broken.recipe])
-    broken_examples = {i for g in broken.groups for i, _, _ in g["examples"]}
+    broken_examples = {i for g in broken.groups for i, *_ in g["examples"]}
     assert set(manifest.done(rid)) == {0, 1, 2, 3} - broken_examples and broken_examples
     # A repair drops that commit (naming the file) and then its other files, which no commit names now.
     store = Store(pulled)

@@ -3,6 +3,7 @@ file, row or value), exit 2, no traceback, and nothing written, before any weigh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,37 @@ def test_malformed_json_line_names_file_and_line(tmp_path, streaming):
         tmp_path, *local(data, f"dataset.streaming={str(streaming).lower()}", "inference.batch_size=4")
     )
     assert_refused(proc, tmp_path, f"dataset.data_files: {data} line 3 is not valid JSON")
+
+
+def test_a_file_that_is_not_utf8_names_file_line_and_byte(tmp_path):
+    """Loaded whole, every string is checked before the weights load (streamed: the next test)."""
+    data = tmp_path / "docs.jsonl"
+    data.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 au lait"}\n{"text": "more"}\n')
+    proc = cli(tmp_path, *local(data))
+    assert_refused(
+        proc,
+        tmp_path,
+        f"dataset.data_files: {data} line 2 is not UTF-8 text (byte 0xe9 at column 14)",
+        "save the file as UTF-8",
+    )
+
+
+def test_a_line_that_is_not_utf8_late_in_a_stream_leaves_a_card_of_what_was_committed(tmp_path):
+    """Past the first batch a stream fails where it reads the bad line; the dir it claimed keeps a card
+    listing exactly the committed files (a claimed dir never goes without its card)."""
+    from qk_sniffer.commands.verify import inspect
+    from qk_sniffer.store import Store
+
+    lines = [json.dumps({"text": f"text number {i} with a few words"}).encode() for i in range(6)]
+    lines.insert(4, b'{"text": "caf\xe9"}')
+    data = tmp_path / "docs.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    proc = cli(tmp_path, *local(data, "dataset.streaming=true", "output.flush_every_examples=1"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"dataset.data_files: {data} line 5 is not UTF-8 text" in proc.stderr
+    state = inspect(Store(tmp_path / "out"))
+    assert state["ok"] and state["damage"] == [], state
+    assert 0 < state["examples"] <= 4 and state["rows"] > 0  # those before the bad line, at most
 
 
 def test_glob_matching_nothing(tmp_path):
@@ -106,7 +138,7 @@ def test_duplicate_found_late_in_a_stream_keeps_what_was_committed(tmp_path, doc
     assert "id 11 appears more than once (rows 1 and 4)" in proc.stderr
     assert "examples before it that were already committed stay valid" in proc.stderr
     out = tmp_path / "out"
-    for table in read_configs(out).values():  # no card yet: the part files as they are
+    for table in read_configs(out).values():  # every part file on disk, committed or not
         keys = list(zip(table["example_id"].to_pylist(), table["position"].to_pylist(), strict=True))
         assert len(keys) == len(set(keys))
         assert set(table["example_id"].to_pylist()) <= {10, 11, 12, 13}
@@ -124,6 +156,18 @@ def test_duplicate_found_late_in_a_stream_keeps_what_was_committed(tmp_path, doc
         assert resumed["example_id"] == expected["example_id"]
         assert resumed["position"] == expected["position"]
         assert resumed["vector"] == expected["vector"]
+
+
+def test_an_id_beyond_int64_is_blamed_on_its_own_row(tmp_path, docs):
+    # JSON's reader holds the whole column as floats for that one id: row 0's id 1 reads as 1.0.
+    data = docs([{"text": "a b", "id": 1}, {"text": "c d", "id": 2}, {"text": "e f", "id": 10**20 - 1}])
+    proc = cli(tmp_path, *local(data, "dataset.id_column=id"))
+    assert_refused(
+        proc,
+        tmp_path,
+        "dataset.id_column='id': row 2 has the id 1e+20 (as the reader holds it), beyond the 64-bit integers",
+        "give ids as strings",
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ def test_kill_9_midway_then_rerun_equals_an_uninterrupted_run(tmp_path):
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     done = Manifest(out)
-    committed = {i for c in done.commits for g in c.groups for i, _, _ in g["examples"]}
+    committed = {i for c in done.commits for g in c.groups for i, *_ in g["examples"]}
     assert 0 < len(committed) < 160
     # The manifest claims only files that are on disk.
     assert all((out / p).exists() for p in done.referenced())
@@ -34,7 +34,7 @@ def test_kill_9_midway_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
     # The rerun processed exactly the examples the killed run had not committed.
     resumed = {
-        i for c in Manifest(out).commits if c.run != run_id for g in c.groups for i, _, _ in g["examples"]
+        i for c in Manifest(out).commits if c.run != run_id for g in c.groups for i, *_ in g["examples"]
     }
     assert resumed == set(range(160)) - committed
 

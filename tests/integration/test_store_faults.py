@@ -87,13 +87,24 @@ def test_a_removed_part_is_named_and_only_its_examples_are_captured_again(copy, 
 
 
 def test_a_corrupted_part_is_found_by_its_hash(copy, reference, tmp_path):
+    assert Store(copy).verify() == []  # the digest cache now holds every committed file
     damaged = copy / named_files(commits(copy)[0])[0]
+    before = damaged.stat()
     data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
-    damaged.write_bytes(bytes(data))
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, written in place: same size, same inode
+    with open(damaged, "r+b") as f:
+        f.write(data)
+    os.utime(damaged, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same mtime
+    after = damaged.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
     check = run_cli([f"output.dir={copy}"], cwd=tmp_path, module="qk_sniffer.verify")
     assert check.returncode == 1, check.stderr
     assert "does not match the recorded sha256" in check.stdout
+    assert json.loads(check.stdout.splitlines()[-1])["cached"] == 0  # every file was read
     assert f"repair: python -m qk_sniffer.verify output.dir={copy} repair=true" in check.stdout
     assert json.loads(check.stdout.splitlines()[-1])["ok"] is False
     proc = capture(copy, cwd=tmp_path)
@@ -141,6 +152,20 @@ def test_compaction_keeps_orphans_out(copy, reference, tmp_path):
     assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
     rows = loaded_rows(copy, tmp_path / "compacted")
     assert len(rows) == len(set(rows)) and set(rows) < set(reference[1])
+
+
+def test_verify_fast_trusts_the_cache_and_says_how_many_files_it_did_not_read(copy):
+    from qk_sniffer.commands.verify import inspect, report
+
+    store = Store(copy)
+    files = len(store.view().paths())
+    full = inspect(store)
+    assert full["ok"] and (full["hashed"], full["cached"]) == (files, 0)
+    fast = inspect(Store(copy), fast=True)
+    assert fast["ok"] and (fast["hashed"], fast["cached"]) == (0, files)
+    text = report(fast, "python -m qk_sniffer.verify")
+    assert f"fast: {files} files were not read" in text and "run without fast=true" in text
+    assert "matches its recorded size" in text
 
 
 # ------------------------------------------------------------------------------ dirs we cannot account for
@@ -307,6 +332,49 @@ def test_a_full_disk_while_registering_or_writing_the_card_is_one_message_and_a_
     monkeypatch.undo()
     run(compose_cfg(overrides))
     assert_exactly_the_reference(out, reference, tmp_path)
+
+
+def test_a_full_disk_during_compaction_is_one_message_and_loses_nothing(
+    copy, reference, tmp_path, monkeypatch
+):
+    from qk_sniffer.commands.compact import compact
+    from qk_sniffer.store import compact as compaction
+
+    real = compaction.atomic_file
+    calls = {"n": 0}
+
+    def fills_up(path, mode="wb"):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the second merged file finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, mode)
+
+    monkeypatch.setattr(compaction, "atomic_file", fills_up)
+    before = files_with_bytes(copy)
+    with pytest.raises(UserError) as err:
+        compact(Store(copy))
+    assert str(err.value) == (
+        f"output.dir={str(copy)!r}: cannot write the merged part files: No space left on device (errno 28); "
+        "the rows already committed are kept. Free space or fix permissions, then run the same command again"
+    )
+    # The dataset is the unmerged files, as before; the one merged file written is a dead run's leftover.
+    assert loaded_rows(copy, tmp_path / "full") == reference[1]
+    assert {p: b for p, b in files_with_bytes(copy).items() if p in before} == before
+    monkeypatch.undo()
+    compact(Store(copy))
+    assert_exactly_the_reference(copy, reference, tmp_path)
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in copy.glob("l*"))
+
+
+def test_an_empty_dir_is_called_empty(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli([f"output.dir={empty}"], cwd=tmp_path, module="qk_sniffer.verify")
+    assert (
+        one_message(proc)
+        == f"qk_sniffer: error: output.dir={str(empty)!r} is empty: it holds no qk-sniffer capture yet"
+    )
+    assert list(empty.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------ the notebook API's dirs

@@ -13,6 +13,7 @@ from datasets import load_dataset
 
 from qk_sniffer.capture.gather import schema
 from qk_sniffer.core.config import HubConfig
+from qk_sniffer.inputs.data import token_hash
 from qk_sniffer.publish import card
 from qk_sniffer.publish.branches import branch_for_metadata
 from qk_sniffer.store import RunInfo, Store
@@ -107,7 +108,8 @@ def commit_tables(root: Path, tables: dict[str, pa.Table], metadata: dict, run: 
     info = RunInfo(run, "0" * 16, (0, 1), sorted(tables))
     with store.registered(info, {}, model_identity(metadata), "append"):
         writer = PartWriter(root, "000", run, store.committer(info.recipe, run, "000"))
-        writer.submit(lambda: list(tables.items()), [(int(run, 16) % 97, 0, 10, tuple(sorted(tables)))])
+        example = (int(run, 16) % 97, 0, 10, token_hash(list(range(10))), tuple(sorted(tables)))
+        writer.submit(lambda: list(tables.items()), [example])
         writer.close()
     (root / METADATA_FILE).write_text(json.dumps(metadata))
     return store

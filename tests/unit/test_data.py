@@ -68,6 +68,10 @@ def test_ids_must_be_present_usable_and_unique():
         with pytest.raises(UserError, match=f"row 5 has an id of type {type(bad).__name__}"):
             ids.take(5, bad)
     assert ExampleIds(None).take(9, None) == 9  # no id column: the row index
+    for big in (2**63, -(2**63) - 1, np.uint64(2**63)):  # example_id is an int64 column
+        with pytest.raises(UserError, match=f"row 6 has the id {big}, beyond the 64-bit integers"):
+            ids.take(6, big)
+    assert ids.take(7, 2**63 - 1) == 2**63 - 1
 
 
 def test_a_repeat_in_a_stream_says_what_stays_valid():
