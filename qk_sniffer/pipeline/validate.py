@@ -17,7 +17,7 @@ from ..capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
 from ..core.config import DTYPES, Config
 from ..core.errors import UserError
 from ..hub.gitref import branch_problem
-from ..tracking import choose_mode
+from ..tracking.wandb_run import choose_mode
 
 OUTPUT_MODES = ("append", "replace")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
