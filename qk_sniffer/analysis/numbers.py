@@ -4,8 +4,8 @@ Norms and counts are running sums over record batches (one batch of rows in memo
 logit-by-distance statistic pairs the query rows and key rows of the same example: a first pass reads only
 the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
 whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
-the row groups that hold them, and each example's (query x key) block is cut into slices of
-:data:`PAIR_BLOCK` pairs. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
+the row groups that hold them. Within an example the pairs are summed per distance bin from prefix sums
+of its keys (:func:`_add_pairs`), never formed one by one. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from .loading import CommittedPart, vectors_of
 
 BATCH_ROWS = 65_536
 PAIR_BUDGET_BYTES = 256 * 2**20
-PAIR_BLOCK = 4_000_000
 # Position bins per octave in the norm-against-position figure.
 POSITION_BINS_PER_OCTAVE = 4
 
@@ -41,6 +40,12 @@ class Sums:
         self.total = _grow(self.total, size) + np.bincount(bins, weights=values, minlength=size)
         self.count = _grow(self.count, size) + np.bincount(bins, minlength=size)
 
+    def add_totals(self, totals: np.ndarray, counts: np.ndarray) -> None:
+        """Add sums already binned: ``totals[b]`` over ``counts[b]`` values of bin b."""
+        size = max(len(self.count), len(counts))
+        self.total = _grow(self.total, size) + _grow(totals, size)
+        self.count = _grow(self.count, size) + _grow(counts, size)
+
     def mean(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
@@ -48,6 +53,34 @@ class Sums:
 
 def _grow(array: np.ndarray, size: int) -> np.ndarray:
     return np.pad(array, (0, size - len(array))) if len(array) < size else array
+
+
+@dataclass
+class Extents:
+    """The smallest and largest value seen in each integer bin (-1 where none was)."""
+
+    low: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    high: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def add(self, bins: np.ndarray, values: np.ndarray) -> None:
+        if not len(bins):
+            return
+        size = max(len(self.low), int(bins.max()) + 1)
+        unseen = np.iinfo(np.int64).max
+        low = np.full(size, unseen)
+        low[: len(self.low)] = np.where(self.high >= 0, self.low, unseen)
+        high = np.full(size, -1, dtype=np.int64)
+        high[: len(self.high)] = self.high
+        np.minimum.at(low, bins, values)
+        np.maximum.at(high, bins, values)
+        self.low, self.high = np.where(high >= 0, low, -1), high
+
+    def span(self, start: int, stop: int) -> tuple[int, int] | None:
+        """(smallest, largest) over bins ``start..stop-1``; None when none of them was seen."""
+        seen = self.high[start:stop] >= 0
+        if not seen.any():
+            return None
+        return int(self.low[start:stop][seen].min()), int(self.high[start:stop][seen].max())
 
 
 @dataclass
@@ -72,6 +105,8 @@ class NormStats:
     norm_by_layer_bucket: dict[tuple[str, int], Sums] = field(default_factory=dict)
     norm_by_position: dict[str, Sums] = field(default_factory=dict)
     position_by_bin: dict[str, Sums] = field(default_factory=dict)
+    # Per kind: the token positions each sampler bucket holds (for the figures' bucket labels).
+    bucket_positions: dict[str, Extents] = field(default_factory=dict)
 
 
 def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
@@ -82,6 +117,7 @@ def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
         rows = stats.rows_per_bucket.setdefault(key.kind, Sums())
         by_position = stats.norm_by_position.setdefault(config, Sums())
         positions_in_bin = stats.position_by_bin.setdefault(config, Sums())
+        extents = stats.bucket_positions.setdefault(key.kind, Extents())
         for batch in _batches(parts[config], ["bucket", "position", "vector"]):
             buckets = batch["bucket"].to_numpy().astype(np.int64)
             positions = batch["position"].to_numpy().astype(np.int64)
@@ -91,6 +127,7 @@ def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
             bins = position_bins(positions)
             by_position.add(bins, norms)
             positions_in_bin.add(bins, positions.astype(np.float64))
+            extents.add(buckets, positions)
     return stats
 
 
@@ -176,15 +213,33 @@ Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
 
 
 def _add_pairs(sums: Sums, queries: Rows, keys: Rows, scale: float) -> None:
+    """Add every causal (query, key) pair of one example to ``sums`` by distance bin, exactly, without
+    forming the pairs: the keys are sorted by position and summed cumulatively, so the keys at distances
+    ``[lo, hi]`` from a query are one difference of two prefix sums, and their summed logit is one dot
+    product. Cost: queries x bins x head_dim, where the pairs would cost queries x keys x head_dim."""
     q_pos, q_vec = queries
     k_pos, k_vec = keys
-    k64 = k_vec.astype(np.float64)
-    step = max(1, PAIR_BLOCK // max(len(k_pos), 1))
-    for start in range(0, len(q_pos), step):
-        logits = (q_vec[start : start + step].astype(np.float64) @ k64.T) * scale
-        distance = q_pos[start : start + step, None].astype(np.int64) - k_pos[None, :].astype(np.int64)
-        causal = distance >= 0
-        sums.add(distance_bins(distance[causal]), logits[causal])
+    if not len(q_pos) or not len(k_pos):
+        return
+    order = np.argsort(k_pos, kind="stable")
+    k_sorted = k_pos[order].astype(np.int64)
+    prefix = np.zeros((len(k_sorted) + 1, k_vec.shape[1]))
+    np.cumsum(k_vec[order], axis=0, dtype=np.float64, out=prefix[1:])
+    q64 = q_vec.astype(np.float64)
+    q_at = q_pos.astype(np.int64)
+    widest = int(q_at.max() - k_sorted[0])
+    if widest < 0:
+        return
+    last = int(distance_bins(np.array([widest]))[0])
+    totals = np.zeros(last + 1)
+    counts = np.zeros(last + 1, dtype=np.int64)
+    for b in range(last + 1):
+        lo, hi = (0, 0) if b == 0 else (2 ** (b - 1), 2**b - 1)  # distances in bin b
+        start = np.searchsorted(k_sorted, q_at - hi, side="left")
+        end = np.searchsorted(k_sorted, q_at - lo, side="right")
+        counts[b] = int((end - start).sum())
+        totals[b] = np.einsum("ij,ij->", q64, prefix[end] - prefix[start]) * scale
+    sums.add_totals(totals, counts)
 
 
 class RowIndex:
