@@ -24,7 +24,6 @@ from transformers import PretrainedConfig
 
 from ..core.errors import UserError
 from ..core.registry import Registry
-from .compat import routes_attention as compat_routes_attention
 
 LayerSet = tuple[int, ...]
 
@@ -109,6 +108,9 @@ def linear_attention_layers(cfg: PretrainedConfig) -> LayerSet:
 
 def routes_attention(model_class: type) -> bool:
     """Whether the modeling code dispatches attention through transformers' registry (our only seam)."""
+    # Imported here: the compat module loads transformers' modeling code, which a dry run never needs.
+    from .compat import routes_attention as compat_routes_attention
+
     return compat_routes_attention(model_class)
 
 

@@ -13,14 +13,15 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    from ..pipeline.runner import run
-
+    # Imported per path: a dry run reads configs only and must not pay for the capture's imports.
     if cfg.dry_run:
         from ..pipeline.dry_run import dry_run
 
         with report_user_errors():
             dry_run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
         return
+    from ..pipeline.runner import run
+
     with report_user_errors():
         result = run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
     if result.resumed_examples:

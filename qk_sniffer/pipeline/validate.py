@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from ..capture.heads import check_ranges, select_heads
-from ..capture.models import ModelLayout
+from ..capture.layout import ModelLayout
 from ..capture.positions import PositionLimit
 from ..capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
 from ..core.config import DTYPES, Config

@@ -14,11 +14,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..capture.heads import HeadSelection
-from ..capture.models import ModelLayout
+from ..capture.layout import ModelLayout
 from ..capture.points import CapturePoint
 from ..capture.samplers import Sampler
 from ..core.config import Config
-from ..inputs.data import DataStats
+from ..inputs.stats import DataStats
 from ..store import Store
 from ..store.files import atomic_file
 from ..store.layout import METADATA
