@@ -246,6 +246,26 @@ def preset_slug(name: str | None, preset_name: str | None, slug: str) -> str | N
     return slug if name == preset_name else None
 
 
+def config_groups() -> str:
+    """The groups and their presets (under conf/ and in the ConfigStore), one line each, for ``--help``.
+    Hydra's own list also shows the ``*_schema`` entries the presets extend, which no user chooses."""
+    options: dict[str, set[str]] = {}
+    for path in CONF_DIR.rglob("*.yaml"):
+        group = path.parent.relative_to(CONF_DIR).as_posix()
+        if group != "." and not group.startswith("hydra"):
+            options.setdefault(group, set()).add(path.stem)
+
+    def stored(node: dict[str, Any], group: str) -> None:
+        for name, child in node.items():
+            if isinstance(child, dict):
+                stored(child, f"{group}/{name}".lstrip("/"))
+            elif group and not group.startswith("hydra") and not name.endswith("_schema.yaml"):
+                options.setdefault(group, set()).add(name.removesuffix(".yaml"))
+
+    stored(ConfigStore.instance().repo, "")
+    return "\n".join(f"{group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
+
+
 @dataclass
 class FamiliesAppConfig:
     """``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``)."""
@@ -267,6 +287,7 @@ class ReportAppConfig:
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore, and the presets' resolver in OmegaConf. Idempotent."""
     OmegaConf.register_new_resolver("preset_slug", preset_slug, replace=True)
+    OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)
