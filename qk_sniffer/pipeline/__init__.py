@@ -4,6 +4,7 @@
 - :mod:`.plan`      the layout, head selection and sampler, without weights
 - :mod:`.dry_run`   what a run would do and hold, written nowhere
 - :mod:`.runner`    prepare -> load -> register -> capture -> settle -> push
+- :mod:`.embedded`  the default model and tokenizer as Python objects (``qk_sniffer.embedded_model()``)
 
 May import: publish, analysis, tracking, the capture, the store, inputs and the core; never the commands.
 """
