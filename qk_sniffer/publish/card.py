@@ -154,7 +154,7 @@ def _body(summary: DiskSummary, meta: dict[str, Any], where: str, branch: str | 
         "| column | type | meaning |",
         "|---|---|---|",
         "| bucket | int32 | sampler bucket of the position |",
-        "| example_id | int64 | the source text: its id column's value (strings hashed to int64) or row index |",
+        "| example_id | int64 | the source text: its id (integer, or a string hashed to int64) or row |",
         "| position | int32 | token position in the example (0-based) |",
         "| vector | fixed_size_list<float32> | the query or key vector of that head |",
         "| sliding_window | int32 | the layer's window, null on full-attention layers |",
