@@ -5,7 +5,7 @@ logit-by-distance statistic pairs the query rows and key rows of the same exampl
 the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
 whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
 the row groups that hold them. Within an example the pairs are summed per distance bin from prefix sums
-of its keys (:func:`_add_pairs`), never formed one by one. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
+of its keys (:class:`KeyPrefix`), never formed one by one. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -201,45 +201,57 @@ def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, A
         width = int(layout["head_dim"]) * 4 + 16
         for examples in k_index.groups(list(q_indexes.values()), PAIR_BUDGET_BYTES // width):
             keys = k_index.rows(examples)
-            for h, q_index in q_indexes.items():
-                queries = q_index.rows(examples)
-                for example in examples:
-                    if example in queries and example in keys:
-                        _add_pairs(result.sums[(layer, h)], queries[example], keys[example], scale)
+            queries = {h: q_index.rows(examples) for h, q_index in q_indexes.items()}
+            for example in examples:
+                if example not in keys:
+                    continue
+                prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
+                for h in q_indexes:
+                    if example in queries[h]:
+                        prefix.add_pairs(result.sums[(layer, h)], queries[h][example], scale)
     return result
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
 
 
-def _add_pairs(sums: Sums, queries: Rows, keys: Rows, scale: float) -> None:
-    """Add every causal (query, key) pair of one example to ``sums`` by distance bin, exactly, without
-    forming the pairs: the keys are sorted by position and summed cumulatively, so the keys at distances
-    ``[lo, hi]`` from a query are one difference of two prefix sums, and their summed logit is one dot
-    product. Cost: queries x bins x head_dim, where the pairs would cost queries x keys x head_dim."""
-    q_pos, q_vec = queries
-    k_pos, k_vec = keys
-    if not len(q_pos) or not len(k_pos):
-        return
-    order = np.argsort(k_pos, kind="stable")
-    k_sorted = k_pos[order].astype(np.int64)
-    prefix = np.zeros((len(k_sorted) + 1, k_vec.shape[1]))
-    np.cumsum(k_vec[order], axis=0, dtype=np.float64, out=prefix[1:])
-    q64 = q_vec.astype(np.float64)
-    q_at = q_pos.astype(np.int64)
-    widest = int(q_at.max() - k_sorted[0])
-    if widest < 0:
-        return
-    last = int(distance_bins(np.array([widest]))[0])
-    totals = np.zeros(last + 1)
-    counts = np.zeros(last + 1, dtype=np.int64)
-    for b in range(last + 1):
-        lo, hi = (0, 0) if b == 0 else (2 ** (b - 1), 2**b - 1)  # distances in bin b
-        start = np.searchsorted(k_sorted, q_at - hi, side="left")
-        end = np.searchsorted(k_sorted, q_at - lo, side="right")
-        counts[b] = int((end - start).sum())
-        totals[b] = np.einsum("ij,ij->", q64, prefix[end] - prefix[start]) * scale
-    sums.add_totals(totals, counts)
+class KeyPrefix:
+    """One example's keys sorted by position, with their cumulative sums, so every causal (query, key) pair
+    is summed per distance bin exactly without forming the pairs: the keys at distances ``[2**(b-1), 2**b)``
+    from a query at ``i`` are those at positions ``(i - 2**b, i - 2**(b-1)]``, a difference of two prefix
+    rows, and their summed logit is one dot product. Cost: queries x bins x head_dim per query head, where
+    the pairs would cost queries x keys x head_dim."""
+
+    def __init__(self, keys: Rows) -> None:
+        positions, vectors = keys
+        order = np.argsort(positions, kind="stable")
+        self.positions = positions[order].astype(np.int64)
+        self.prefix = np.zeros((len(order) + 1, vectors.shape[1]))
+        np.cumsum(vectors[order], axis=0, dtype=np.float64, out=self.prefix[1:])
+        # The query heads of one layer share their positions (the sampler's mask is per layer and kind).
+        self._cut_for: tuple[np.ndarray, np.ndarray] | None = None
+
+    def cuts(self, q_at: np.ndarray) -> np.ndarray:
+        """(bins + 1, queries): row j counts the keys at positions <= t_j, where t_0 = i and
+        t_j = i - 2**(j-1); bin b holds the keys between cuts b + 1 and b."""
+        if self._cut_for is not None and np.array_equal(self._cut_for[0], q_at):
+            return self._cut_for[1]
+        widest = int(q_at.max() - self.positions[0]) if len(q_at) and len(self.positions) else -1
+        bins = int(distance_bins(np.array([widest]))[0]) + 1 if widest >= 0 else 0
+        offsets = np.array([0] + [2 ** (j - 1) for j in range(1, bins + 1)], dtype=np.int64)
+        cuts = np.searchsorted(self.positions, q_at[None, :] - offsets[:, None], side="right")
+        self._cut_for = (q_at, cuts)
+        return cuts
+
+    def add_pairs(self, sums: Sums, queries: Rows, scale: float) -> None:
+        positions, vectors = queries
+        cuts = self.cuts(positions.astype(np.int64))
+        if len(cuts) < 2:
+            return
+        q64 = vectors.astype(np.float64)
+        dots = np.array([np.einsum("ij,ij->", q64, self.prefix[cut]) for cut in cuts])
+        counts = cuts[:-1].sum(axis=1) - cuts[1:].sum(axis=1)
+        sums.add_totals((dots[:-1] - dots[1:]) * scale, counts)
 
 
 class RowIndex:

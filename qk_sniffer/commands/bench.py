@@ -1,4 +1,5 @@
-"""``python -m qk_sniffer.bench`` (``make bench``): what capture costs compared with a plain forward.
+"""``python -m qk_sniffer.bench`` (``make bench``): what capture costs compared with a plain forward
+(``bench.mode=first_minute``: what a newcomer waits for, see :mod:`.first_minute`).
 
 It composes the same Hydra groups as the main app (``conf/bench.yaml``), builds the model (usually
 ``model.random_init=true``: a preset's shape with random weights, offline), and alternates two arms over the
@@ -245,11 +246,23 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MODES = ("capture", "first_minute")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
-        record = run_bench(cfg)  # type: ignore[arg-type] # a DictConfig typed by the BenchAppConfig schema
-    print(format_table(record))
+        if cfg.bench.mode not in MODES:
+            raise UserError(f"bench.mode={cfg.bench.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        if cfg.bench.mode == "first_minute":
+            from . import first_minute
+
+            record = first_minute.run_first_minute(cfg)  # type: ignore[arg-type] # typed by BenchAppConfig
+            table = first_minute.format_table(record)
+        else:
+            record = run_bench(cfg)  # type: ignore[arg-type] # a DictConfig typed by the BenchAppConfig schema
+            table = format_table(record)
+    print(table)
     print(json.dumps(record), flush=True)
 
 

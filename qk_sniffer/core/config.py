@@ -195,6 +195,10 @@ class BenchConfig:
     warmup: int = 1
     # false: run every layer even when capturing, to see the tap's own cost without the early stop.
     early_stop: bool = True
+    # capture: capture against a plain forward; first_minute: make run, --help, dry_run and the figures.
+    mode: str = "capture"
+    # first_minute: rows of the capture whose figures are timed.
+    figure_rows: int = 1_000_000
 
 
 @dataclass
