@@ -329,7 +329,7 @@ def test_bench_imports_without_optional_packages():
     )
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "qk_sniffer.bench" in loaded and "qk_sniffer.capture.session" in loaded
+    assert "qk_sniffer.commands.bench" in loaded and "qk_sniffer.capture.session" in loaded
     offenders = []
     for name, path in sorted(loaded.items()):
         if path is None:
