@@ -17,8 +17,9 @@ from ..inputs.tokenization import load_tokenizer
 def embedded_model(device: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) of the embedded default, on ``device`` (``auto``: CUDA when there is one)."""
     register_configs()  # the preset's slug is a resolver
-    preset = OmegaConf.load(CONF_DIR / "model" / "embedded.yaml")
-    preset.pop("defaults", None)
+    preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "embedded.yaml"))
+    assert isinstance(preset, dict)
+    preset.pop("defaults", None)  # the schema it names is merged here by hand
     cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), preset, {"device": device})
     model = load_model(cfg, build_config(cfg))  # type: ignore[arg-type] # a DictConfig typed by ModelConfig
     return model, load_tokenizer(TokenizerConfig(), cfg)  # type: ignore[arg-type]
