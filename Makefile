@@ -29,7 +29,7 @@ run: install ## Run the embedded default (offline, seconds); outputs go under ou
 # One pytest worker per CPU (pytest-xdist); each test file stays on one worker, so its module fixtures (a
 # capture, a set of checkpoints) are built once. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= auto
-test: install ## Run the whole test suite (unit + integration, CPU; ~6 min on 2 cores)
+test: install ## Run the whole test suite (unit + integration, CPU, one worker per core)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install ## Unit tests only
