@@ -206,9 +206,10 @@ def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, A
                 if example not in keys:
                     continue
                 prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
-                for h in q_indexes:
-                    if example in queries[h]:
-                        prefix.add_pairs(result.sums[(layer, h)], queries[h][example], scale)
+                heads = [h for h in q_indexes if example in queries[h]]
+                prefix.add_pairs(
+                    [result.sums[(layer, h)] for h in heads], [queries[h][example] for h in heads], scale
+                )
     return result
 
 
@@ -228,30 +229,30 @@ class KeyPrefix:
         self.positions = positions[order].astype(np.int64)
         self.prefix = np.zeros((len(order) + 1, vectors.shape[1]))
         np.cumsum(vectors[order], axis=0, dtype=np.float64, out=self.prefix[1:])
-        # The query heads of one layer share their positions (the sampler's mask is per layer and kind).
-        self._cut_for: tuple[np.ndarray, np.ndarray] | None = None
 
     def cuts(self, q_at: np.ndarray) -> np.ndarray:
         """(bins + 1, queries): row j counts the keys at positions <= t_j, where t_0 = i and
         t_j = i - 2**(j-1); bin b holds the keys between cuts b + 1 and b."""
-        if self._cut_for is not None and np.array_equal(self._cut_for[0], q_at):
-            return self._cut_for[1]
         widest = int(q_at.max() - self.positions[0]) if len(q_at) and len(self.positions) else -1
         bins = int(distance_bins(np.array([widest]))[0]) + 1 if widest >= 0 else 0
         offsets = np.array([0] + [2 ** (j - 1) for j in range(1, bins + 1)], dtype=np.int64)
-        cuts = np.searchsorted(self.positions, q_at[None, :] - offsets[:, None], side="right")
-        self._cut_for = (q_at, cuts)
-        return cuts
+        return np.searchsorted(self.positions, q_at[None, :] - offsets[:, None], side="right")
 
-    def add_pairs(self, sums: Sums, queries: Rows, scale: float) -> None:
-        positions, vectors = queries
-        cuts = self.cuts(positions.astype(np.int64))
-        if len(cuts) < 2:
-            return
-        q64 = vectors.astype(np.float64)
-        dots = np.array([np.einsum("ij,ij->", q64, self.prefix[cut]) for cut in cuts])
-        counts = cuts[:-1].sum(axis=1) - cuts[1:].sum(axis=1)
-        sums.add_totals((dots[:-1] - dots[1:]) * scale, counts)
+    def add_pairs(self, sums: list[Sums], queries: list[Rows], scale: float) -> None:
+        """Add each query head's pairs with these keys to its ``sums``. Heads at the same positions (those
+        of one layer: the sampler's mask is per layer and kind) share the cuts and each gathered prefix."""
+        shared: dict[bytes, list[int]] = {}
+        for i, (positions, _) in enumerate(queries):
+            shared.setdefault(positions.astype(np.int64).tobytes(), []).append(i)
+        for members in shared.values():
+            cuts = self.cuts(queries[members[0]][0].astype(np.int64))
+            if len(cuts) < 2:
+                continue
+            stacked = np.stack([queries[i][1] for i in members]).astype(np.float64)  # (heads, queries, d)
+            dots = np.array([np.einsum("hij,ij->h", stacked, self.prefix[cut]) for cut in cuts])
+            counts = cuts[:-1].sum(axis=1) - cuts[1:].sum(axis=1)
+            for column, i in enumerate(members):
+                sums[i].add_totals((dots[:-1, column] - dots[1:, column]) * scale, counts)
 
 
 class RowIndex:
@@ -261,11 +262,13 @@ class RowIndex:
         self.parts = parts
         self.counts: dict[int, int] = {}
         self.locations: dict[int, list[tuple[int, int]]] = {}  # example -> [(part, row group)]
+        self.held: dict[tuple[int, int], set[int]] = {}  # (part, row group) -> its examples
         for p, part in enumerate(parts):
             f = pq.ParquetFile(part.path)
             for g in range(f.num_row_groups):
                 ids = f.read_row_group(g, columns=["example_id"]).column(0).to_numpy()
                 values, counts = np.unique(ids, return_counts=True)
+                self.held[(p, g)] = set(values.tolist())
                 for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                     self.counts[value] = self.counts.get(value, 0) + count
                     self.locations.setdefault(value, []).append((p, g))
@@ -286,28 +289,33 @@ class RowIndex:
             yield group
 
     def rows(self, examples: list[int]) -> dict[int, Rows]:
-        wanted = np.array(examples, dtype=np.int64)
-        places = sorted({loc for e in examples for loc in self.locations.get(e, [])})
+        """(positions, vectors) of each of ``examples``, read from the row groups that hold them: one read
+        per part file, filtered only where a row group also holds other examples."""
+        wanted = set(examples)
+        by_part: dict[int, list[int]] = {}
+        for p, g in sorted({loc for e in examples for loc in self.locations.get(e, [])}):
+            by_part.setdefault(p, []).append(g)
         pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for p, g in places:
-            f = pq.ParquetFile(self.parts[p].path)
-            for batch in f.iter_batches(
-                batch_size=BATCH_ROWS, row_groups=[g], columns=["example_id", "position", "vector"]
-            ):
-                ids = batch["example_id"].to_numpy()
-                keep = np.isin(ids, wanted)
-                if keep.any():
-                    vectors = vectors_of(batch["vector"])[keep]
-                    pieces.append((ids[keep], batch["position"].to_numpy()[keep], vectors))
-        out: dict[int, Rows] = {}
+        for p, groups in by_part.items():
+            table = pq.ParquetFile(self.parts[p].path).read_row_groups(
+                groups, columns=["example_id", "position", "vector"]
+            )
+            ids = table.column("example_id").to_numpy()
+            positions = table.column("position").to_numpy()
+            vectors = vectors_of(table.column("vector"))
+            if not all(self.held[(p, g)] <= wanted for g in groups):
+                keep = np.isin(ids, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+                ids, positions, vectors = ids[keep], positions[keep], vectors[keep]
+            pieces.append((ids, positions, vectors))
         if not pieces:
-            return out
+            return {}
         ids = np.concatenate([p[0] for p in pieces])
         positions = np.concatenate([p[1] for p in pieces])
-        vectors = np.concatenate([p[2] for p in pieces])
-        order = np.argsort(ids, kind="stable")
-        ids, positions, vectors = ids[order], positions[order], vectors[order]
+        vectors = np.concatenate([p[2] for p in pieces]) if len(pieces) > 1 else pieces[0][2]
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        for start, end in zip(starts, np.r_[starts[1:], len(ids)], strict=True):
-            out[int(ids[start])] = (positions[start:end], vectors[start:end])
-        return out
+        if len(starts) != len(np.unique(ids)):  # an example's rows apart: bring them together first
+            order = np.argsort(ids, kind="stable")
+            ids, positions, vectors = ids[order], positions[order], vectors[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        ends = np.r_[starts[1:], len(ids)]
+        return {int(ids[a]): (positions[a:b], vectors[a:b]) for a, b in zip(starts, ends, strict=True)}
