@@ -164,7 +164,9 @@ def mean_norm_heatmap(stats: NormStats, num_layers: int) -> Figure:
             if sums is not None:
                 _, folded = fold(sums, size)
                 grid[layer, : len(folded.count)] = folded.mean()
-        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", origin="lower", cmap="viridis")
+        image = ax.imshow(
+            np.ma.masked_invalid(grid), aspect="auto", origin="lower", cmap="viridis", interpolation="nearest"
+        )
         _round_colorbar(fig, image, ax, "mean L2 norm")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         _bucket_axis(ax, stats.bucket_positions.get(kind), max(size, 1))
