@@ -149,6 +149,7 @@ def test_offline_run_log_holds_config_one_point_per_batch_and_the_exported_rows(
         ],
         cwd=tmp_path,
         env={"HF_TOKEN": SECRET},
+        process=True,  # wandb's log file is complete once its process has exited
     )
     assert proc.returncode == 0, proc.stderr
     [log_path] = wandb_logs(tmp_path)
@@ -238,6 +239,7 @@ def test_a_two_value_multirun_gives_two_runs_in_one_group(tmp_path):
             "dataset.max_samples=2",
         ],
         cwd=tmp_path,
+        process=True,  # wandb's log files are complete once its process has exited
     )
     assert proc.returncode == 0, proc.stderr
     logs = {int(p.relative_to(sweep).parts[0]): read_wandb_log(p) for p in wandb_logs(sweep)}
