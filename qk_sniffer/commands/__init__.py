@@ -1,7 +1,7 @@
 """The commands: one thin Hydra app per command, found by its name. Each parses, calls one floor down,
 prints; none holds logic of its own, and nothing in the package imports them.
 
-- :mod:`.capture`     ``python -m qk_sniffer`` (``sniff-qk``): a capture run, or its plan with ``dry_run=true``
+- :mod:`.capture`     ``python -m qk_sniffer`` (``sniff-qk``): a capture run, or its plan (``dry_run=true``)
 - :mod:`.verify`      ``python -m qk_sniffer.verify``: check (and repair) a capture dir
 - :mod:`.compact`     ``python -m qk_sniffer.compact``: merge each config's parts
 - :mod:`.report`      ``python -m qk_sniffer.report``: the figures and numbers of a capture dir

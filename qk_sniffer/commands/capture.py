@@ -1,4 +1,5 @@
-"""``python -m qk_sniffer`` / ``sniff-qk``: a thin Hydra entry point around :func:`qk_sniffer.pipeline.runner.run`."""
+"""``python -m qk_sniffer`` / ``sniff-qk``: a thin Hydra entry point around
+:func:`qk_sniffer.pipeline.runner.run`."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 It reads the model's config only (a local checkpoint dir, the Hub, or with ``model.random_init=true`` the
 preset's ``architecture``), selects the heads and builds the sampler exactly as a run does
-(:func:`qk_sniffer.pipeline.plan.plan_capture`), and writes nothing: no output dir, no dataset read beyond what its
-size needs. Its last stdout line is one JSON object, so scripts can read the plan.
+(:func:`qk_sniffer.pipeline.plan.plan_capture`), and writes nothing: no output dir, no dataset read beyond
+what its size needs. Its last stdout line is one JSON object, so scripts can read the plan.
 """
 
 from __future__ import annotations
