@@ -161,12 +161,13 @@ def check_family(config: PretrainedConfig) -> None:
     """Refuse, before any weight loads, a family whose attention we could not see."""
     if getattr(config, "auto_map", None):
         return  # remote code: checked on the loaded model (check_capturable)
-    cls = model_class_for(config)
     entry = families.matrix_entry(config.model_type)
     if entry is not None:  # measured by the family sweep: its verdict decides
         if entry["status"] != "exact":
+            cls = model_class_for(config)
             raise families.matrix_refusal(config.model_type, cls.__name__ if cls else "no class", entry)
-        return
+        return  # without importing the modeling code: a dry run never loads it
+    cls = model_class_for(config)
     # A family the matrix does not know (a newer transformers): the class's own flag, then the load-time
     # self-check against eager (load_model) decide.
     if cls is None:
