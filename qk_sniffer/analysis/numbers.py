@@ -10,7 +10,9 @@ of its keys (:class:`KeyPrefix`), never formed one by one. Plotting lives in :mo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,9 @@ from .loading import CommittedPart, vectors_of
 
 BATCH_ROWS = 65_536
 PAIR_BUDGET_BYTES = 256 * 2**20
+# Worker threads for the aggregates (Parquet decoding and numpy's kernels release the GIL); few, since each
+# holds its share of the pair budget.
+WORKERS = min(4, os.cpu_count() or 1)
 # Position bins per octave in the norm-against-position figure.
 POSITION_BINS_PER_OCTAVE = 4
 
@@ -39,6 +44,9 @@ class Sums:
         size = max(len(self.count), int(bins.max()) + 1)
         self.total = _grow(self.total, size) + np.bincount(bins, weights=values, minlength=size)
         self.count = _grow(self.count, size) + np.bincount(bins, minlength=size)
+
+    def merge(self, other: Sums) -> None:
+        self.add_totals(other.total, other.count)
 
     def add_totals(self, totals: np.ndarray, counts: np.ndarray) -> None:
         """Add sums already binned: ``totals[b]`` over ``counts[b]`` values of bin b."""
@@ -75,6 +83,11 @@ class Extents:
         np.maximum.at(high, bins, values)
         self.low, self.high = np.where(high >= 0, low, -1), high
 
+    def merge(self, other: Extents) -> None:
+        seen = np.flatnonzero(other.high >= 0)
+        self.add(seen, other.low[seen])
+        self.add(seen, other.high[seen])
+
     def span(self, start: int, stop: int) -> tuple[int, int] | None:
         """(smallest, largest) over bins ``start..stop-1``; None when none of them was seen."""
         seen = self.high[start:stop] >= 0
@@ -110,25 +123,44 @@ class NormStats:
 
 
 def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
+    """Every config's sums, each config read on a worker thread, then added together in config order."""
     stats = NormStats()
-    for config in sorted(parts):
-        key = parse_config(config)
-        by_bucket = stats.norm_by_layer_bucket.setdefault((key.kind, key.layer), Sums())
-        rows = stats.rows_per_bucket.setdefault(key.kind, Sums())
-        by_position = stats.norm_by_position.setdefault(config, Sums())
-        positions_in_bin = stats.position_by_bin.setdefault(config, Sums())
-        extents = stats.bucket_positions.setdefault(key.kind, Extents())
-        for batch in _batches(parts[config], ["bucket", "position", "vector"]):
-            buckets = batch["bucket"].to_numpy().astype(np.int64)
-            positions = batch["position"].to_numpy().astype(np.int64)
-            norms = row_norms(vectors_of(batch["vector"]))
-            rows.add(buckets, np.ones(len(buckets)))
-            by_bucket.add(buckets, norms)
-            bins = position_bins(positions)
-            by_position.add(bins, norms)
-            positions_in_bin.add(bins, positions.astype(np.float64))
-            extents.add(buckets, positions)
+    configs = sorted(parts)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for config, one in zip(configs, pool.map(lambda c: _config_norms(c, parts[c]), configs), strict=True):
+            key = parse_config(config)
+            stats.rows_per_bucket.setdefault(key.kind, Sums()).merge(one.rows_per_bucket[key.kind])
+            layer_kind = (key.kind, key.layer)
+            stats.norm_by_layer_bucket.setdefault(layer_kind, Sums()).merge(
+                one.norm_by_layer_bucket[layer_kind]
+            )
+            stats.norm_by_position[config] = one.norm_by_position[config]
+            stats.position_by_bin[config] = one.position_by_bin[config]
+            stats.bucket_positions.setdefault(key.kind, Extents()).merge(one.bucket_positions[key.kind])
     return stats
+
+
+def _config_norms(config: str, parts: list[CommittedPart]) -> NormStats:
+    """One config's sums, streamed over record batches."""
+    key = parse_config(config)
+    rows, by_bucket, by_position, positions_in_bin, extents = Sums(), Sums(), Sums(), Sums(), Extents()
+    for batch in _batches(parts, ["bucket", "position", "vector"]):
+        buckets = batch["bucket"].to_numpy().astype(np.int64)
+        positions = batch["position"].to_numpy().astype(np.int64)
+        norms = row_norms(vectors_of(batch["vector"]))
+        rows.add(buckets, np.ones(len(buckets)))
+        by_bucket.add(buckets, norms)
+        bins = position_bins(positions)
+        by_position.add(bins, norms)
+        positions_in_bin.add(bins, positions.astype(np.float64))
+        extents.add(buckets, positions)
+    return NormStats(
+        {key.kind: rows},
+        {(key.kind, key.layer): by_bucket},
+        {config: by_position},
+        {config: positions_in_bin},
+        {key.kind: extents},
+    )
 
 
 def row_norms(vectors: np.ndarray) -> np.ndarray:
@@ -180,37 +212,48 @@ class LogitByDistance:
 
 
 def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> LogitByDistance:
+    """Each key head with the query heads that read it, on a worker thread (each within its share of
+    :data:`PAIR_BUDGET_BYTES`)."""
     num_q, num_kv = int(layout["num_q_heads"]), int(layout["num_kv_heads"])
     group = num_q // num_kv  # query head h reads KV head h // group
     scale = 1.0 / np.sqrt(float(layout["head_dim"]))
+    max_rows = max(1, PAIR_BUDGET_BYTES // WORKERS // (int(layout["head_dim"]) * 4 + 16))
     names = {(k.layer, k.head, k.kind): c for c in parts for k in [parse_config(c)]}
-    result = LogitByDistance()
+    work = []
     for (layer, kv, kind), k_config in sorted(names.items()):
-        if kind != "k":
-            continue
         q_configs = {
             h: names[(layer, h, "q")] for h in range(kv * group, (kv + 1) * group) if (layer, h, "q") in names
         }
-        if not q_configs:
-            continue
-        k_index = RowIndex(parts[k_config])
-        q_indexes = {h: RowIndex(parts[c]) for h, c in q_configs.items()}
-        for h in q_configs:
-            result.sums[(layer, h)] = Sums()
-            result.kv_head[(layer, h)] = kv
-        width = int(layout["head_dim"]) * 4 + 16
-        for examples in k_index.groups(list(q_indexes.values()), PAIR_BUDGET_BYTES // width):
-            keys = k_index.rows(examples)
-            queries = {h: q_index.rows(examples) for h, q_index in q_indexes.items()}
-            for example in examples:
-                if example not in keys:
-                    continue
-                prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
-                heads = [h for h in q_indexes if example in queries[h]]
-                prefix.add_pairs(
-                    [result.sums[(layer, h)] for h in heads], [queries[h][example] for h in heads], scale
-                )
+        if kind == "k" and q_configs:
+            work.append((layer, kv, parts[k_config], {h: parts[c] for h, c in q_configs.items()}))
+    result = LogitByDistance()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for (layer, kv, _, _), sums in zip(
+            work, pool.map(lambda w: _pairs(w[2], w[3], scale, max_rows), work), strict=True
+        ):
+            for h, head_sums in sums.items():
+                result.sums[(layer, h)] = head_sums
+                result.kv_head[(layer, h)] = kv
     return result
+
+
+def _pairs(
+    k_parts: list[CommittedPart], q_parts: dict[int, list[CommittedPart]], scale: float, max_rows: int
+) -> dict[int, Sums]:
+    """The logit sums of each query head in ``q_parts`` with the key head of ``k_parts``."""
+    k_index = RowIndex(k_parts)
+    q_indexes = {h: RowIndex(p) for h, p in q_parts.items()}
+    sums = {h: Sums() for h in q_parts}
+    for examples in k_index.groups(list(q_indexes.values()), max_rows):
+        keys = k_index.rows(examples)
+        queries = {h: q_index.rows(examples) for h, q_index in q_indexes.items()}
+        for example in examples:
+            if example not in keys:
+                continue
+            prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
+            heads = [h for h in q_indexes if example in queries[h]]
+            prefix.add_pairs([sums[h] for h in heads], [queries[h][example] for h in heads], scale)
+    return sums
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
