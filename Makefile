@@ -26,8 +26,11 @@ install: $(VENV)/.installed ## Create .venv and install qk_sniffer (editable) wi
 run: install ## Run the embedded default (offline, seconds); outputs go under outputs/
 	$(PY) -m qk_sniffer
 
-test: install ## Run the whole test suite (unit + integration, CPU)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# One pytest worker per CPU (pytest-xdist); each test file stays on one worker, so its module fixtures (a
+# capture, a set of checkpoints) are built once. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= auto
+test: install ## Run the whole test suite (unit + integration, CPU, one worker per core)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install ## Unit tests only
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

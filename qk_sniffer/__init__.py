@@ -1,7 +1,7 @@
 """qk_sniffer: capture the query/key vectors a Hugging Face decoder model uses in attention.
 
 From the command line: ``python -m qk_sniffer`` (Hydra; see the README). From Python, on a model you
-already loaded::
+already loaded (or the offline default: ``model, tokenizer = qk_sniffer.embedded_model()``)::
 
     import qk_sniffer
 
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from .analysis.loading import load
     from .api import Recording, attach
     from .capture.tap import CaptureSessionActiveError
+    from .pipeline.embedded import embedded_model
 
-__all__ = ["Recording", "CaptureSessionActiveError", "UserError", "attach", "load"]
+__all__ = ["Recording", "CaptureSessionActiveError", "UserError", "attach", "embedded_model", "load"]
 
 # Imported on first use: the CLI composes configs (and `--cfg job` prints them) without loading torch.
 _LAZY = {
@@ -34,6 +35,7 @@ _LAZY = {
     "Recording": "api",
     "CaptureSessionActiveError": "capture.tap",
     "load": "analysis.loading",
+    "embedded_model": "pipeline.embedded",
 }
 
 

@@ -38,7 +38,7 @@ def data_fingerprint(parts: dict[str, list[CommittedPart]]) -> str:
 def render_figures(root: Path) -> list[Path]:
     """Draw every figure of ``root`` into ``root/figures/``; returns the PNG paths."""
     from .numbers import coverage, logit_by_distance, norm_stats
-    from .plots import draw_all
+    from .plots import PNG_OPTIONS, draw_all
 
     root = root.expanduser()
     layout = capture_layout(root)
@@ -58,7 +58,7 @@ def render_figures(root: Path) -> list[Path]:
     for name, figure in figures.items():
         path = out / f"{name}.png"
         with atomic_file(path, "wb") as f:
-            figure.savefig(f, format="png")
+            figure.savefig(f, format="png", pil_kwargs=PNG_OPTIONS)
         paths.append(path)
     for name in set(previous) - set(figures):  # a figure this data no longer has (only files we made)
         (out / f"{name}.png").unlink(missing_ok=True)
@@ -120,7 +120,12 @@ def figure_section(root: Path) -> list[str]:
 
 
 def render_after_run(root: Path) -> None:
-    """The run's last step: a failure to draw is logged, never fatal (the rows are committed already)."""
+    """The run's last step: a failure to draw is logged, never fatal (the rows are committed already).
+    Figures already drawn from exactly the data the dir commits now (a rerun that wrote nothing) stay."""
+    drawn = _index(root).get("figures", [])
+    if drawn and len(current_figures(root)) == len(drawn):
+        log.info("figures: current already (the data did not change)")
+        return
     try:
         paths = render_figures(root)
     except Exception as exc:  # noqa: BLE001 - figures must not turn a finished capture into a failed one

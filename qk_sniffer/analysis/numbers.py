@@ -4,13 +4,15 @@ Norms and counts are running sums over record batches (one batch of rows in memo
 logit-by-distance statistic pairs the query rows and key rows of the same example: a first pass reads only
 the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
 whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
-the row groups that hold them, and each example's (query x key) block is cut into slices of
-:data:`PAIR_BLOCK` pairs. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
+the row groups that hold them. Within an example the pairs are summed per distance bin from prefix sums
+of its keys (:class:`KeyPrefix`), never formed one by one. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,9 @@ from .loading import CommittedPart, vectors_of
 
 BATCH_ROWS = 65_536
 PAIR_BUDGET_BYTES = 256 * 2**20
-PAIR_BLOCK = 4_000_000
+# Worker threads for the aggregates (Parquet decoding and numpy's kernels release the GIL); few, since each
+# holds its share of the pair budget.
+WORKERS = min(4, os.cpu_count() or 1)
 # Position bins per octave in the norm-against-position figure.
 POSITION_BINS_PER_OCTAVE = 4
 
@@ -41,6 +45,15 @@ class Sums:
         self.total = _grow(self.total, size) + np.bincount(bins, weights=values, minlength=size)
         self.count = _grow(self.count, size) + np.bincount(bins, minlength=size)
 
+    def merge(self, other: Sums) -> None:
+        self.add_totals(other.total, other.count)
+
+    def add_totals(self, totals: np.ndarray, counts: np.ndarray) -> None:
+        """Add sums already binned: ``totals[b]`` over ``counts[b]`` values of bin b."""
+        size = max(len(self.count), len(counts))
+        self.total = _grow(self.total, size) + _grow(totals, size)
+        self.count = _grow(self.count, size) + _grow(counts, size)
+
     def mean(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
@@ -48,6 +61,39 @@ class Sums:
 
 def _grow(array: np.ndarray, size: int) -> np.ndarray:
     return np.pad(array, (0, size - len(array))) if len(array) < size else array
+
+
+@dataclass
+class Extents:
+    """The smallest and largest value seen in each integer bin (-1 where none was)."""
+
+    low: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    high: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def add(self, bins: np.ndarray, values: np.ndarray) -> None:
+        if not len(bins):
+            return
+        size = max(len(self.low), int(bins.max()) + 1)
+        unseen = np.iinfo(np.int64).max
+        low = np.full(size, unseen)
+        low[: len(self.low)] = np.where(self.high >= 0, self.low, unseen)
+        high = np.full(size, -1, dtype=np.int64)
+        high[: len(self.high)] = self.high
+        np.minimum.at(low, bins, values)
+        np.maximum.at(high, bins, values)
+        self.low, self.high = np.where(high >= 0, low, -1), high
+
+    def merge(self, other: Extents) -> None:
+        seen = np.flatnonzero(other.high >= 0)
+        self.add(seen, other.low[seen])
+        self.add(seen, other.high[seen])
+
+    def span(self, start: int, stop: int) -> tuple[int, int] | None:
+        """(smallest, largest) over bins ``start..stop-1``; None when none of them was seen."""
+        seen = self.high[start:stop] >= 0
+        if not seen.any():
+            return None
+        return int(self.low[start:stop][seen].min()), int(self.high[start:stop][seen].max())
 
 
 @dataclass
@@ -72,26 +118,49 @@ class NormStats:
     norm_by_layer_bucket: dict[tuple[str, int], Sums] = field(default_factory=dict)
     norm_by_position: dict[str, Sums] = field(default_factory=dict)
     position_by_bin: dict[str, Sums] = field(default_factory=dict)
+    # Per kind: the token positions each sampler bucket holds (for the figures' bucket labels).
+    bucket_positions: dict[str, Extents] = field(default_factory=dict)
 
 
 def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
+    """Every config's sums, each config read on a worker thread, then added together in config order."""
     stats = NormStats()
-    for config in sorted(parts):
-        key = parse_config(config)
-        by_bucket = stats.norm_by_layer_bucket.setdefault((key.kind, key.layer), Sums())
-        rows = stats.rows_per_bucket.setdefault(key.kind, Sums())
-        by_position = stats.norm_by_position.setdefault(config, Sums())
-        positions_in_bin = stats.position_by_bin.setdefault(config, Sums())
-        for batch in _batches(parts[config], ["bucket", "position", "vector"]):
-            buckets = batch["bucket"].to_numpy().astype(np.int64)
-            positions = batch["position"].to_numpy().astype(np.int64)
-            norms = row_norms(vectors_of(batch["vector"]))
-            rows.add(buckets, np.ones(len(buckets)))
-            by_bucket.add(buckets, norms)
-            bins = position_bins(positions)
-            by_position.add(bins, norms)
-            positions_in_bin.add(bins, positions.astype(np.float64))
+    configs = sorted(parts)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for config, one in zip(configs, pool.map(lambda c: _config_norms(c, parts[c]), configs), strict=True):
+            key = parse_config(config)
+            stats.rows_per_bucket.setdefault(key.kind, Sums()).merge(one.rows_per_bucket[key.kind])
+            layer_kind = (key.kind, key.layer)
+            stats.norm_by_layer_bucket.setdefault(layer_kind, Sums()).merge(
+                one.norm_by_layer_bucket[layer_kind]
+            )
+            stats.norm_by_position[config] = one.norm_by_position[config]
+            stats.position_by_bin[config] = one.position_by_bin[config]
+            stats.bucket_positions.setdefault(key.kind, Extents()).merge(one.bucket_positions[key.kind])
     return stats
+
+
+def _config_norms(config: str, parts: list[CommittedPart]) -> NormStats:
+    """One config's sums, streamed over record batches."""
+    key = parse_config(config)
+    rows, by_bucket, by_position, positions_in_bin, extents = Sums(), Sums(), Sums(), Sums(), Extents()
+    for batch in _batches(parts, ["bucket", "position", "vector"]):
+        buckets = batch["bucket"].to_numpy().astype(np.int64)
+        positions = batch["position"].to_numpy().astype(np.int64)
+        norms = row_norms(vectors_of(batch["vector"]))
+        rows.add(buckets, np.ones(len(buckets)))
+        by_bucket.add(buckets, norms)
+        bins = position_bins(positions)
+        by_position.add(bins, norms)
+        positions_in_bin.add(bins, positions.astype(np.float64))
+        extents.add(buckets, positions)
+    return NormStats(
+        {key.kind: rows},
+        {(key.kind, key.layer): by_bucket},
+        {config: by_position},
+        {config: positions_in_bin},
+        {key.kind: extents},
+    )
 
 
 def row_norms(vectors: np.ndarray) -> np.ndarray:
@@ -143,48 +212,90 @@ class LogitByDistance:
 
 
 def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> LogitByDistance:
+    """Each key head with the query heads that read it, on a worker thread (each within its share of
+    :data:`PAIR_BUDGET_BYTES`)."""
     num_q, num_kv = int(layout["num_q_heads"]), int(layout["num_kv_heads"])
     group = num_q // num_kv  # query head h reads KV head h // group
     scale = 1.0 / np.sqrt(float(layout["head_dim"]))
+    max_rows = max(1, PAIR_BUDGET_BYTES // WORKERS // (int(layout["head_dim"]) * 4 + 16))
     names = {(k.layer, k.head, k.kind): c for c in parts for k in [parse_config(c)]}
-    result = LogitByDistance()
+    work = []
     for (layer, kv, kind), k_config in sorted(names.items()):
-        if kind != "k":
-            continue
         q_configs = {
             h: names[(layer, h, "q")] for h in range(kv * group, (kv + 1) * group) if (layer, h, "q") in names
         }
-        if not q_configs:
-            continue
-        k_index = RowIndex(parts[k_config])
-        q_indexes = {h: RowIndex(parts[c]) for h, c in q_configs.items()}
-        for h in q_configs:
-            result.sums[(layer, h)] = Sums()
-            result.kv_head[(layer, h)] = kv
-        width = int(layout["head_dim"]) * 4 + 16
-        for examples in k_index.groups(list(q_indexes.values()), PAIR_BUDGET_BYTES // width):
-            keys = k_index.rows(examples)
-            for h, q_index in q_indexes.items():
-                queries = q_index.rows(examples)
-                for example in examples:
-                    if example in queries and example in keys:
-                        _add_pairs(result.sums[(layer, h)], queries[example], keys[example], scale)
+        if kind == "k" and q_configs:
+            work.append((layer, kv, parts[k_config], {h: parts[c] for h, c in q_configs.items()}))
+    result = LogitByDistance()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for (layer, kv, _, _), sums in zip(
+            work, pool.map(lambda w: _pairs(w[2], w[3], scale, max_rows), work), strict=True
+        ):
+            for h, head_sums in sums.items():
+                result.sums[(layer, h)] = head_sums
+                result.kv_head[(layer, h)] = kv
     return result
+
+
+def _pairs(
+    k_parts: list[CommittedPart], q_parts: dict[int, list[CommittedPart]], scale: float, max_rows: int
+) -> dict[int, Sums]:
+    """The logit sums of each query head in ``q_parts`` with the key head of ``k_parts``."""
+    k_index = RowIndex(k_parts)
+    q_indexes = {h: RowIndex(p) for h, p in q_parts.items()}
+    sums = {h: Sums() for h in q_parts}
+    for examples in k_index.groups(list(q_indexes.values()), max_rows):
+        keys = k_index.rows(examples)
+        queries = {h: q_index.rows(examples) for h, q_index in q_indexes.items()}
+        for example in examples:
+            if example not in keys:
+                continue
+            prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
+            heads = [h for h in q_indexes if example in queries[h]]
+            prefix.add_pairs([sums[h] for h in heads], [queries[h][example] for h in heads], scale)
+    return sums
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
 
 
-def _add_pairs(sums: Sums, queries: Rows, keys: Rows, scale: float) -> None:
-    q_pos, q_vec = queries
-    k_pos, k_vec = keys
-    k64 = k_vec.astype(np.float64)
-    step = max(1, PAIR_BLOCK // max(len(k_pos), 1))
-    for start in range(0, len(q_pos), step):
-        logits = (q_vec[start : start + step].astype(np.float64) @ k64.T) * scale
-        distance = q_pos[start : start + step, None].astype(np.int64) - k_pos[None, :].astype(np.int64)
-        causal = distance >= 0
-        sums.add(distance_bins(distance[causal]), logits[causal])
+class KeyPrefix:
+    """One example's keys sorted by position, with their cumulative sums, so every causal (query, key) pair
+    is summed per distance bin exactly without forming the pairs: the keys at distances ``[2**(b-1), 2**b)``
+    from a query at ``i`` are those at positions ``(i - 2**b, i - 2**(b-1)]``, a difference of two prefix
+    rows, and their summed logit is one dot product. Cost: queries x bins x head_dim per query head, where
+    the pairs would cost queries x keys x head_dim."""
+
+    def __init__(self, keys: Rows) -> None:
+        positions, vectors = keys
+        order = np.argsort(positions, kind="stable")
+        self.positions = positions[order].astype(np.int64)
+        self.prefix = np.zeros((len(order) + 1, vectors.shape[1]))
+        np.cumsum(vectors[order], axis=0, dtype=np.float64, out=self.prefix[1:])
+
+    def cuts(self, q_at: np.ndarray) -> np.ndarray:
+        """(bins + 1, queries): row j counts the keys at positions <= t_j, where t_0 = i and
+        t_j = i - 2**(j-1); bin b holds the keys between cuts b + 1 and b."""
+        widest = int(q_at.max() - self.positions[0]) if len(q_at) and len(self.positions) else -1
+        bins = int(distance_bins(np.array([widest]))[0]) + 1 if widest >= 0 else 0
+        offsets = np.array([0] + [2 ** (j - 1) for j in range(1, bins + 1)], dtype=np.int64)
+        return np.searchsorted(self.positions, q_at[None, :] - offsets[:, None], side="right")
+
+    def add_pairs(self, sums: list[Sums], queries: list[Rows], scale: float) -> None:
+        """Add each query head's pairs with these keys to its ``sums``. Heads at the same positions (those
+        of one layer: the sampler's mask is per layer and kind) share the cuts and each gathered prefix."""
+        shared: dict[bytes, list[int]] = {}
+        for i, (positions, _) in enumerate(queries):
+            shared.setdefault(positions.astype(np.int64).tobytes(), []).append(i)
+        for members in shared.values():
+            cuts = self.cuts(queries[members[0]][0].astype(np.int64))
+            if len(cuts) < 2:
+                continue
+            stacked = np.stack([queries[i][1] for i in members]).astype(np.float64)  # (heads, queries, d)
+            dots = np.array([np.einsum("hij,ij->h", stacked, self.prefix[cut]) for cut in cuts])
+            counts = cuts[:-1].sum(axis=1) - cuts[1:].sum(axis=1)
+            for column, i in enumerate(members):
+                sums[i].add_totals((dots[:-1, column] - dots[1:, column]) * scale, counts)
 
 
 class RowIndex:
@@ -194,11 +305,13 @@ class RowIndex:
         self.parts = parts
         self.counts: dict[int, int] = {}
         self.locations: dict[int, list[tuple[int, int]]] = {}  # example -> [(part, row group)]
+        self.held: dict[tuple[int, int], set[int]] = {}  # (part, row group) -> its examples
         for p, part in enumerate(parts):
             f = pq.ParquetFile(part.path)
             for g in range(f.num_row_groups):
                 ids = f.read_row_group(g, columns=["example_id"]).column(0).to_numpy()
                 values, counts = np.unique(ids, return_counts=True)
+                self.held[(p, g)] = set(values.tolist())
                 for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                     self.counts[value] = self.counts.get(value, 0) + count
                     self.locations.setdefault(value, []).append((p, g))
@@ -219,28 +332,33 @@ class RowIndex:
             yield group
 
     def rows(self, examples: list[int]) -> dict[int, Rows]:
-        wanted = np.array(examples, dtype=np.int64)
-        places = sorted({loc for e in examples for loc in self.locations.get(e, [])})
+        """(positions, vectors) of each of ``examples``, read from the row groups that hold them: one read
+        per part file, filtered only where a row group also holds other examples."""
+        wanted = set(examples)
+        by_part: dict[int, list[int]] = {}
+        for p, g in sorted({loc for e in examples for loc in self.locations.get(e, [])}):
+            by_part.setdefault(p, []).append(g)
         pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for p, g in places:
-            f = pq.ParquetFile(self.parts[p].path)
-            for batch in f.iter_batches(
-                batch_size=BATCH_ROWS, row_groups=[g], columns=["example_id", "position", "vector"]
-            ):
-                ids = batch["example_id"].to_numpy()
-                keep = np.isin(ids, wanted)
-                if keep.any():
-                    vectors = vectors_of(batch["vector"])[keep]
-                    pieces.append((ids[keep], batch["position"].to_numpy()[keep], vectors))
-        out: dict[int, Rows] = {}
+        for p, groups in by_part.items():
+            table = pq.ParquetFile(self.parts[p].path).read_row_groups(
+                groups, columns=["example_id", "position", "vector"]
+            )
+            ids = table.column("example_id").to_numpy()
+            positions = table.column("position").to_numpy()
+            vectors = vectors_of(table.column("vector"))
+            if not all(self.held[(p, g)] <= wanted for g in groups):
+                keep = np.isin(ids, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+                ids, positions, vectors = ids[keep], positions[keep], vectors[keep]
+            pieces.append((ids, positions, vectors))
         if not pieces:
-            return out
+            return {}
         ids = np.concatenate([p[0] for p in pieces])
         positions = np.concatenate([p[1] for p in pieces])
-        vectors = np.concatenate([p[2] for p in pieces])
-        order = np.argsort(ids, kind="stable")
-        ids, positions, vectors = ids[order], positions[order], vectors[order]
+        vectors = np.concatenate([p[2] for p in pieces]) if len(pieces) > 1 else pieces[0][2]
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        for start, end in zip(starts, np.r_[starts[1:], len(ids)], strict=True):
-            out[int(ids[start])] = (positions[start:end], vectors[start:end])
-        return out
+        if len(starts) != len(np.unique(ids)):  # an example's rows apart: bring them together first
+            order = np.argsort(ids, kind="stable")
+            ids, positions, vectors = ids[order], positions[order], vectors[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        ends = np.r_[starts[1:], len(ids)]
+        return {int(ids[a]): (positions[a:b], vectors[a:b]) for a, b in zip(starts, ends, strict=True)}

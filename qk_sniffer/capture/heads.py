@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..core.config import CaptureConfig, setting
 from ..core.errors import UserError
 from ..core.ranges import format_ranges
-from .models import ModelLayout
+from .layout import ModelLayout
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -15,7 +14,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     PretrainedConfig,
-    PreTrainedModel,
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
@@ -28,91 +26,15 @@ from . import backend_facts
 from . import support as families
 from .alibi import alibi_slopes
 from .decoder_layers import layer_list
+from .layout import ModelLayout
+
+if TYPE_CHECKING:
+    # transformers.modeling_utils alone costs a second to import: a dry run reads configs, never models.
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
 ROPE_KEYS = ("rope_scaling", "rope_parameters")
-
-
-@dataclass(frozen=True)
-class ModelLayout:
-    """What capture needs to know about a model's attention, read from its (text) config."""
-
-    model_type: str
-    num_layers: int
-    num_q_heads: int
-    num_kv_heads: int
-    head_dim: int
-    # Window per layer; None for full-attention layers.
-    sliding_windows: tuple[int | None, ...]
-    # The config's RoPE parameters as written (keyed by layer type for families such as Gemma 3).
-    rope: dict[str, Any] = field(default_factory=dict)
-    # The rotation of the full-attention layers (or of every layer): type, base and scaling parameters.
-    rope_type: str | None = None
-    rope_theta: float | None = None
-    rope_scaling: dict[str, Any] = field(default_factory=dict)
-    # Families that rotate sliding and full layers differently (Gemma 3): layer type -> its RoPE parameters.
-    rope_by_layer_type: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Fraction of head_dim that is rotated (GLM: 0.5); the rest passes through unchanged.
-    partial_rotary_factor: float = 1.0
-    # Layers that apply no rotation (SmolLM3, Cohere2): there pre-RoPE == post-RoPE.
-    nope_layers: tuple[int, ...] = ()
-    # Layers that attend to image features instead of the text (Mllama): never captured.
-    cross_attention_layers: tuple[int, ...] = ()
-    # Layers whose token mixer is not softmax attention (linear attention, SSM, convolution) in hybrid
-    # families (Qwen3-Next, Zamba, LFM2): they make no attention call, have no Q/K, and are skipped.
-    linear_attention_layers: tuple[int, ...] = ()
-    # Per layer, only for families whose attention layers differ (measured from the attention calls, see
-    # :mod:`.shapes`): head_dim (Gemma 4), query heads and key heads (Inkling's sliding layers); 0 for a
-    # layer without attention. ``head_dim``, ``num_q_heads`` and ``num_kv_heads`` are then the most common
-    # values. Every captured vector has its own layer's length, every layer its own heads.
-    head_dims: tuple[int, ...] = ()
-    # How the model tells positions apart: rope, absolute, alibi, none, unknown (support.POSITION_ENCODINGS).
-    # Without rotation nothing happens between pre-RoPE and post-RoPE: both capture points are the same.
-    position_encoding: str = "rope"
-    # ALiBi only, per query head: the bias the model adds to a logit per key position, so that
-    # logit(i, j) = scale * q_i . k_j + alibi_slopes[h] * j over the keys j <= i (see capture.alibi).
-    alibi_slopes: tuple[float, ...] = ()
-    # OPT and XGLM multiply the query by this factor before their attention function, which then scales
-    # q . k by 1: the captured query includes it (it is what the dot product sees). None elsewhere.
-    query_prescale: float | None = None
-    q_heads_per_layer: tuple[int, ...] = ()
-    kv_heads_per_layer: tuple[int, ...] = ()
-
-    def record(self) -> dict[str, Any]:
-        """The layout as the metadata records it: per-layer heads only where the layers differ."""
-        record = asdict(self)
-        for key in ("q_heads_per_layer", "kv_heads_per_layer"):
-            if not record[key]:
-                del record[key]
-        return record
-
-    @property
-    def self_attention_layers(self) -> tuple[int, ...]:
-        """The layers that can be captured: every layer except cross-attention and linear-attention ones."""
-        skip = set(self.cross_attention_layers) | set(self.linear_attention_layers)
-        return tuple(layer for layer in range(self.num_layers) if layer not in skip)
-
-    @property
-    def max_heads(self) -> int:
-        """The most heads of one kind in any layer (config names are this wide)."""
-        return max(self.num_q_heads, self.num_kv_heads, *self.q_heads_per_layer, *self.kv_heads_per_layer)
-
-    def q_heads_of(self, layer: int) -> int:
-        return self.q_heads_per_layer[layer] if self.q_heads_per_layer else self.num_q_heads
-
-    def kv_heads_of(self, layer: int) -> int:
-        return self.kv_heads_per_layer[layer] if self.kv_heads_per_layer else self.num_kv_heads
-
-    def head_dim_of(self, layer: int) -> int:
-        return self.head_dims[layer] if self.head_dims else self.head_dim
-
-    def is_sliding(self, layer: int) -> bool:
-        return self.sliding_windows[layer] is not None
-
-    def kv_head_of(self, q_head: int, layer: int) -> int:
-        """The key head query head ``q_head`` of ``layer`` reads (GQA: one per group of query heads)."""
-        return q_head // (self.q_heads_of(layer) // self.kv_heads_of(layer))
 
 
 def text_config(config: PretrainedConfig) -> PretrainedConfig:
@@ -249,19 +171,22 @@ def check_family(config: PretrainedConfig) -> None:
     """Refuse, before any weight loads, a family whose attention we could not see."""
     if getattr(config, "auto_map", None):
         return  # remote code: checked on the loaded model (check_capturable)
-    cls = model_class_for(config)
     entry = families.matrix_entry(config.model_type)
     if entry is not None:  # measured by the family sweep: its verdict decides
         if entry["status"] != "exact":
+            cls = model_class_for(config)
             raise families.matrix_refusal(config.model_type, cls.__name__ if cls else "no class", entry)
-        return
+        return  # without importing the modeling code: a dry run never loads it
+    cls = model_class_for(config)
     # A family the matrix does not know (a newer transformers): the class's own flag, then the load-time
     # self-check against eager (load_model) decide.
     if cls is None:
         raise families.unsupported_family_error(
             config.model_type, type(config).__name__, "transformers has no causal-LM class for it"
         )
-    if not families.routes_attention(cls):
+    from .compat import routes_attention  # loads modeling code: only for a family no matrix lists
+
+    if not routes_attention(cls):
         raise families.unsupported_family_error(
             config.model_type,
             cls.__name__,
@@ -399,7 +324,9 @@ def check_capturable(model: PreTrainedModel) -> None:
     """After loading, before any forward: a family the sweep never measured must route its attention through
     the registry (the layers and heads its attention calls see are checked by ``shapes.check_loaded``)."""
     measured = families.matrix_entry(model.config.model_type) is not None  # the sweep saw its attention calls
-    if not measured and not families.routes_attention(type(model)):
+    from .compat import routes_attention  # loads modeling code, which a dry run never needs
+
+    if not measured and not routes_attention(type(model)):
         raise families.unsupported_family_error(
             text_config(model.config).model_type,
             type(model).__name__,

@@ -29,7 +29,6 @@ from transformers import PretrainedConfig
 from ..core.errors import UserError
 from ..core.registry import Registry
 from .alibi import uses_alibi
-from .compat import routes_attention as compat_routes_attention
 from .matrices import matrix_choice
 
 LayerSet = tuple[int, ...]
@@ -197,11 +196,6 @@ def eager_only(model_type: str) -> bool:
     """Whether the sweep found the family exact on eager only (transformers' sdpa path computes otherwise)."""
     entry = matrix_entry(model_type)
     return entry is not None and "eager_only" in entry.get("quirks", ())
-
-
-def routes_attention(model_class: type) -> bool:
-    """Whether the modeling code dispatches attention through transformers' registry (our only seam)."""
-    return compat_routes_attention(model_class)
 
 
 def unsupported_family_error(model_type: str, model_class_name: str, reason: str) -> UserError:

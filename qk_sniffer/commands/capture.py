@@ -33,6 +33,8 @@ def main(cfg: DictConfig) -> JobOutcome | None:
     if result.resumed_examples:
         print(f"qk_sniffer: resumed: {result.resumed_examples} examples were already saved and were skipped")
     print(f"qk_sniffer: wrote {result.rows} rows from {result.examples} examples to {result.output_dir}")
+    if result.summary is not None:
+        print("\n".join(result.summary.lines()))
     return None
 
 

@@ -210,9 +210,11 @@ class BenchConfig:
     warmup: int = 1
     # false: run every layer even when capturing, to see the tap's own cost without the early stop.
     early_stop: bool = True
-    # "overhead": plain forwards interleaved with capture forwards. "long_context": one capture per length in
-    # bench.lengths and arm in bench.arms, each in a fresh process, reporting tokens/s and the process's peak
-    # memory. Arms: "budget" (inference.token_chunk, or what memory_budget_gb picks), "one_pass" (no chunks).
+    # "overhead": plain forwards interleaved with capture forwards. "first_minute": make run, --help, dry_run
+    # and the figures of figure_rows rows, each as a newcomer meets them. "long_context": one capture per
+    # length in bench.lengths and arm in bench.arms, each in a fresh process, reporting tokens/s and the
+    # process's peak memory. Arms: "budget" (inference.token_chunk, or what memory_budget_gb picks),
+    # "one_pass" (no chunks).
     mode: str = "overhead"
     lengths: list[int] = field(default_factory=lambda: [8192, 32768, 131072])
     arms: list[str] = field(default_factory=lambda: ["budget", "one_pass"])
@@ -221,6 +223,8 @@ class BenchConfig:
     layers_built: int | None = None
     # long_context on CUDA: act as a device of this many GB (torch.cuda.set_per_process_memory_fraction).
     device_gb: float | None = None
+    # first_minute: rows of the capture whose figures are timed.
+    figure_rows: int = 1_000_000
 
 
 @dataclass
@@ -303,6 +307,26 @@ def preset_slug(name: str | None, preset_name: str | None, slug: str) -> str | N
     return slug if name == preset_name else None
 
 
+def config_groups() -> str:
+    """The groups and their presets (under conf/ and in the ConfigStore), one line each, for ``--help``.
+    Hydra's own list also shows the ``*_schema`` entries the presets extend, which no user chooses."""
+    options: dict[str, set[str]] = {}
+    for path in CONF_DIR.rglob("*.yaml"):
+        group = path.parent.relative_to(CONF_DIR).as_posix()
+        if group != "." and not group.startswith("hydra"):
+            options.setdefault(group, set()).add(path.stem)
+
+    def stored(node: dict[str, Any], group: str) -> None:
+        for name, child in node.items():
+            if isinstance(child, dict):
+                stored(child, f"{group}/{name}".lstrip("/"))
+            elif group and not group.startswith("hydra") and not name.endswith("_schema.yaml"):
+                options.setdefault(group, set()).add(name.removesuffix(".yaml"))
+
+    stored(ConfigStore.instance().repo, "")
+    return "\n".join(f"{group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
+
+
 @dataclass
 class FamiliesAppConfig:
     """``python -m qk_sniffer.families``: print the support matrix, or measure it (``sweep=true``)."""
@@ -325,6 +349,7 @@ def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore, and the presets' resolver in OmegaConf. Idempotent."""
     OmegaConf.register_new_resolver("preset_slug", preset_slug, replace=True)
     OmegaConf.register_new_resolver("qk_sniffer.hydra_dir", hydra_dir, replace=True)
+    OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="bench_schema", node=BenchAppConfig)

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 
 from ..core.config import DatasetConfig
 from ..core.errors import UserError
+from .stats import DataStats
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,6 @@ class Batch:
     @property
     def num_tokens(self) -> int:
         return sum(e.length for e in self.examples)
-
-
-@dataclass
-class DataStats:
-    skipped_empty: int = 0
-    examples: int = 0
-    tokens: int = 0
-    truncated: int = 0
-    # Texts cut to the model's position limit because tokenizer.max_length was null.
-    truncated_to_model_limit: int = 0
-    lengths: list[int] = field(default_factory=list)
 
 
 def stable_id(value: Any) -> int:

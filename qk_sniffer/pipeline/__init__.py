@@ -10,6 +10,8 @@
   :mod:`.memory_table` the memory table of docs/performance.md
 - :mod:`.weights`   a local checkpoint's identity: the digest of its files
 - :mod:`.sweep`     where each job of a multirun writes when output.dir names one dir
+- :mod:`.embedded`  the default model and tokenizer as Python objects (``qk_sniffer.embedded_model()``)
+- :mod:`.first_minute` what a newcomer waits for, timed (``qk_sniffer.bench bench.mode=first_minute``)
 
 May import: publish, analysis, tracking, the capture, the store, inputs and the core; never the commands.
 """

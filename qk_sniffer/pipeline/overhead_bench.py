@@ -57,7 +57,7 @@ class BenchSetup:
         return sum(b.num_tokens for b in self.batches)
 
 
-BENCH_MODES = ("overhead", "long_context")
+BENCH_MODES = ("overhead", "long_context", "first_minute")
 
 
 def check_bench(cfg: BenchAppConfig) -> None:

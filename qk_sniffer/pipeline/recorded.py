@@ -21,7 +21,8 @@ from ..capture.samplers import Sampler
 from ..core.config import CaptureConfig, Config, DatasetConfig, ModelConfig, TokenizerConfig
 from ..inputs.data import DataStats
 from ..publish import documents
-from ..publish.metadata import check_release_of_dir, final_metadata, run_metadata
+from ..publish.metadata import final_metadata
+from ..publish.run_metadata import check_release_of_dir, run_metadata
 from ..store import RunInfo, Store
 from ..store.manifest import model_identity, recipe_id, recipe_of
 from ..store.writer import PartWriter

@@ -31,14 +31,16 @@ from ..inputs.sources import load_rows
 from ..inputs.tokenization import encoder, load_tokenizer, pad_id, token_strings
 from ..publish import documents, hub
 from ..publish.branches import branch_name, dataset_url
-from ..publish.metadata import check_release_of_dir, final_metadata, run_metadata
+from ..publish.metadata import final_metadata
+from ..publish.run_metadata import check_release_of_dir, run_metadata
 from ..publish.sync import pull_before_run
 from ..store import RunInfo, Store
 from ..store.compact import compact_store
 from ..store.manifest import model_identity, recipe_id, recipe_of
 from ..store.resume import ResumeFilter
 from ..store.writer import PartWriter
-from ..tracking import Tracker, make_tracker
+from ..tracking.summary import EndSummary
+from ..tracking.tracker import Tracker, make_tracker
 from .budget import Budget, run_budget
 from .dry_run import example_length
 from .plan import CapturePlan, load_checked, plan_capture
@@ -59,6 +61,8 @@ class RunResult:
     phases: dict[str, float] = field(default_factory=dict)
     # Examples skipped because their rows were already durable in output.dir (resume / merge).
     resumed_examples: int = 0
+    # What the dir's dataset holds once the run ended, its card and figures: printed at the end.
+    summary: EndSummary | None = None
 
 
 def resolve_output_dir(cfg: Config) -> Path:
@@ -151,7 +155,8 @@ def run(cfg: Config) -> RunResult:
             resumed_examples=prep.resume.skipped,
         )
         phases["total_s"] = time.perf_counter() - t_start
-        tracker.summary(result, writer.bytes_written, dataset_url(cfg), current_figures(prep.out_dir))
+        result.summary = _end_summary(cfg, prep.store)
+        tracker.summary(result, writer.bytes_written, result.summary.dataset_url, result.summary.figures)
     finally:
         tracker.finish()
     if result.skipped_empty:
@@ -165,6 +170,18 @@ def run(cfg: Config) -> RunResult:
             prep.out_dir,
         )
     return result
+
+
+def _end_summary(cfg: Config, store: Store) -> EndSummary:
+    view = store.view()
+    return EndSummary(
+        store.root,
+        {config: view.rows(config) for config in view.configs},
+        card=store.paths.card if store.paths.card.is_file() else None,
+        figures=current_figures(store.root),
+        dataset_url=dataset_url(cfg),
+        figures_off=not cfg.report.enabled,
+    )
 
 
 def _prepare(cfg: Config) -> Prepared:

@@ -11,14 +11,14 @@ import os
 from typing import Any
 
 from ..capture.heads import check_ranges, select_heads
-from ..capture.models import ModelLayout
+from ..capture.layout import ModelLayout
 from ..capture.positions import PositionLimit
 from ..capture.samplers import INT32_MAX, SAMPLERS, parameter_problems
 from ..core.config import DTYPES, Config, setting, unknown_keys
 from ..core.errors import UserError
 from ..hub.gitref import branch_problem
 from ..inputs.sources import LOCAL_BUILDERS
-from ..tracking import choose_mode
+from ..tracking.wandb_run import choose_mode
 
 OUTPUT_MODES = ("append", "replace")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")

@@ -39,11 +39,17 @@ LAYOUT_LABELS = {
     "linear_attention_layers": "Layers without softmax attention (state-space, linear; not captured)",
     "q_heads_per_layer": "Query heads per layer (0: no attention)",
     "kv_heads_per_layer": "Key/value heads per layer (0: no attention)",
-    "head_dims": "head_dim per layer (0: no attention)",
+    "head_dims": "Head dim per layer (0: no attention)",
     "partial_rotary_factor": "Rotated fraction of head_dim",
     "position_encoding": "Position encoding",
     "alibi_slopes": "ALiBi slope per query head (logit = scale * q.k + slope * key position)",
     "query_prescale": "Factor already in the captured query (its attention then scales q.k by 1)",
+}
+# Per-layer fields recorded only for families whose layers differ; empty, every layer has the uniform value.
+PER_LAYER_OF = {
+    "head_dims": "head_dim",
+    "q_heads_per_layer": "num_q_heads",
+    "kv_heads_per_layer": "num_kv_heads",
 }
 # Layout fields with one value per query head (not per layer, even when both counts agree).
 PER_HEAD = ("alibi_slopes",)
@@ -156,7 +162,7 @@ def _body(summary: DiskSummary, meta: dict[str, Any], where: str, branch: str | 
         "| column | type | meaning |",
         "|---|---|---|",
         "| bucket | int32 | sampler bucket of the position |",
-        "| example_id | int64 | id of the source example |",
+        "| example_id | int64 | the source text: its id (integer, or a string hashed to int64) or row |",
         "| position | int32 | token position in the example (0-based) |",
         "| vector | fixed_size_list<float32> | the query or key vector of that head |",
         "| sliding_window | int32 | the layer's window, null on full-attention layers |",
@@ -234,7 +240,6 @@ def _release_lines(meta: dict[str, Any]) -> list[str]:
 
 def _source_section(meta: dict[str, Any]) -> list[str]:
     dataset = meta.get("dataset", {})
-    tokenizer = meta.get("tokenizer", {})
     source = f"`{dataset.get('path')}`" + (f" (config `{dataset['name']}`)" if dataset.get("name") else "")
     lines = [
         "## Source data",
@@ -246,9 +251,8 @@ def _source_section(meta: dict[str, Any]) -> list[str]:
         lines.append(f"- First {dataset['max_samples']} rows")
     if int(dataset.get("num_shards") or 1) > 1:
         lines.append(f"- Shard {dataset.get('shard_index')} of {dataset.get('num_shards')}")
-    tokenizer_name = f"`{tokenizer['name']}`" if tokenizer.get("name") else "the model's own"
     lines += [
-        f"- Tokenizer: {tokenizer_name}, "
+        f"- Tokenizer: {_tokenizer(meta)}, "
         + (f"max_length {meta['max_length']}" if meta.get("max_length") else "texts not truncated"),
         f"- Captured: {meta.get('examples', 0)} examples, {meta.get('tokens', 0)} tokens"
         + (f", {meta['skipped_empty']} empty texts skipped" if meta.get("skipped_empty") else "")
@@ -260,6 +264,17 @@ def _source_section(meta: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _tokenizer(meta: dict[str, Any]) -> str:
+    """Which tokenizer made the token ids, as the run chose it (inputs.tokenization.load_tokenizer)."""
+    if meta.get("dataset", {}).get("path") == "synthetic":
+        return "none (random token ids, dataset=synthetic)"
+    if (meta.get("tokenizer") or {}).get("name"):
+        return f"`{meta['tokenizer']['name']}`"
+    if (meta.get("model") or {}).get("name"):
+        return f"the model's own (`{meta['model']['name']}`)"
+    return "the small tokenizer shipped with qk_sniffer (`qk_sniffer/resources/tokenizer.json`)"
 
 
 def _sampling_section(meta: dict[str, Any]) -> list[str]:
@@ -297,6 +312,10 @@ def _layout_section(layout: dict[str, Any]) -> list[str]:
     for key in [*first, *(k for k in layout if k not in first)]:
         value = layout[key]
         label = LAYOUT_LABELS.get(key, key.replace("_", " ").capitalize())
+        if key in PER_LAYER_OF and not value:
+            uniform = label.split(" (")[0]  # "(0: no attention)" says nothing when every layer is the same
+            lines.append(f"- {uniform}: {layout.get(PER_LAYER_OF[key], '?')} in every layer")
+            continue
         lines.append(f"- {label}: {_layout_value(key, value, num_layers)}")
     return [*lines, ""]
 

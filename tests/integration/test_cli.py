@@ -19,10 +19,13 @@ def parquet_files(root: Path) -> list[Path]:
 def test_default_run_works_offline_and_says_where(tmp_path):
     proc = run_cli([], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("qk_sniffer: wrote ") and " to " in last
-    out_dir = Path(last.rsplit(" to ", 1)[1])
+    wrote = next(line for line in proc.stdout.splitlines() if line.startswith("qk_sniffer: wrote "))
+    out_dir = Path(wrote.rsplit(" to ", 1)[1])
     assert out_dir.is_relative_to(tmp_path / "outputs")
+    # The end summary: what the dataset holds, the card and figures, and what to run next.
+    assert f"card:    {out_dir / 'README.md'}" in proc.stdout
+    assert f"figures: {out_dir / 'figures'}/ (" in proc.stdout
+    assert f"python -m qk_sniffer.publish output.dir={out_dir} " in proc.stdout
     ds = load_dataset(str(out_dir), "l00h00q", split="train")
     assert ds.num_rows > 0
     assert set(ds.column_names) == {"bucket", "example_id", "position", "vector", "sliding_window"}
@@ -32,8 +35,10 @@ def test_default_run_works_offline_and_says_where(tmp_path):
 def test_help_and_cfg_job(tmp_path):
     helped = run_cli(["--help"], cwd=tmp_path)
     assert helped.returncode == 0
-    for group in ("model:", "sampler:", "dataset:", "capture:"):
+    for group in ("model:", "sampler: all, log_bucket, uniform, uniform_8192", "dataset:", "capture:"):
         assert group in helped.stdout
+    # The presets only, never the schemas they extend; and where every key is explained.
+    assert "_schema" not in helped.stdout and "docs/configuration.md" in helped.stdout
     shown = run_cli(["--cfg", "job", "sampler=uniform", "sampler.bucket_size=64"], cwd=tmp_path)
     assert shown.returncode == 0
     assert "bucket_size: 64" in shown.stdout and "name: uniform" in shown.stdout

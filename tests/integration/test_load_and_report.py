@@ -166,9 +166,8 @@ def test_logit_by_distance_equals_a_direct_computation_on_loaded_rows(out, monke
     layout = json.loads((out / METADATA).read_text())["layout"]
     parts = committed_parts(out)
     streamed = report_data.logit_by_distance(parts, layout)
-    # Tiny budgets: one example per group and a few query rows per block, the paths a big dir takes.
+    # A tiny budget: one example per group, the path a big dir takes.
     monkeypatch.setattr(report_data, "PAIR_BUDGET_BYTES", 1)
-    monkeypatch.setattr(report_data, "PAIR_BLOCK", 50)
     small = report_data.logit_by_distance(parts, layout)
     group = layout["num_q_heads"] // layout["num_kv_heads"]
     assert sorted(streamed.sums) == [(layer, h) for layer in (0, 1) for h in range(4)]
@@ -216,6 +215,16 @@ def test_figures_of_older_data_are_not_linked_and_the_report_redraws_them(out, t
     assert coverage.shape[0] >= 200
     assert "(figures/coverage.png)" in (copy / CARD).read_text()
     assert not list(Path(tmp_path).glob(".hydra")) and not (tmp_path / "outputs").exists()
+
+
+def test_a_rerun_that_wrote_nothing_draws_no_figure(out, tmp_path):
+    copy = tmp_path / "capture"
+    shutil.copytree(out, copy)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (copy / FIGURES_DIR).iterdir()}
+    capture(copy, "sampler=all", "capture.layers=[0,1]", "report.enabled=true")  # every example is done
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (copy / FIGURES_DIR).iterdir()}
+    assert after == before
+    assert "(figures/coverage.png)" in (copy / CARD).read_text()
 
 
 @pytest.mark.parametrize("target", ["missing", "absent", "empty", "not-a-capture"])

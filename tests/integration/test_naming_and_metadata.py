@@ -9,7 +9,7 @@ from helpers import compose_cfg, save_checkpoint, write_jsonl
 from qk_sniffer.pipeline.runner import run
 from qk_sniffer.publish.branches import branch_name
 from qk_sniffer.store.layout import METADATA
-from qk_sniffer.tracking import run_name
+from qk_sniffer.tracking.wandb_run import run_name
 
 
 def test_model_name_given_alone_renames_the_slug_branch_and_run(tmp_path):

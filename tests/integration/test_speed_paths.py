@@ -290,6 +290,26 @@ def test_bench_cli_user_error_exits_2(tmp_path):
     )
 
 
+def test_bench_first_minute_figures_part_draws_a_committed_capture(tmp_path):
+    """The figures half of ``bench.mode=first_minute`` (its command half only times the CLI)."""
+    from qk_sniffer.analysis.figures import current_figures
+    from qk_sniffer.pipeline import first_minute
+
+    rows = first_minute.write_capture(tmp_path, 12 * 4096)  # one 4096-token example in each of 12 configs
+    assert rows == 12 * 4096
+    times = first_minute.figure_times(tmp_path, repeats=1)
+    assert times["figures_aggregates_s"] > 0 and times["figures_total_s"] > 0
+    assert len(current_figures(tmp_path)) == 5
+
+
+def test_bench_unknown_mode_is_one_message(tmp_path):
+    proc = run_cli([*TINY_BENCH, "bench.mode=fast"], cwd=tmp_path, module="qk_sniffer.bench")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "qk_sniffer: error: bench.mode='fast' is unknown; choose one of capture, first_minute"
+    )
+
+
 OPTIONAL = ("datasets", "wandb", "dotenv", "submitit")
 # transformers itself imports huggingface_hub, so it cannot be blocked; our own modules must not import it
 # (nor the others) at module level.

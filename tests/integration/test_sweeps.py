@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qk_sniffer.pipeline.plan import plan_capture
 from qk_sniffer.pipeline.sweep import ROW_CHOOSING, chooses_rows_only
-from qk_sniffer.publish.metadata import run_metadata
+from qk_sniffer.publish.run_metadata import run_metadata
 from qk_sniffer.store.manifest import model_identity, recipe_of
 
 # A value for each key a sweep may vary inside one dir (ROW_CHOOSING), to show it changes no recipe.

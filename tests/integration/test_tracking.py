@@ -19,12 +19,12 @@ import pytest
 import torch
 from helpers import compose_cfg, read_configs, run_cli
 
-from qk_sniffer import tracking
 from qk_sniffer.capture.rows import Block, RowKeys
 from qk_sniffer.capture.stats import CaptureStats
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.inputs.data import Batch, Example
 from qk_sniffer.pipeline.runner import run
+from qk_sniffer.tracking import progress, wandb_run
 
 SECRET = "hf_" + "qkSnifferTestSecret0123456789abcdef"
 
@@ -149,6 +149,7 @@ def test_offline_run_log_holds_config_one_point_per_batch_and_the_exported_rows(
         ],
         cwd=tmp_path,
         env={"HF_TOKEN": SECRET},
+        process=True,  # wandb's log file is complete once its process has exited
     )
     assert proc.returncode == 0, proc.stderr
     [log_path] = wandb_logs(tmp_path)
@@ -238,6 +239,7 @@ def test_a_two_value_multirun_gives_two_runs_in_one_group(tmp_path):
             "dataset.max_samples=2",
         ],
         cwd=tmp_path,
+        process=True,  # wandb's log files are complete once its process has exited
     )
     assert proc.returncode == 0, proc.stderr
     logs = {int(p.relative_to(sweep).parts[0]): read_wandb_log(p) for p in wandb_logs(sweep)}
@@ -309,22 +311,24 @@ def test_an_unknown_mode_is_a_user_error_before_anything_is_written(tmp_path, mo
 def test_mode_choice(tmp_path):
     no_netrc = {"NETRC": str(tmp_path / "missing")}
     note = "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`"
-    assert tracking.choose_mode("disabled", {"WANDB_MODE": "online"}) == ("disabled", None)
-    assert tracking.choose_mode(None, {**no_netrc, "WANDB_MODE": "disabled"}) == ("disabled", None)
-    assert tracking.choose_mode(None, {**no_netrc, "WANDB_MODE": "dryrun"}) == ("offline", None)
-    assert tracking.choose_mode(None, no_netrc) == ("offline", note)
-    assert tracking.choose_mode("online", no_netrc) == ("offline", note)
-    assert tracking.choose_mode(None, {**no_netrc, "WANDB_API_KEY": "x" * 40}) == ("online", None)
+    assert wandb_run.choose_mode("disabled", {"WANDB_MODE": "online"}) == ("disabled", None)
+    assert wandb_run.choose_mode(None, {**no_netrc, "WANDB_MODE": "disabled"}) == ("disabled", None)
+    assert wandb_run.choose_mode(None, {**no_netrc, "WANDB_MODE": "dryrun"}) == ("offline", None)
+    assert wandb_run.choose_mode(None, no_netrc) == ("offline", note)
+    assert wandb_run.choose_mode("online", no_netrc) == ("offline", note)
+    assert wandb_run.choose_mode(None, {**no_netrc, "WANDB_API_KEY": "x" * 40}) == ("online", None)
     netrc_file = tmp_path / "netrc"
     netrc_file.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
     netrc_file.chmod(0o600)
-    assert tracking.choose_mode(None, {"NETRC": str(netrc_file)}) == ("online", None)
-    assert tracking.choose_mode(None, {"NETRC": str(netrc_file), "WANDB_BASE_URL": "https://wb.example"}) == (
+    assert wandb_run.choose_mode(None, {"NETRC": str(netrc_file)}) == ("online", None)
+    assert wandb_run.choose_mode(
+        None, {"NETRC": str(netrc_file), "WANDB_BASE_URL": "https://wb.example"}
+    ) == (
         "offline",
         note,
     )
     with pytest.raises(UserError, match=r"^WANDB_MODE='sometimes' is unknown; choose one of online, offline"):
-        tracking.choose_mode(None, {"WANDB_MODE": "sometimes"})
+        wandb_run.choose_mode(None, {"WANDB_MODE": "sometimes"})
 
 
 def test_secrets_never_reach_the_logged_config():
@@ -334,7 +338,7 @@ def test_secrets_never_reach_the_logged_config():
         "capture": {"token_strings": True},
         "extra": [{"api_token": "a" * 40, "token_budget": "123"}],
     }
-    assert tracking.strip_secrets(config) == {
+    assert wandb_run.strip_secrets(config) == {
         "output": {"hub": {"repo_id": "me/qk", "private": False}},
         "tokenizer": {"name": "Qwen/Qwen3-8B", "max_length": None},
         "capture": {"token_strings": True},
@@ -391,19 +395,21 @@ def _tiny_batches(n: int) -> list[Batch]:
 def test_progress_bar_shows_tokens_per_second_and_eta_on_a_terminal(monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    bar = tracking.ProgressBar(True, total_examples=4)
+    bar = progress.ProgressBar(True, total_examples=4)
     for batch in _tiny_batches(3):
         bar.update(batch, wall_s=0.5)
     bar.close()
     last = terminal.getvalue().split("\r")[-1]
-    # 3 of 4 examples, an ETA ("<" remaining), tokens/s: 300 tokens in at least 0.5 s, so at most 600.
-    assert re.search(r"capture:\s+75%.*\| 3/4 \[\d\d:\d\d<\d\d:\d\d, .*ex/s, ([\d,]+) tok/s\]", last), last
+    # 3 of 4 examples, an ETA ("<" remaining), the tokens so far and their rate: 300 in at least 0.5 s.
+    assert re.search(
+        r"capture:\s+75%.*\| 3/4 \[\d\d:\d\d<\d\d:\d\d, .*ex/s, 300 tok, ([\d,]+) tok/s\]", last
+    ), last
     rate = int(re.search(r"([\d,]+) tok/s", last).group(1).replace(",", ""))
     assert 0 < rate <= 600
 
 
 def test_progress_bar_is_silent_when_stderr_is_not_a_terminal(capsys):
-    bar = tracking.ProgressBar(True, total_examples=4)
+    bar = progress.ProgressBar(True, total_examples=4)
     for batch in _tiny_batches(4):
         bar.update(batch, wall_s=0.1)
     bar.close()

@@ -155,7 +155,7 @@ def test_body_describes_model_source_sampler_layout_and_notes(capture):
         "- Revision: `abc123`",
         "- dtype: bfloat16, attention backend: sdpa",
         "- Dataset: `viktoroo/longbench-pro-128k-plus`, split `test`, text column `text`, ids from `id`",
-        "- Tokenizer: the model's own, max_length 131072",
+        "- Tokenizer: the model's own (`Qwen/Qwen3-8B`), max_length 131072",
         "- Captured: 2 examples, 300 tokens",
         "- Vectors: queries and keys at capture point `post_rope` (as the attention sees them, after the "
         "rotation), float32",
@@ -262,6 +262,31 @@ def test_random_weight_model_without_notes(tmp_path):
     assert "- Random weights (seed 3)" in body
     assert "- Sliding windows: none" in body
     assert "## Notes" not in body
+    # What the embedded default really uses, not "the model's own" (it has none) or "none" for head dims.
+    tokenizer = (
+        "- Tokenizer: the small tokenizer shipped with qk_sniffer (`qk_sniffer/resources/tokenizer.json`)"
+    )
+    assert any(line.startswith(tokenizer) for line in body)
+
+
+@pytest.mark.parametrize(
+    ("head_dims", "shown"),
+    [
+        ([], "- Head dim per layer: 4 in every layer"),
+        ([4, 8, 4, 8], "- Head dim per layer (0: no attention): 4: layers 0, 2; 8: layers 1, 3"),
+    ],
+)
+def test_head_dims_say_what_every_layer_has(tmp_path, head_dims, shown):
+    meta = {**METADATA, "layout": {**METADATA["layout"], "head_dims": head_dims}}
+    _, body = split_card(card.render(write_capture(tmp_path, meta)))
+    assert shown in body
+    assert not any(line.startswith("- Head dims") for line in body)
+
+
+def test_a_synthetic_dataset_names_no_tokenizer(tmp_path):
+    meta = {**METADATA, "dataset": {"path": "synthetic", "split": "train", "text_column": "text"}}
+    _, body = split_card(card.render(write_capture(tmp_path, meta)))
+    assert any(line.startswith("- Tokenizer: none (random token ids, dataset=synthetic)") for line in body)
 
 
 def test_unpinned_revision_and_no_max_length_are_said_plainly(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qk_sniffer.capture.heads import select_heads
-from qk_sniffer.capture.models import ModelLayout
+from qk_sniffer.capture.layout import ModelLayout
 from qk_sniffer.core.config import CaptureConfig, HeadSamplingConfig
 from qk_sniffer.core.errors import UserError
 

@@ -1,0 +1,163 @@
+"""``python -m qk_sniffer.bench bench.mode=first_minute``: what a newcomer waits for, timed.
+
+- ``make run``: ``python -m qk_sniffer`` (the embedded default) into a fresh dir, on warm caches (one untimed
+  run first), with its figures and with ``report.enabled=false``;
+- ``--help`` and ``dry_run=true``;
+- the figures of a capture of ``bench.figure_rows`` rows (written the way a run commits them: 2 layers,
+  4 query and 2 key heads, head_dim 64, every position of 4096-token examples): the aggregates and the
+  drawing, in this process, imports already paid.
+
+Every command runs in a fresh interpreter, as a user starts it; medians of ``bench.repeats``. The load
+average is recorded with the figures (they mean little on a busy machine). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..analysis.figures import render_figures
+from ..analysis.loading import committed_parts
+from ..analysis.numbers import coverage, logit_by_distance, norm_stats
+from ..capture.gather import schema
+from ..capture.samplers import AllSampler
+from ..core.config import BenchAppConfig
+from ..inputs.data import token_hash
+from ..store import RunInfo, Store
+from ..store.layout import METADATA
+from ..store.manifest import model_identity, recipe_id
+from ..store.writer import PartWriter
+
+LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM, SEQ_LEN = 2, 4, 2, 64, 4096
+
+
+def seconds(action: Callable[[], Any], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def command(args: list[str], cwd: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "qk_sniffer", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m qk_sniffer {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+
+
+def write_capture(root: Path, rows: int, seed: int = 0) -> int:
+    """A committed capture of about ``rows`` rows: every position of 4096-token examples, for each of
+    2 layers x (4 query + 2 key) heads, one commit per example. Returns the rows written."""
+    rng = np.random.default_rng(seed)
+    sampler = AllSampler()
+    recorded = {"name": sampler.name, **sampler.params()}
+    layout = {"model_type": "bench", "num_layers": LAYERS, "num_q_heads": Q_HEADS, "num_kv_heads": KV_HEADS}
+    metadata = {"model": {"name": "bench"}, "sampler": recorded, "layout": {**layout, "head_dim": HEAD_DIM}}
+    recipe = {"sampler": recorded}
+    configs = [
+        f"l{layer:02d}h{head:02d}{kind}"
+        for layer in range(LAYERS)
+        for kind, heads in (("q", Q_HEADS), ("k", KV_HEADS))
+        for head in range(heads)
+    ]
+    examples = max(1, round(rows / (len(configs) * SEQ_LEN)))
+    run = "00000f165e00"
+    store = Store(root)
+    info = RunInfo(run, recipe_id(recipe), (0, 1), configs)
+    positions = np.arange(SEQ_LEN, dtype=np.int32)
+    with store.registered(info, recipe, model_identity(metadata), "append"):
+        writer = PartWriter(root, "000", run, store.committer(info.recipe, run, "000"))
+        for example in range(examples):
+            tables = [(config, _table(rng, example, positions)) for config in configs]
+            # No text stands behind these rows: the commit's content digest is of stand-in token ids.
+            digest = token_hash([example] * SEQ_LEN)
+            writer.submit(partial(list, tables), [(example, example, SEQ_LEN, digest, tuple(configs))])
+        writer.close()
+    (root / METADATA).write_text(json.dumps(metadata))
+    return examples * SEQ_LEN * len(configs)
+
+
+def _table(rng: np.random.Generator, example: int, positions: np.ndarray) -> pa.Table:
+    count = len(positions)
+    flat = pa.array(rng.standard_normal(count * HEAD_DIM, dtype=np.float32))
+    return pa.table(
+        {
+            "bucket": pa.array(positions),
+            "example_id": pa.array(np.full(count, example, dtype=np.int64)),
+            "position": pa.array(positions),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, HEAD_DIM),
+            "sliding_window": pa.nulls(count, pa.int32()),
+        },
+        schema=schema(HEAD_DIM, token_strings=False),
+    )
+
+
+def figure_times(root: Path, repeats: int) -> dict[str, float]:
+    parts = committed_parts(root)
+    layout = json.loads((root / METADATA).read_text())["layout"]
+    render_figures(root)  # warm: imports, fonts, the page cache
+    aggregate = seconds(
+        lambda: (norm_stats(parts), coverage(parts, layout), logit_by_distance(parts, layout)), repeats
+    )
+    total = seconds(lambda: render_figures(root), repeats)
+    return {"figures_aggregates_s": statistics.median(aggregate), "figures_total_s": statistics.median(total)}
+
+
+def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
+    repeats = cfg.bench.repeats
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="qk_first_minute_") as tmp:
+        work = Path(tmp)
+        fresh = iter(range(10**6))
+        command([f"output.dir={work / 'warm'}"], work)  # caches warm, as on a second try
+
+        def make_run(*extra: str) -> None:
+            command([f"output.dir={work / f'run{next(fresh)}'}", *extra], work)
+
+        record: dict[str, Any] = {
+            "make_run_s": statistics.median(seconds(make_run, repeats)),
+            "make_run_no_figures_s": statistics.median(
+                seconds(lambda: make_run("report.enabled=false"), repeats)
+            ),
+            "help_s": statistics.median(seconds(lambda: command(["--help"], work), repeats)),
+            "dry_run_s": statistics.median(seconds(lambda: command(["dry_run=true"], work), repeats)),
+        }
+        figure_root = work / "figures-capture"
+        record["figure_rows"] = write_capture(figure_root, cfg.bench.figure_rows)
+        record.update(figure_times(figure_root, repeats))
+    record["figures_s_per_million_rows"] = record["figures_total_s"] / (record["figure_rows"] / 1e6)
+    record["repeats"] = repeats
+    record["load_avg_1m"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    record["cpus"] = os.cpu_count()
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}
+
+
+def format_table(record: dict[str, Any]) -> str:
+    lines = [
+        f"qk_sniffer first minute: medians of {record['repeats']} on {record['cpus']} CPUs, load average "
+        f"{record['load_avg_1m'][0]} -> {record['load_avg_1m'][1]}",
+        f"  make run (warm caches)            {record['make_run_s']:>8.2f} s",
+        f"  make run, report.enabled=false    {record['make_run_no_figures_s']:>8.2f} s",
+        f"  --help                            {record['help_s']:>8.2f} s",
+        f"  dry_run=true                      {record['dry_run_s']:>8.2f} s",
+        f"  figures of {record['figure_rows']:,} rows: {record['figures_total_s']:.2f} s "
+        f"({record['figures_aggregates_s']:.2f} s aggregates), {record['figures_s_per_million_rows']:.2f} s "
+        "per million rows",
+    ]
+    return "\n".join(lines)

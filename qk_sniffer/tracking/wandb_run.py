@@ -1,0 +1,227 @@
+"""The W&B side of a run: which mode, what the run is called, the config it shows, and the sink that logs
+one history point per batch. ``wandb`` is imported only when a run is wanted; when it is missing, disabled,
+or fails, the capture goes on with the progress bar alone: watching a capture must never be what breaks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import netrc
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import OmegaConf
+
+from ..capture.samplers import KINDS
+from ..core.config import Config
+from ..core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "offline", "disabled")
+# Older spellings wandb itself still accepts in $WANDB_MODE.
+MODE_ALIASES = {"dryrun": "offline", "run": "online"}
+DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+MAX_GROUP_CHARS = 128
+SECRET_PREFIXES = ("hf_", "sk-", "ghp_", "gho_", "github_pat_", "wandb_", "api_")
+LONG_OPAQUE = re.compile(r"[A-Za-z0-9_\-]{32,}")
+
+
+# ------------------------------------------------------------------------------------------ mode and naming
+
+
+def choose_mode(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """(mode, note): ``wandb.mode``, else $WANDB_MODE, else online with an API key; online without a key
+    becomes offline with a note, so a run never stops at a login prompt."""
+    if explicit is not None:
+        if explicit not in MODES:
+            raise UserError(f"wandb.mode={explicit!r} is unknown; choose one of {', '.join(MODES)} (or null)")
+        mode = explicit
+    elif environ.get("WANDB_MODE"):
+        value = environ["WANDB_MODE"]
+        mode = MODE_ALIASES.get(value, value)
+        if mode not in MODES:
+            raise UserError(f"WANDB_MODE={value!r} is unknown; choose one of {', '.join(MODES)}")
+    else:
+        mode = "online"
+    if mode == "online" and not has_api_key(environ):
+        return "offline", (
+            "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`"
+        )
+    return mode, None
+
+
+def has_api_key(environ: Mapping[str, str]) -> bool:
+    """A key in the environment or in the netrc file wandb itself reads; never asks for one."""
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST).hostname
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def run_name(cfg: Config, metadata: dict[str, Any]) -> str:
+    """``wandb.name``, else ``<model>-<sampler>-<dataset>`` from the same slugs the Hub branch uses."""
+    if cfg.wandb.name:
+        return str(cfg.wandb.name)
+    model = cfg.model.slug or _last_part(cfg.model.name) or metadata["layout"].get("model_type") or "model"
+    dataset = cfg.dataset.slug or _last_part(cfg.dataset.path) or "dataset"
+    return f"{model}-{metadata['sampler']['name']}-{dataset}"
+
+
+def _last_part(value: str | None) -> str:
+    return value.rstrip("/").split("/")[-1] if value else ""
+
+
+def _hydra_config() -> Any | None:
+    """Hydra's runtime config when this process runs under ``@hydra.main`` (not under ``compose``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_group(hydra: Any | None) -> str | None:
+    """In a multirun, the sweep dir: every job of one sweep lands in one W&B group."""
+    from hydra.types import RunMode
+
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hydra.sweep.dir))
+    if sweep_dir.is_absolute() and sweep_dir.is_relative_to(Path.cwd()):
+        sweep_dir = sweep_dir.relative_to(Path.cwd())
+    return str(sweep_dir)[-MAX_GROUP_CHARS:]
+
+
+def wandb_dir(hydra: Any | None, environ: Mapping[str, str]) -> str | None:
+    """$WANDB_DIR, else the Hydra run (or sweep job) dir, next to its config and log. Never output.dir:
+    that dir is the dataset (everything in it is pushed to the Hub) and must stay claimable."""
+    if environ.get("WANDB_DIR"):
+        return environ["WANDB_DIR"]
+    if hydra is not None:
+        return str(hydra.runtime.output_dir)
+    return None  # wandb's own default: ./wandb
+
+
+# ------------------------------------------------------------------------------------------ the run's config
+
+
+def run_config(cfg: Config, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config W&B shows and filters on; secrets never reach it."""
+    selection = metadata.get("selection", {})
+    config = {
+        "model": metadata["model"],
+        "layout": metadata["layout"],
+        "dataset": metadata["dataset"],
+        "tokenizer": metadata["tokenizer"],
+        "sampler": metadata["sampler"],
+        "capture": metadata["capture"],
+        "inference": _plain(cfg.inference),
+        "output": _plain(cfg.output),
+        "captured_heads": {kind: sum(len(h) for h in selection.get(kind, {}).values()) for kind in KINDS},
+    }
+    stripped = strip_secrets(config)
+    assert isinstance(stripped, dict)
+    return stripped
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else asdict(node)
+
+
+def strip_secrets(node: Any) -> Any:
+    """Drop every key naming a token whose value looks like a credential, at any depth."""
+    if isinstance(node, dict):
+        return {
+            key: strip_secrets(value)
+            for key, value in node.items()
+            if not ("token" in str(key).lower() and looks_secret(value))
+        }
+    if isinstance(node, list):
+        return [strip_secrets(value) for value in node]
+    return node
+
+
+def looks_secret(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(SECRET_PREFIXES) or bool(LONG_OPAQUE.fullmatch(value))
+    )
+
+
+# ------------------------------------------------------------------------------------------ the sink
+
+
+class WandbSink:
+    """One W&B run: one history point per batch, with its timings and its rows."""
+
+    def __init__(self, run: Any) -> None:
+        self.run: Any = run
+        self._step = 0
+        self._total_rows = 0
+
+    def batch(self, metrics: dict[str, float], by_kind: dict[str, int]) -> None:
+        batch_rows = sum(by_kind.values())
+        self._total_rows += batch_rows
+        point = {**metrics, **{f"rows/{kind}": n for kind, n in by_kind.items()}}
+        point.update({"rows/batch": batch_rows, "rows/cumulative": self._total_rows})
+        self._call(lambda run: run.log(point, step=self._step))
+        self._step += 1
+
+    def close(self, summary: dict[str, Any], charts: dict[str, Any]) -> None:
+        # Same step as the last batch: W&B merges these into that point instead of adding one.
+        self._call(lambda run: run.log(charts, step=max(self._step - 1, 0)))
+        self._call(lambda run: run.summary.update(summary))
+
+    def finish(self, failed: bool) -> None:
+        """A run that never reached its summary is marked failed in W&B."""
+        self._call(lambda run: run.finish(exit_code=1 if failed else 0))
+        self.run = None
+
+    def _call(self, action: Callable[[Any], Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            action(self.run)
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
+            log.warning("W&B logging failed (%s); the capture goes on without W&B", exc)
+            run, self.run = self.run, None
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+
+
+def start_wandb(cfg: Config, metadata: dict[str, Any], mode: str, note: str | None) -> WandbSink | None:
+    """A W&B run for this job, or None (wandb missing or failing to start: noted, never fatal)."""
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed: W&B tracking is off for this run (pip install wandb)")
+        return None
+    if note:
+        log.warning(note)
+    hydra = _hydra_config()
+    try:
+        run = wandb.init(
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            name=run_name(cfg, metadata),
+            group=cfg.wandb.group or sweep_group(hydra),
+            tags=[str(tag) for tag in cfg.wandb.tags],
+            job_type="capture",
+            config=run_config(cfg, metadata),
+            dir=wandb_dir(hydra, os.environ),
+            # Never "online" without credentials (see choose_mode), so wandb has nothing to prompt for.
+            mode=mode,  # type: ignore[arg-type] # one of MODES
+        )
+    except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
+        log.warning("could not start W&B (%s); the capture goes on without it", exc)
+        return None
+    return WandbSink(run)
