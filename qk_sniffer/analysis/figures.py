@@ -21,7 +21,6 @@ from .loading import CommittedPart, committed_parts
 
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = FIGURES
 INDEX = "figures.json"
 
 
@@ -48,7 +47,7 @@ def render_figures(root: Path) -> list[Path]:
     figures = draw_all(
         norm_stats(parts), coverage(parts, layout), logit_by_distance(parts, layout), _layers(layout)
     )
-    out = root / FIGURES_DIR
+    out = root / FIGURES
     previous = _index(root).get("figures", [])
     # Until every PNG is replaced the record matches no data: a crash midway never passes a mix of old
     # and new figures off as current.
@@ -81,7 +80,7 @@ def _layers(layout: dict[str, object]) -> int:
 
 
 def _index(root: Path) -> dict[str, list[str] | str]:
-    path = root / FIGURES_DIR / INDEX
+    path = root / FIGURES / INDEX
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
@@ -96,7 +95,7 @@ def current_figures(root: Path) -> list[Path]:
     except UserError:
         return []
     names = index.get("figures", []) if fresh else []
-    return [p for p in (root / FIGURES_DIR / f"{n}.png" for n in names) if p.is_file()]
+    return [p for p in (root / FIGURES / f"{n}.png" for n in names) if p.is_file()]
 
 
 def figure_section(root: Path) -> list[str]:
@@ -106,13 +105,13 @@ def figure_section(root: Path) -> list[str]:
         lines = ["## Figures", ""]
         for path in figures:
             title = path.stem.replace("_", " ").capitalize()
-            lines += [f"![{title}]({FIGURES_DIR}/{path.name})", ""]
+            lines += [f"![{title}]({FIGURES}/{path.name})", ""]
         return lines
-    if (root / FIGURES_DIR / INDEX).exists():
+    if (root / FIGURES / INDEX).exists():
         return [
             "## Figures",
             "",
-            f"The figures in `{FIGURES_DIR}/` were drawn from older data; redraw them with "
+            f"The figures in `{FIGURES}/` were drawn from older data; redraw them with "
             "`python -m qk_sniffer.report output.dir=<this dir>`.",
             "",
         ]

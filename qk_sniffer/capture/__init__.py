@@ -2,7 +2,8 @@
 
 Owns everything about the model side: reading a family's layout (:mod:`.models`, :mod:`.support`,
 :mod:`.positions`, ALiBi slopes in :mod:`.alibi`) and measuring its heads per layer from the attention calls
-(:mod:`.shapes`), the attention-registry tap (:mod:`.tap`, calls named by the decoder layer running them,
+(:mod:`.shapes`), the attention-registry tap (:mod:`.tap`, pre-RoPE vectors rebuilt from the rotary calls in
+:mod:`.pre_rope`, calls named by the decoder layer running them,
 :mod:`.decoder_layers`; every private transformers attribute in :mod:`.compat`) and the taps at the own
 seams of attention written outside the registry (:mod:`.module_tap`), which positions and heads are kept
 (:mod:`.samplers`, :mod:`.heads`), the capture session and its pipelined loop (:mod:`.session`, rows in

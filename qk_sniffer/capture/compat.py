@@ -72,10 +72,6 @@ def unregister_attention(name: str) -> None:
     AttentionMaskInterface._global_mapping.pop(name, None)
 
 
-def registered_attention_names() -> set[str]:
-    return set(AttentionInterface._global_mapping) | set(AttentionMaskInterface._global_mapping)
-
-
 @contextmanager
 def attention_implementation(configs: Iterable[PretrainedConfig], name: str) -> Iterator[None]:
     """Point each config at the registered attention ``name`` while the context is open; restore after."""

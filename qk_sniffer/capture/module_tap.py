@@ -28,17 +28,8 @@ from torch import Tensor
 
 from .chunking import ChunkSizes
 from .compat import modeling_module, module_globals, rotary_functions
-from .tap import (
-    AttentionCallback,
-    LayerWatch,
-    RotaryCall,
-    RotaryStash,
-    StopForward,
-    attention_modules,
-    attention_tap,
-    exclusive_session,
-    pre_rope_pair,
-)
+from .pre_rope import RotaryCall, RotaryStash, pre_rope_pair
+from .tap import AttentionCallback, LayerWatch, StopForward, attention_tap, exclusive_session
 
 # (attention module, query (B, Hq, S, D), key (B, Hkv, S, D), their pre-RoPE pair where the seam itself
 # knows it, else None): what a seam hands over.
@@ -250,14 +241,6 @@ def seam_modules(backbone: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, 
                 if seam is not None and path == seam.path and seam.applies(module):
                     found[index] = (module, seam)
     return found
-
-
-def tapped_layers(backbone: torch.nn.Module) -> list[int]:
-    """The layers whose q and k the tap for this model reaches: its seams', or the registry modules'."""
-    seams = seam_modules(backbone)
-    if seams:
-        return sorted(seams)
-    return sorted(int(m.layer_idx) for m in attention_modules(backbone))  # type: ignore[arg-type]
 
 
 # (layer, window, post-RoPE query, post-RoPE key, the rotary calls made since the previous layer's).

@@ -34,10 +34,11 @@ from .heads import HeadSelection
 from .logits import attention_problems
 from .models import ModelLayout, backbone_of, text_config
 from .module_tap import seam_modules, seam_reference
+from .pre_rope import EarlierKeys, pre_rope_pair, pre_rope_query, rotary_call
 from .rows import Block, KeysNotTokens
 from .samplers import AllSampler, Sampler
 from .shapes import loaded_layout
-from .tap import EarlierKeys, attention_modules, pre_rope_pair, pre_rope_query, rotary_call
+from .tap import attention_modules
 
 TOLERANCE = 1e-4  # float32, absolute, per vector component
 

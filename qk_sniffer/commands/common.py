@@ -68,6 +68,8 @@ def command(
 
         @functools.wraps(task)
         def main() -> None:
+            nonlocal entered
+            entered = False  # per call: a process (a notebook, the tests) may call main more than once
             try:
                 app()
             except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ..analysis.figures import FIGURES_DIR, capture_layout, render_figures
+from ..analysis.figures import capture_layout, render_figures
 from ..core.config import register_configs
 from ..publish import documents
 from ..store.files import DamagedFile, read_json
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
         except (FileNotFoundError, DamagedFile):
             synced = {}
         documents.settle(store, repo_id=synced.get("repo_id"), branch=synced.get("branch"))
-    print(f"qk_sniffer.report: wrote {len(paths)} figures to {store.root / FIGURES_DIR}")
+    print(f"qk_sniffer.report: wrote {len(paths)} figures to {store.paths.figures}")
 
 
 if __name__ == "__main__":

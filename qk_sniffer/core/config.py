@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +369,8 @@ def register_configs() -> None:
     # The benchmark's sampler (the original tool's timing setup): a named option, so `sampler=log_bucket`
     # still composes in the bench without inheriting uniform-only keys.
     cs.store(group="sampler", name="uniform_8192", node=UniformSamplerConfig(base_rate=1.0, bucket_size=8192))
+
+
+def plain(node: Any) -> Any:
+    """A config node (OmegaConf) or a schema dataclass as plain Python containers, interpolations resolved."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else asdict(node)

@@ -24,3 +24,8 @@ def parse_config_name(name: str) -> tuple[int, int, str] | None:
     """(layer, head, kind) of a config name, None for anything else."""
     match = CONFIG_NAME.match(name)
     return (int(match[1]), int(match[2]), match[3]) if match else None
+
+
+def last_part(value: object) -> str:
+    """The last segment of a Hub id or a path (``Qwen/Qwen3-8B`` -> ``Qwen3-8B``); empty for none."""
+    return str(value).rstrip("/").split("/")[-1] if value else ""

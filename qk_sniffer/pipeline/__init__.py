@@ -5,6 +5,7 @@
 - :mod:`.dry_run`   what a run would do and hold, written nowhere
 - :mod:`.budget`    the memory budget: each batch's chunk sizes, the refusal of a plan that cannot fit
 - :mod:`.runner`    prepare -> load -> register -> capture -> settle -> push
+- :mod:`.signals`   SIGINT/SIGTERM: finish the batch, commit, exit 128+N
 - :mod:`.recorded`  writing a notebook Recording into a capture dir, as a run would
 - :mod:`.overhead_bench`, :mod:`.long_bench`  the benchmarks (``python -m qk_sniffer.bench``);
   :mod:`.memory_table` the memory table of docs/performance.md

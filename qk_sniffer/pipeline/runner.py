@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,6 +41,7 @@ from ..tracking.tracker import Tracker, make_tracker
 from .budget import Budget, run_budget
 from .dry_run import example_length
 from .plan import CapturePlan, load_checked, plan_capture
+from .signals import RunInterrupted, StopSignals
 from .sweep import job_output_dir
 from .weights import checkpoint_digest, local_checkpoint
 
@@ -377,54 +375,6 @@ def config_names(selection: HeadSelection, widths: tuple[int, int]) -> list[str]
         for kind in KINDS
         for head in selection.heads(layer, kind)
     )
-
-
-class RunInterrupted(UserError):
-    """SIGINT/SIGTERM: everything complete was committed; the same command resumes."""
-
-    def __init__(self, signum: int, out_dir: Path, committed: int) -> None:
-        self.signum = signum
-        # The shell convention for "ended by signal N", so schedulers see an interrupt, not a bad input.
-        self.exit_code = 128 + signum
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name}: the {committed} examples this run completed are "
-            f"saved and recorded in output.dir={str(out_dir)!r}; run the same command again to resume "
-            "(completed examples are skipped)"
-        )
-
-
-class StopSignals:
-    """During capture, SIGINT/SIGTERM ask the loop to stop after the current batch, so everything complete
-    is flushed and committed before exiting. A second signal stops at once (committed rows stay valid)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # Python only allows handlers there
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
-        log.warning(
-            "%s received: finishing the current batch and committing what is complete (send it again "
-            "to stop at once)",
-            signal.Signals(signum).name,
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 def _take_over(store: Store, rid: str, taken: list[str], run_id: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..core.config import Config, HubConfig
 from ..core.errors import UserError
+from ..core.naming import last_part
 from ..hub.gitref import branch_problem
 
 BRANCH_SAFE = re.compile(r"[^a-z0-9._-]+")
@@ -24,16 +25,12 @@ def default_branch(model_slug: str, dataset_slug: str) -> str:
     )
 
 
-def _last_part(value: Any) -> str:
-    return str(value).rstrip("/").split("/")[-1] if value else ""
-
-
 def _model_slug(model: Any, fallback: str) -> str:
-    return str(_get(model, "slug") or _last_part(_get(model, "name")) or fallback)
+    return str(_get(model, "slug") or last_part(_get(model, "name")) or fallback)
 
 
 def _dataset_slug(dataset: Any) -> str:
-    return str(_get(dataset, "slug") or _last_part(_get(dataset, "path")) or "")
+    return str(_get(dataset, "slug") or last_part(_get(dataset, "path")) or "")
 
 
 def _get(node: Any, key: str) -> Any:

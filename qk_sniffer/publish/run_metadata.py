@@ -5,7 +5,6 @@ that only read a capture dir use."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -17,7 +16,7 @@ from ..capture.layout import ModelLayout
 from ..capture.points import CapturePoint
 from ..capture.probe import how_checked
 from ..capture.samplers import Sampler
-from ..core.config import Config
+from ..core.config import Config, plain
 
 
 def run_metadata(
@@ -40,11 +39,11 @@ def run_metadata(
     return {
         "model": model,
         "layout": layout.record(),
-        "dataset": _dataset_keys(_plain(cfg.dataset)),
-        "tokenizer": _plain(cfg.tokenizer),
+        "dataset": _dataset_keys(plain(cfg.dataset)),
+        "tokenizer": plain(cfg.tokenizer),
         "max_length": cfg.tokenizer.max_length,
         "sampler": {"name": sampler.name, **sampler.params()},
-        "capture": _plain(cfg.capture),
+        "capture": plain(cfg.capture),
         "capture_point": CapturePoint.of(cfg.capture.pre_rope).value,
         "selection": {
             "q": {str(k): list(v) for k, v in selection.q_heads.items()},
@@ -90,7 +89,3 @@ def _dataset_keys(dataset: dict[str, Any]) -> dict[str, Any]:
     if dataset.get("path") == "synthetic":
         return dataset
     return {k: v for k, v in dataset.items() if k not in SYNTHETIC_ONLY}
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else asdict(node)

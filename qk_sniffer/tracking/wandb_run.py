@@ -11,16 +11,14 @@ import netrc
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from omegaconf import OmegaConf
-
 from ..capture.samplers import KINDS
-from ..core.config import Config
+from ..core.config import Config, plain
 from ..core.errors import UserError
+from ..core.naming import last_part
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +72,9 @@ def run_name(cfg: Config, metadata: dict[str, Any]) -> str:
     """``wandb.name``, else ``<model>-<sampler>-<dataset>`` from the same slugs the Hub branch uses."""
     if cfg.wandb.name:
         return str(cfg.wandb.name)
-    model = cfg.model.slug or _last_part(cfg.model.name) or metadata["layout"].get("model_type") or "model"
-    dataset = cfg.dataset.slug or _last_part(cfg.dataset.path) or "dataset"
+    model = cfg.model.slug or last_part(cfg.model.name) or metadata["layout"].get("model_type") or "model"
+    dataset = cfg.dataset.slug or last_part(cfg.dataset.path) or "dataset"
     return f"{model}-{metadata['sampler']['name']}-{dataset}"
-
-
-def _last_part(value: str | None) -> str:
-    return value.rstrip("/").split("/")[-1] if value else ""
 
 
 def _hydra_config() -> Any | None:
@@ -125,17 +119,13 @@ def run_config(cfg: Config, metadata: dict[str, Any]) -> dict[str, Any]:
         "tokenizer": metadata["tokenizer"],
         "sampler": metadata["sampler"],
         "capture": metadata["capture"],
-        "inference": _plain(cfg.inference),
-        "output": _plain(cfg.output),
+        "inference": plain(cfg.inference),
+        "output": plain(cfg.output),
         "captured_heads": {kind: sum(len(h) for h in selection.get(kind, {}).values()) for kind in KINDS},
     }
     stripped = strip_secrets(config)
     assert isinstance(stripped, dict)
     return stripped
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else asdict(node)
 
 
 def strip_secrets(node: Any) -> Any:
