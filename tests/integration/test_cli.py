@@ -98,8 +98,12 @@ def test_multirun_into_one_output_dir_gives_each_recipe_its_subdir_and_one_summa
 
 def test_an_unreachable_hub_is_one_message_that_names_offline_mode(tmp_path):
     offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+    # A fresh process: huggingface_hub and datasets read HF_ENDPOINT and the offline flags when imported.
     proc = run_cli(
-        ["dataset.path=nobody/no-such-dataset", f"output.dir={tmp_path}/out"], cwd=tmp_path, env=offline
+        ["dataset.path=nobody/no-such-dataset", f"output.dir={tmp_path}/out"],
+        cwd=tmp_path,
+        env=offline,
+        process=True,
     )
     assert proc.returncode == 2, proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("qk_sniffer: error:")]

@@ -20,13 +20,14 @@ from matplotlib.image import imread
 
 import qk_sniffer
 from qk_sniffer.analysis import numbers as report_data
-from qk_sniffer.analysis.figures import FIGURES_DIR, INDEX, figure_section
+from qk_sniffer.analysis.figures import INDEX, figure_section
 from qk_sniffer.analysis.loading import committed_parts
 from qk_sniffer.capture.samplers import build_sampler
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.hub import download as hub_download
 from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store.layout import CARD, METADATA
+from qk_sniffer.store.layout import FIGURES as FIGURES_DIR
 
 FIGURES = {
     "rows_per_bucket",

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from qk_sniffer.commands import publish
 from qk_sniffer.core.errors import UserError
-from qk_sniffer.pipeline import runner
+from qk_sniffer.pipeline import plan, runner
 from qk_sniffer.publish import hub
 from qk_sniffer.publish.branches import branch_name
 from qk_sniffer.store import Store
@@ -94,7 +94,7 @@ def test_invalid_or_reserved_branch_is_a_user_error(branch):
 
 def test_offline_hub_stops_the_run_before_the_model_loads(fake, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(runner, "load_model", lambda *a: pytest.fail("the model loaded"))
+    monkeypatch.setattr(plan, "load_model", lambda *a: pytest.fail("the model loaded"))
     out = tmp_path / "capture"
     start = time.perf_counter()
     with pytest.raises(UserError) as err:
@@ -106,7 +106,7 @@ def test_offline_hub_stops_the_run_before_the_model_loads(fake, monkeypatch, tmp
 
 def test_no_token_stops_naming_the_repo(fake, monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.setattr(runner, "load_model", lambda *a: pytest.fail("the model loaded"))
+    monkeypatch.setattr(plan, "load_model", lambda *a: pytest.fail("the model loaded"))
     with pytest.raises(UserError, match=f"^output.hub.repo_id='{REPO}': cannot push: no Hugging Face token"):
         run_capture(tmp_path / "capture", *push_overrides())
     assert not (tmp_path / "capture").exists()
@@ -314,9 +314,9 @@ def test_publish_cli_rejects_bad_arguments(fake, tmp_path, capsys, monkeypatch):
     for argv, message, code in [
         ([f"output.hub.repo_id={REPO}"], "output.dir is required", 2),
         ([f"output.dir={tmp_path}"], "output.hub.repo_id is required", 2),
-        # Hydra's own compose errors name the key (exit 1, as for the main app)
-        ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}", "output.hub.nope=1"], "output.hub.nope", 1),
-        (["model.name=x"], "model.name", 1),
+        # Hydra's own compose errors name the key (exit 2, a user error, as for the main app)
+        ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}", "output.hub.nope=1"], "output.hub.nope", 2),
+        (["model.name=x"], "model.name", 2),
         ([f"output.dir={tmp_path / 'missing'}", f"output.hub.repo_id={REPO}"], "does not exist", 2),
         ([f"output.dir={tmp_path}", f"output.hub.repo_id={REPO}"], "holds no qk-sniffer capture", 2),
     ]:

@@ -306,7 +306,8 @@ def test_bench_unknown_mode_is_one_message(tmp_path):
     proc = run_cli([*TINY_BENCH, "bench.mode=fast"], cwd=tmp_path, module="qk_sniffer.bench")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "qk_sniffer: error: bench.mode='fast' is unknown; choose one of capture, first_minute"
+        "qk_sniffer: error: invalid bench configuration:\n"
+        "  - bench.mode='fast' is unknown; choose one of overhead, long_context, first_minute"
     )
 
 

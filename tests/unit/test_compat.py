@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from helpers import tiny_model
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
 
 from qk_sniffer.capture import compat
 
@@ -36,7 +37,8 @@ def test_attention_implementation_and_module_globals_are_restored():
         compat.unregister_attention("qk_test")
     assert model.config._attn_implementation == before
     assert mod.apply_rotary_pos_emb is original
-    assert "qk_test" not in compat.registered_attention_names()
+    registered = set(AttentionInterface._global_mapping) | set(AttentionMaskInterface._global_mapping)
+    assert "qk_test" not in registered
     assert compat.eager_attention(module) is mod.eager_attention_forward
     assert compat.routes_attention(type(model)) and isinstance(module, torch.nn.Module)
 
