@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from ..core.errors import UserError
-from .compat import modeling_module, module_globals
 
 # Decoder-layer children that hold the feed-forward block, across families (Llama's ``mlp``, LFM2's and
 # Jamba's ``feed_forward``); an MoE block under these names is token-wise too (routing is per token).
@@ -219,6 +218,10 @@ def token_chunking(
 ) -> Iterator[None]:
     """Slice the token-wise modules of ``backbone`` (decoder ``layers``) by ``sizes.tokens`` while the
     context is open."""
+    # Here, not at the top: compat loads transformers' modeling code, which a dry run (it reads ChunkSizes
+    # and the memory model only) never needs.
+    from .compat import modeling_module, module_globals
+
     modules = token_wise_modules(backbone, layers)
     attention = [c for layer in layers for c in layer.children() if type(c).__name__.endswith("Attention")]
     rotary_owners = {modeling_module(module) for module in attention}
