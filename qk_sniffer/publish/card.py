@@ -311,6 +311,8 @@ def _layout_section(layout: dict[str, Any]) -> list[str]:
     first = [k for k in LAYOUT_FIRST if k in layout]
     for key in [*first, *(k for k in layout if k not in first)]:
         value = layout[key]
+        if _not_applicable(key, value, layout):
+            continue
         label = LAYOUT_LABELS.get(key, key.replace("_", " ").capitalize())
         if key in PER_LAYER_OF and not value:
             uniform = label.split(" (")[0]  # "(0: no attention)" says nothing when every layer is the same
@@ -318,6 +320,28 @@ def _layout_section(layout: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"- {label}: {_layout_value(key, value, num_layers)}")
     return [*lines, ""]
+
+
+# Fields that describe one way of encoding positions: said only for models that use it.
+ROPE_FIELDS = (
+    "rope",
+    "rope_type",
+    "rope_theta",
+    "rope_scaling",
+    "rope_by_layer_type",
+    "partial_rotary_factor",
+    "nope_layers",
+)
+ONLY_WHEN_SET = ("alibi_slopes", "query_prescale")
+
+
+def _not_applicable(key: str, value: Any, layout: dict[str, Any]) -> bool:
+    """A field that says nothing about this model: RoPE settings of a model without RoPE (GPT-2's learned
+    positions, BLOOM's ALiBi), ALiBi slopes or a query prescale it does not have."""
+    if key in ONLY_WHEN_SET:
+        return value is None or value == [] or value == ()
+    rotates = layout.get("position_encoding", "rope") == "rope"
+    return not rotates and key in ROPE_FIELDS
 
 
 def _layout_value(key: str, value: Any, num_layers: Any) -> str:

@@ -298,3 +298,28 @@ def test_unpinned_revision_and_no_max_length_are_said_plainly(tmp_path):
     assert "Revision: `main`" not in body
     assert "texts not truncated" in body and "max_length None" not in body
     assert "presets reproduce the original runs' settings and heads, not their rows" in body
+
+
+def test_the_layout_says_only_what_applies_to_the_models_position_encoding(tmp_path):
+    """GPT-2 (learned positions) has no RoPE settings and no ALiBi slopes to list; BLOOM's slopes are shown
+    per query head, and OPT's query prescale where it has one."""
+    absolute = {
+        **METADATA["layout"],
+        "position_encoding": "absolute",
+        "alibi_slopes": [],
+        "query_prescale": None,
+    }
+    gpt2 = {**METADATA, "layout": absolute, "notes": []}
+    _, body = split_card(card.render(write_capture(tmp_path / "gpt2", gpt2)))
+    layout = body[body.index("## Layer layout") : body.index("## Columns")]
+    assert "- Position encoding: absolute" in layout
+    assert not [line for line in layout if "RoPE" in line or "rotation" in line or "ALiBi" in line]
+    assert not [line for line in layout if "Factor already in the captured query" in line]
+
+    alibi = {**absolute, "position_encoding": "alibi", "alibi_slopes": [0.5, 0.25, 0.125, 0.0625]}
+    prescaled = {**alibi, "query_prescale": 0.25}
+    bloom = {**METADATA, "layout": prescaled, "notes": []}
+    _, body = split_card(card.render(write_capture(tmp_path / "bloom", bloom)))
+    assert any(line.startswith("- ALiBi slope per query head") and "0.0625" in line for line in body)
+    assert "- Factor already in the captured query (its attention then scales q.k by 1): 0.25" in body
+    assert not [line for line in body if line.startswith("- RoPE")]
