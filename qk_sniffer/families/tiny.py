@@ -117,6 +117,13 @@ WINDOW_KEYS = ("sliding_window", "attention_chunk_size", "window_size")
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     # GPT-Neo lists its layers' kinds as (pattern, repeats): one global and one local layer.
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+    # DBRX's attention reads attn_config.rope_theta, which its default attention config (5.25) leaves out,
+    # and clamps q/k/v by clip_qkv, which defaults to None (torch.clamp refuses two Nones); the published
+    # checkpoints state both (500000, 8). A tiny MoE and two key heads, as the others shrink to.
+    "dbrx": {
+        "attn_config": {"rope_theta": 500000.0, "kv_n_heads": 2, "clip_qkv": 8.0},
+        "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2},
+    },
 }
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
