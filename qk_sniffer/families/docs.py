@@ -23,8 +23,10 @@ FAMILY_NOTES = {
     "head is a routing slot, not a fixed projection.",
     "deepseek_v4": "its compressed and sparse layers attend to compressed entries besides the tokens: "
     "those keys have no token position, so the family is refused (`keys_not_tokens`).",
-    "gemma3n": "its vision tower is a timm model: building it needs `timm` (and `torchvision`), which "
-    "this sweep's environment lacks.",
+    "gemma3n": "its vision tower is a timm model: building it needs `timm` and a `torchvision` built for the "
+    "installed torch (`pip install -e '.[vision]'`, with torchvision from the same index as torch). The "
+    "sweep's CPU machine reaches only PyPI's CUDA torchvision, which does not load with the CPU torch, so "
+    "the family is unmeasured there; its text decoder is measured as `gemma3n_text`.",
     "fast_vlm": "its vision tower is a timm model (see gemma3n).",
     "perception_lm": "its vision tower is a timm model (see gemma3n).",
 }
