@@ -18,6 +18,7 @@ from .files import atomic_file, fsync_dir, sha256_of
 from .layout import part_name
 from .manifest import Commit, PartFile, write_commit
 from .store import Store
+from .writer import parquet_options
 
 
 def compact_store(store: Store, run_id: str) -> int:
@@ -72,7 +73,8 @@ def _merge(root: Path, config: str, name: str, parts: list[PartFile]) -> PartFil
     rows = 0
     target = root / config / name
     with atomic_file(target) as f:
-        writer = pq.ParquetWriter(f, pq.ParquetFile(root / parts[0].rel).schema_arrow, compression="zstd")
+        schema = pq.ParquetFile(root / parts[0].rel).schema_arrow
+        writer = pq.ParquetWriter(f, schema, **parquet_options(schema))
         for part in parts:
             source = pq.ParquetFile(root / part.rel)
             for i in range(source.num_row_groups):

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,11 +34,24 @@ class DiskWriteError(UserError):
     """Writing to output.dir failed (disk full, permissions): nothing of that flush is claimed."""
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How every part file is encoded (the writer's and compaction's): zstd; dictionaries for the integer
+    and string columns; the vector's floats byte-stream-split (their sign and exponent bytes, grouped,
+    compress; a dictionary of float values overflows and falls back, leaving files bigger than the raw
+    floats). Measured on 16k rows of head_dim 64: random float32 0.88 of raw size (1.10 with
+    dictionaries), float32 holding bf16 values 0.38 (0.40); writing 4x and reading 2x faster."""
+    return {
+        "compression": "zstd",
+        "use_dictionary": [name for name in schema.names if name != "vector"],
+        "column_encoding": {"vector.list.element": "BYTE_STREAM_SPLIT"} if "vector" in schema.names else None,
+    }
+
+
 def write_part(root: Path, config: str, name: str, table: pa.Table) -> PartFile:
     """Write one part file (temp, fsync, rename) and describe it as a commit records it."""
     path = root / config / name
     with atomic_file(path) as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(table, f, **parquet_options(table.schema))
     return PartFile(config, name, table.num_rows, path.stat().st_size, sha256_of(path))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from helpers import compose_cfg, read_configs, rows
 
@@ -95,15 +96,28 @@ def test_replace_swaps_the_configs_for_the_new_recipe_and_keeps_the_rest(tmp_pat
     assert {p.relative_to(out).as_posix() for p in out.glob("l*/*.parquet")} == manifest.referenced()
 
 
+def assert_encoded_as_the_writer_does(out: Path) -> None:
+    """Every part: the vector's floats byte-stream-split (no dictionary, which overflows on floats and
+    leaves files bigger than the raw vectors), dictionaries for the integer columns."""
+    for path in out.glob("l*/*.parquet"):
+        meta = pq.ParquetFile(path).metadata.row_group(0)
+        encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+        assert "BYTE_STREAM_SPLIT" in encodings["vector.list.element"], path
+        assert "RLE_DICTIONARY" not in encodings["vector.list.element"], path
+        assert "RLE_DICTIONARY" in encodings["position"], path
+
+
 def test_compaction_leaves_one_file_per_config_and_the_same_rows(tmp_path):
     out = tmp_path / "out"
     capture(out, "capture.layers=[0]")
     capture(out, "capture.layers=[1]", "sampler.base_rate=0.5")
     before = rows(out)
     assert len(list((out / "l00h00q").glob("*.parquet"))) > 1
+    assert_encoded_as_the_writer_does(out)
     assert compact(Store(out)) == 12
     assert rows(out) == before
     assert all(len(list(d.glob("*.parquet"))) == 1 for d in out.glob("l*"))
+    assert_encoded_as_the_writer_does(out)
     # Still resumable after compaction: the same command finds every example durable.
     assert capture(out, "capture.layers=[0]").rows == 0
     assert rows(out) == before
