@@ -156,7 +156,9 @@ def read_config(root: Path, elsewhere: Collection[str] = (), *, config: str) -> 
     # The files are read side by side (in order), as pyarrow's own multi-file read does.
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
         tables = list(pool.map(lambda f: f.read(columns=COLUMNS), files))
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    # Parts of one config may differ in the vector floats' declared nullability (files written before they
+    # were declared non-null): the same values, concatenated under the wider type.
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     buckets = owned(table.column("bucket").to_numpy())
     return ConfigRows(
         config=config,

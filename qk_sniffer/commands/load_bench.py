@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..analysis.loading import COLUMNS, load
-from ..capture.gather import schema
+from ..capture.gather import schema, vector_array
 from ..capture.samplers import LogBucketSampler
 from ..store import RunInfo, Store
 from ..store.layout import METADATA
@@ -46,13 +46,12 @@ def write_config(root: Path, rows: int, head_dim: int, parts: int, seed: int = 0
         writer = PartWriter(root, "000", run, store.committer(info.recipe, run, "000"))
         for index, count in enumerate(np.diff(np.linspace(0, rows, parts + 1).astype(np.int64))):
             positions = rng.integers(0, 131072, count).astype(np.int32)
-            flat = pa.array(rng.standard_normal(count * head_dim, dtype=np.float32))
             table = pa.table(
                 {
                     "bucket": pa.array(sampler.buckets(positions.astype(np.int64)).astype(np.int32)),
                     "example_id": pa.array(np.sort(rng.integers(0, 1000, count))),
                     "position": pa.array(positions),
-                    "vector": pa.FixedSizeListArray.from_arrays(flat, head_dim),
+                    "vector": vector_array(rng.standard_normal((count, head_dim), dtype=np.float32)),
                     "sliding_window": pa.nulls(count, pa.int32()),
                 },
                 schema=schema(head_dim, token_strings=False),

@@ -31,7 +31,7 @@ import pyarrow as pa
 from ..analysis.figures import render_figures
 from ..analysis.loading import committed_parts
 from ..analysis.numbers import coverage, logit_by_distance, norm_stats
-from ..capture.gather import schema
+from ..capture.gather import schema, vector_array
 from ..capture.samplers import AllSampler
 from ..core.config import BenchAppConfig
 from ..inputs.data import token_hash
@@ -95,13 +95,12 @@ def write_capture(root: Path, rows: int, seed: int = 0) -> int:
 
 def _table(rng: np.random.Generator, example: int, positions: np.ndarray) -> pa.Table:
     count = len(positions)
-    flat = pa.array(rng.standard_normal(count * HEAD_DIM, dtype=np.float32))
     return pa.table(
         {
             "bucket": pa.array(positions),
             "example_id": pa.array(np.full(count, example, dtype=np.int64)),
             "position": pa.array(positions),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, HEAD_DIM),
+            "vector": vector_array(rng.standard_normal((count, HEAD_DIM), dtype=np.float32)),
             "sliding_window": pa.nulls(count, pa.int32()),
         },
         schema=schema(HEAD_DIM, token_strings=False),

@@ -73,13 +73,15 @@ def _merge(root: Path, config: str, name: str, parts: list[PartFile]) -> PartFil
     rows = 0
     target = root / config / name
     with atomic_file(target) as f:
-        schema = pq.ParquetFile(root / parts[0].rel).schema_arrow
+        sources = [pq.ParquetFile(root / part.rel) for part in parts]
+        # The newest part's schema: older parts may declare the vector's floats nullable (files written
+        # before they were declared non-null); they hold no null, and cast to it unchanged.
+        schema = sources[-1].schema_arrow
         writer = pq.ParquetWriter(f, schema, **parquet_options(schema))
-        for part in parts:
-            source = pq.ParquetFile(root / part.rel)
+        for source in sources:
             for i in range(source.num_row_groups):
                 table = source.read_row_group(i)
-                writer.write_table(table)
+                writer.write_table(table if table.schema.equals(schema) else table.cast(schema))
                 rows += table.num_rows
         writer.close()
     fsync_dir(target.parent)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from datasets import load_dataset
 from helpers import compose_cfg, read_configs, rows
 
+from qk_sniffer import load
+from qk_sniffer.capture import gather
 from qk_sniffer.commands.compact import compact
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.pipeline.runner import run
@@ -121,3 +125,38 @@ def test_compaction_leaves_one_file_per_config_and_the_same_rows(tmp_path):
     # Still resumable after compaction: the same command finds every example durable.
     assert capture(out, "capture.layers=[0]").rows == 0
     assert rows(out) == before
+
+
+def loaded_rows(out: Path) -> list[tuple]:
+    """(example_id, position, vector) of config l00h00q as ``qk_sniffer.load`` reads it, sorted."""
+    got = load(out, "l00h00q")
+    vectors = [tuple(v) for v in got.vectors.tolist()]
+    return sorted(zip(got.example_ids.tolist(), got.positions.tolist(), vectors, strict=True))
+
+
+def test_parts_with_nullable_vector_floats_resume_compact_and_load_beside_newer_ones(tmp_path, monkeypatch):
+    """A dir begun before the vector's floats were declared non-null: the run that continues it writes the
+    newer type into the same configs, and every reader, the merge and the compaction take both."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    with monkeypatch.context() as before:
+        before.setattr(gather, "vector_type", lambda head_dim: pa.list_(pa.float32(), head_dim))
+        capture(out, "dataset.max_samples=2")
+    capture(out)
+    floats_nullable = {
+        pq.ParquetFile(p).schema_arrow.field("vector").type.value_field.nullable
+        for p in out.glob("l00h00q/*")
+    }
+    assert floats_nullable == {True, False}
+    capture(fresh)
+    assert rows(out) == rows(fresh)
+    assert loaded_rows(out) == loaded_rows(fresh)
+    loaded = load_dataset(str(out), "l00h00q", split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(zip(loaded["example_id"], loaded["position"], strict=True)) == [
+        r[:2] for r in loaded_rows(fresh)
+    ]
+    assert compact(Store(out)) == len(list(out.glob("l*")))
+    assert rows(out) == rows(fresh)
+    assert_encoded_as_the_writer_does(out)
+    assert (
+        not pq.ParquetFile(next(out.glob("l00h00q/*"))).schema_arrow.field("vector").type.value_field.nullable
+    )

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from qk_sniffer.capture.gather import schema
+from qk_sniffer.capture.gather import schema, vector_array
 from qk_sniffer.core.config import HubConfig
 from qk_sniffer.inputs.data import token_hash
 from qk_sniffer.publish import card
@@ -95,7 +95,7 @@ def table_of(buckets: list[int], vectors: np.ndarray, positions: np.ndarray) -> 
             pa.array(buckets, pa.int32()),
             pa.array(np.arange(n) // 2, pa.int64()),
             pa.array(positions, pa.int32()),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), HEAD_DIM),
+            vector_array(vectors),
             pa.array([None] * n, pa.int32()),
         ],
         schema=schema(HEAD_DIM, token_strings=False),
