@@ -36,7 +36,7 @@ def data_fingerprint(parts: dict[str, list[CommittedPart]]) -> str:
 
 def render_figures(root: Path) -> list[Path]:
     """Draw every figure of ``root`` into ``root/figures/``; returns the PNG paths."""
-    from .numbers import coverage, logit_by_distance, norm_stats
+    from .numbers import aggregates, coverage
     from .plots import PNG_OPTIONS, draw_all
 
     root = root.expanduser()
@@ -44,9 +44,8 @@ def render_figures(root: Path) -> list[Path]:
     parts = committed_parts(root)
     if not parts:
         raise UserError(f"output.dir={str(root)!r} holds no committed rows to draw")
-    figures = draw_all(
-        norm_stats(parts), coverage(parts, layout), logit_by_distance(parts, layout), _layers(layout)
-    )
+    norms, logits = aggregates(parts, layout)
+    figures = draw_all(norms, coverage(parts, layout), logits, _layers(layout))
     out = root / FIGURES
     previous = _index(root).get("figures", [])
     # Until every PNG is replaced the record matches no data: a crash midway never passes a mix of old

@@ -1,6 +1,7 @@
 """The report's numbers, computed from the committed part files with bounded memory.
 
-Norms and counts are running sums over record batches (one batch of rows in memory at a time). The
+Norms and counts are running sums over batches of rows (one batch in memory at a time). For the figures,
+:func:`aggregates` reads every row once: the norm sums are fed by the reads of the logit statistic. The
 logit-by-distance statistic pairs the query rows and key rows of the same example: a first pass reads only
 the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
 whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
@@ -123,44 +124,49 @@ class NormStats:
 
 
 def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
-    """Every config's sums, each config read on a worker thread, then added together in config order."""
-    stats = NormStats()
-    configs = sorted(parts)
+    """Every config's norm sums, each config read on a worker thread."""
     with ThreadPoolExecutor(WORKERS) as pool:
-        for config, one in zip(configs, pool.map(lambda c: _config_norms(c, parts[c]), configs), strict=True):
-            key = parse_config(config)
-            stats.rows_per_bucket.setdefault(key.kind, Sums()).merge(one.rows_per_bucket[key.kind])
-            layer_kind = (key.kind, key.layer)
-            stats.norm_by_layer_bucket.setdefault(layer_kind, Sums()).merge(
-                one.norm_by_layer_bucket[layer_kind]
-            )
-            stats.norm_by_position[config] = one.norm_by_position[config]
-            stats.position_by_bin[config] = one.position_by_bin[config]
-            stats.bucket_positions.setdefault(key.kind, Extents()).merge(one.bucket_positions[key.kind])
+        return _merged(list(pool.map(lambda c: _config_norms(c, parts[c]), sorted(parts))))
+
+
+def _merged(per_config: list[ConfigNorms]) -> NormStats:
+    """The configs' sums added together in config order (the same floats whatever the threads did)."""
+    stats = NormStats()
+    for one in sorted(per_config, key=lambda n: n.config):
+        key = parse_config(one.config)
+        stats.rows_per_bucket.setdefault(key.kind, Sums()).merge(one.rows)
+        stats.norm_by_layer_bucket.setdefault((key.kind, key.layer), Sums()).merge(one.by_bucket)
+        stats.norm_by_position[one.config] = one.by_position
+        stats.position_by_bin[one.config] = one.positions_in_bin
+        stats.bucket_positions.setdefault(key.kind, Extents()).merge(one.extents)
     return stats
 
 
-def _config_norms(config: str, parts: list[CommittedPart]) -> NormStats:
-    """One config's sums, streamed over record batches."""
-    key = parse_config(config)
-    rows, by_bucket, by_position, positions_in_bin, extents = Sums(), Sums(), Sums(), Sums(), Extents()
-    for batch in _batches(parts, ["bucket", "position", "vector"]):
-        buckets = batch["bucket"].to_numpy().astype(np.int64)
-        positions = batch["position"].to_numpy().astype(np.int64)
-        norms = row_norms(vectors_of(batch["vector"]))
-        rows.add(buckets, np.ones(len(buckets)))
-        by_bucket.add(buckets, norms)
+class ConfigNorms:
+    """One config's sums, fed its rows a batch at a time (each row exactly once)."""
+
+    def __init__(self, config: str) -> None:
+        self.config = config
+        self.rows, self.by_bucket, self.by_position, self.positions_in_bin = Sums(), Sums(), Sums(), Sums()
+        self.extents = Extents()
+
+    def add(self, buckets: np.ndarray, positions: np.ndarray, vectors: np.ndarray) -> None:
+        buckets, positions = buckets.astype(np.int64), positions.astype(np.int64)
+        norms = row_norms(vectors)
+        self.rows.add(buckets, np.ones(len(buckets)))
+        self.by_bucket.add(buckets, norms)
         bins = position_bins(positions)
-        by_position.add(bins, norms)
-        positions_in_bin.add(bins, positions.astype(np.float64))
-        extents.add(buckets, positions)
-    return NormStats(
-        {key.kind: rows},
-        {(key.kind, key.layer): by_bucket},
-        {config: by_position},
-        {config: positions_in_bin},
-        {key.kind: extents},
-    )
+        self.by_position.add(bins, norms)
+        self.positions_in_bin.add(bins, positions.astype(np.float64))
+        self.extents.add(buckets, positions)
+
+
+def _config_norms(config: str, parts: list[CommittedPart]) -> ConfigNorms:
+    """One config's sums, streamed over record batches."""
+    norms = ConfigNorms(config)
+    for batch in _batches(parts, ["bucket", "position", "vector"]):
+        norms.add(batch["bucket"].to_numpy(), batch["position"].to_numpy(), vectors_of(batch["vector"]))
+    return norms
 
 
 def row_norms(vectors: np.ndarray) -> np.ndarray:
@@ -211,39 +217,71 @@ class LogitByDistance:
         return self.sums[(layer, q_head)].mean()
 
 
+@dataclass
+class KeyHead:
+    """A key head's config and the configs of the query heads that read it."""
+
+    layer: int
+    kv_head: int
+    keys: str
+    queries: dict[int, str]
+
+
+def key_heads(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> list[KeyHead]:
+    group = int(layout["num_q_heads"]) // int(layout["num_kv_heads"])  # query head h reads KV head h // group
+    names = {(k.layer, k.head, k.kind): c for c in parts for k in [parse_config(c)]}
+    heads = []
+    for (layer, kv, kind), k_config in sorted(names.items()):
+        readers = range(kv * group, (kv + 1) * group)
+        queries = {h: names[(layer, h, "q")] for h in readers if (layer, h, "q") in names}
+        if kind == "k" and queries:
+            heads.append(KeyHead(layer, kv, k_config, queries))
+    return heads
+
+
 def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> LogitByDistance:
+    return _aggregate(parts, layout, norms=False)[1]
+
+
+def aggregates(
+    parts: dict[str, list[CommittedPart]], layout: dict[str, Any]
+) -> tuple[NormStats, LogitByDistance]:
+    """The norm sums and the logits by distance in one read of every row: the rows each key head is paired
+    with feed the norm sums of their configs as they are read; configs no pair reads are read alone."""
+    return _aggregate(parts, layout, norms=True)
+
+
+def _aggregate(
+    parts: dict[str, list[CommittedPart]], layout: dict[str, Any], norms: bool
+) -> tuple[NormStats, LogitByDistance]:
     """Each key head with the query heads that read it, on a worker thread (each within its share of
     :data:`PAIR_BUDGET_BYTES`)."""
-    num_q, num_kv = int(layout["num_q_heads"]), int(layout["num_kv_heads"])
-    group = num_q // num_kv  # query head h reads KV head h // group
     scale = 1.0 / np.sqrt(float(layout["head_dim"]))
     max_rows = max(1, PAIR_BUDGET_BYTES // WORKERS // (int(layout["head_dim"]) * 4 + 16))
-    names = {(k.layer, k.head, k.kind): c for c in parts for k in [parse_config(c)]}
-    work = []
-    for (layer, kv, kind), k_config in sorted(names.items()):
-        q_configs = {
-            h: names[(layer, h, "q")] for h in range(kv * group, (kv + 1) * group) if (layer, h, "q") in names
-        }
-        if kind == "k" and q_configs:
-            work.append((layer, kv, parts[k_config], {h: parts[c] for h, c in q_configs.items()}))
-    result = LogitByDistance()
+    work = key_heads(parts, layout)
+    paired = {c for w in work for c in (w.keys, *w.queries.values())}
+    alone = [c for c in sorted(parts) if c not in paired] if norms else []
+    result, per_config = LogitByDistance(), []
     with ThreadPoolExecutor(WORKERS) as pool:
-        for (layer, kv, _, _), sums in zip(
-            work, pool.map(lambda w: _pairs(w[2], w[3], scale, max_rows), work), strict=True
-        ):
+        pairs = pool.map(lambda w: _pairs(w, parts, scale, max_rows, norms), work)
+        singles = pool.map(lambda c: _config_norms(c, parts[c]), alone)
+        for head, (sums, fed) in zip(work, pairs, strict=True):
             for h, head_sums in sums.items():
-                result.sums[(layer, h)] = head_sums
-                result.kv_head[(layer, h)] = kv
-    return result
+                result.sums[(head.layer, h)] = head_sums
+                result.kv_head[(head.layer, h)] = head.kv_head
+            per_config += fed
+        per_config += list(singles)
+    return _merged(per_config), result
 
 
 def _pairs(
-    k_parts: list[CommittedPart], q_parts: dict[int, list[CommittedPart]], scale: float, max_rows: int
-) -> dict[int, Sums]:
-    """The logit sums of each query head in ``q_parts`` with the key head of ``k_parts``."""
-    k_index = RowIndex(k_parts)
-    q_indexes = {h: RowIndex(p) for h, p in q_parts.items()}
-    sums = {h: Sums() for h in q_parts}
+    head: KeyHead, parts: dict[str, list[CommittedPart]], scale: float, max_rows: int, norms: bool
+) -> tuple[dict[int, Sums], list[ConfigNorms]]:
+    """The logit sums of each query head of ``head`` with its key head; with ``norms``, also the norm sums
+    of every config involved, from the same reads (query rows of examples without keys read for them)."""
+    k_index = RowIndex(parts[head.keys], ConfigNorms(head.keys) if norms else None)
+    q_indexes = {h: RowIndex(parts[c], ConfigNorms(c) if norms else None) for h, c in head.queries.items()}
+    sums = {h: Sums() for h in q_indexes}
     for examples in k_index.groups(list(q_indexes.values()), max_rows):
         keys = k_index.rows(examples)
         queries = {h: q_index.rows(examples) for h, q_index in q_indexes.items()}
@@ -253,7 +291,13 @@ def _pairs(
             prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
             heads = [h for h in q_indexes if example in queries[h]]
             prefix.add_pairs([sums[h] for h in heads], [queries[h][example] for h in heads], scale)
-    return sums
+    if norms:
+        for q_index in q_indexes.values():
+            unpaired = [e for e in q_index.locations if e not in k_index.counts]
+            for examples in q_index.groups([], max_rows, unpaired):
+                q_index.rows(examples)
+    fed = [index.norms for index in (k_index, *q_indexes.values()) if index.norms is not None]
+    return sums, fed
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
@@ -301,8 +345,9 @@ class KeyPrefix:
 class RowIndex:
     """Where each example's rows sit in a config's part files (row groups), from the example_id column."""
 
-    def __init__(self, parts: list[CommittedPart]) -> None:
+    def __init__(self, parts: list[CommittedPart], norms: ConfigNorms | None = None) -> None:
         self.parts = parts
+        self.norms = norms  # fed every row :meth:`rows` reads
         self.counts: dict[int, int] = {}
         self.locations: dict[int, list[tuple[int, int]]] = {}  # example -> [(part, row group)]
         self.held: dict[tuple[int, int], set[int]] = {}  # (part, row group) -> its examples
@@ -316,12 +361,14 @@ class RowIndex:
                     self.counts[value] = self.counts.get(value, 0) + count
                     self.locations.setdefault(value, []).append((p, g))
 
-    def groups(self, others: list[RowIndex], max_rows: int) -> Iterator[list[int]]:
-        """This index's examples, in file order, in groups whose rows here and in ``others`` stay within
-        ``max_rows`` (an example above it forms a group alone)."""
+    def groups(
+        self, others: list[RowIndex], max_rows: int, examples: list[int] | None = None
+    ) -> Iterator[list[int]]:
+        """This index's examples (or ``examples``), in file order, in groups whose rows here and in
+        ``others`` stay within ``max_rows`` (an example above it forms a group alone)."""
         group: list[int] = []
         rows = 0
-        for example in self.locations:
+        for example in self.locations if examples is None else examples:
             n = self.counts[example] + sum(o.counts.get(example, 0) for o in others)
             if group and rows + n > max_rows:
                 yield group
@@ -339,16 +386,19 @@ class RowIndex:
         for p, g in sorted({loc for e in examples for loc in self.locations.get(e, [])}):
             by_part.setdefault(p, []).append(g)
         pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        columns = ["example_id", "position", "vector"] + (["bucket"] if self.norms is not None else [])
         for p, groups in by_part.items():
-            table = pq.ParquetFile(self.parts[p].path).read_row_groups(
-                groups, columns=["example_id", "position", "vector"]
-            )
+            table = pq.ParquetFile(self.parts[p].path).read_row_groups(groups, columns=columns)
             ids = table.column("example_id").to_numpy()
             positions = table.column("position").to_numpy()
             vectors = vectors_of(table.column("vector"))
+            keep = None
             if not all(self.held[(p, g)] <= wanted for g in groups):
                 keep = np.isin(ids, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
                 ids, positions, vectors = ids[keep], positions[keep], vectors[keep]
+            if self.norms is not None:
+                buckets = table.column("bucket").to_numpy()
+                self.norms.add(buckets if keep is None else buckets[keep], positions, vectors)
             pieces.append((ids, positions, vectors))
         if not pieces:
             return {}

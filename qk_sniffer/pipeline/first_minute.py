@@ -5,7 +5,8 @@
 - ``--help`` and ``dry_run=true``;
 - the figures of a capture of ``bench.figure_rows`` rows (written the way a run commits them: 2 layers,
   4 query and 2 key heads, head_dim 64, every position of 4096-token examples): the aggregates and the
-  drawing, in this process, imports already paid.
+  drawing, in this process, imports already paid; and of a quarter of those rows, which splits the time
+  into a cost per million rows (the slope) and the drawing's fixed cost.
 
 Every command runs in a fresh interpreter, as a user starts it; medians of ``bench.repeats``. The load
 average is recorded with the figures (they mean little on a busy machine). The last line is one JSON object.
@@ -30,7 +31,7 @@ import pyarrow as pa
 
 from ..analysis.figures import render_figures
 from ..analysis.loading import committed_parts
-from ..analysis.numbers import coverage, logit_by_distance, norm_stats
+from ..analysis.numbers import aggregates, coverage
 from ..capture.gather import schema, vector_array
 from ..capture.samplers import AllSampler
 from ..core.config import BenchAppConfig
@@ -111,9 +112,7 @@ def figure_times(root: Path, repeats: int) -> dict[str, float]:
     parts = committed_parts(root)
     layout = json.loads((root / METADATA).read_text())["layout"]
     render_figures(root)  # warm: imports, fonts, the page cache
-    aggregate = seconds(
-        lambda: (norm_stats(parts), coverage(parts, layout), logit_by_distance(parts, layout)), repeats
-    )
+    aggregate = seconds(lambda: (aggregates(parts, layout), coverage(parts, layout)), repeats)
     total = seconds(lambda: render_figures(root), repeats)
     return {"figures_aggregates_s": statistics.median(aggregate), "figures_total_s": statistics.median(total)}
 
@@ -140,7 +139,16 @@ def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
         figure_root = work / "figures-capture"
         record["figure_rows"] = write_capture(figure_root, cfg.bench.figure_rows)
         record.update(figure_times(figure_root, repeats))
-    record["figures_s_per_million_rows"] = record["figures_total_s"] / (record["figure_rows"] / 1e6)
+        # A quarter of the rows too: the slope between the two is what each further million rows costs,
+        # the rest is the drawing, the same for any number of rows.
+        quarter = work / "figures-quarter"
+        record["figure_rows_quarter"] = write_capture(quarter, cfg.bench.figure_rows // 4, seed=1)
+        record["figures_total_quarter_s"] = figure_times(quarter, repeats)["figures_total_s"]
+    rows, total = record["figure_rows"], record["figures_total_s"]
+    record["figures_s_per_million_rows"] = total / (rows / 1e6)
+    slope = (total - record["figures_total_quarter_s"]) / (rows - record["figure_rows_quarter"])
+    record["figures_marginal_s_per_million_rows"] = slope * 1e6
+    record["figures_fixed_s"] = total - slope * rows
     record["repeats"] = repeats
     record["load_avg_1m"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     record["cpus"] = os.cpu_count()
@@ -158,5 +166,8 @@ def format_table(record: dict[str, Any]) -> str:
         f"  figures of {record['figure_rows']:,} rows: {record['figures_total_s']:.2f} s "
         f"({record['figures_aggregates_s']:.2f} s aggregates), {record['figures_s_per_million_rows']:.2f} s "
         "per million rows",
+        f"    each further million rows {record['figures_marginal_s_per_million_rows']:.2f} s, drawing "
+        f"{record['figures_fixed_s']:.2f} s (from {record['figure_rows_quarter']:,} rows: "
+        f"{record['figures_total_quarter_s']:.2f} s)",
     ]
     return "\n".join(lines)

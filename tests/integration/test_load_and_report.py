@@ -190,6 +190,40 @@ def test_logit_by_distance_equals_a_direct_computation_on_loaded_rows(out, monke
             assert streamed.kv_head[(layer, h)] == h // group
 
 
+def assert_same_sums(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, sums in expected.items():
+        for name in ("total", "count", "low", "high"):
+            if hasattr(sums, name):
+                np.testing.assert_allclose(getattr(got[key], name), getattr(sums, name), rtol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [report_data.PAIR_BUDGET_BYTES, 1])
+def test_the_figures_one_read_equals_the_norms_and_logits_read_apart(out, tmp_path, monkeypatch, budget):
+    """``aggregates`` feeds the norm sums from the logit statistic's reads: the same numbers as the two
+    passes, also for a key config holding fewer examples than its query heads (their other rows are read
+    for the norms alone), query heads without their key head and a key head without its query heads."""
+    monkeypatch.setattr(report_data, "PAIR_BUDGET_BYTES", budget)
+    layout = json.loads((out / METADATA).read_text())["layout"]
+    fewer = capture(tmp_path / "fewer", "sampler=all", "capture.layers=[0]", "dataset.max_samples=2")
+    parts = committed_parts(out)
+    parts["l00h00k"] = committed_parts(fewer)["l00h00k"]
+    for config in ("l01h01k", "l01h00q", "l01h01q"):
+        del parts[config]
+    norms, logits = report_data.aggregates(parts, layout)
+    apart = report_data.norm_stats(parts)
+    for name in ("rows_per_bucket", "norm_by_layer_bucket", "norm_by_position", "position_by_bin"):
+        assert_same_sums(getattr(norms, name), getattr(apart, name))
+    assert_same_sums(norms.bucket_positions, apart.bucket_positions)
+    alone = report_data.logit_by_distance(parts, layout)
+    assert_same_sums(logits.sums, alone.sums)
+    assert logits.kv_head == alone.kv_head
+    assert sorted(logits.sums) == [(0, 0), (0, 1), (0, 2), (0, 3)]  # layer 1 pairs no head
+    assert norms.rows_per_bucket["q"].count.sum() == sum(
+        p.rows for c in parts if c.endswith("q") for p in parts[c]
+    )
+
+
 def test_norm_statistics_equal_the_loaded_rows(out):
     stats = report_data.norm_stats(committed_parts(out))
     for layer in (0, 1):
