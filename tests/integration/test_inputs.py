@@ -36,6 +36,19 @@ def local(data: Path, *args: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- data files
 
 
+def test_the_embedded_corpus_is_read_as_datasets_reads_it_and_a_wrong_column_is_named(tmp_path):
+    """The shipped corpus is read without ``datasets`` (a first run's start-up): the same rows, in order."""
+    from qk_sniffer.core.config import DatasetConfig
+    from qk_sniffer.inputs.data import EMBEDDED_CORPUS
+    from qk_sniffer.inputs.sources import load_rows
+
+    cfg = DatasetConfig(path="embedded", text_column="text", id_column="id")
+    expected = load_dataset("json", data_files=str(EMBEDDED_CORPUS), split="train", cache_dir=str(tmp_path))
+    assert list(load_rows(cfg)) == list(expected)
+    proc = cli(tmp_path, "dataset.text_column=body")
+    assert_refused(proc, tmp_path, "dataset.text_column='body'", "its columns are: id, text")
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_empty_data_file(tmp_path, streaming):
     data = tmp_path / "docs.jsonl"
