@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .files import atomic_file, fsync_dir, sha256_of
@@ -74,9 +75,7 @@ def _merge(root: Path, config: str, name: str, parts: list[PartFile]) -> PartFil
     target = root / config / name
     with atomic_file(target) as f:
         sources = [pq.ParquetFile(root / part.rel) for part in parts]
-        # The newest part's schema: older parts may declare the vector's floats nullable (files written
-        # before they were declared non-null); they hold no null, and cast to it unchanged.
-        schema = sources[-1].schema_arrow
+        schema = _floats_non_null(sources[0].schema_arrow)
         writer = pq.ParquetWriter(f, schema, **parquet_options(schema))
         for source in sources:
             for i in range(source.num_row_groups):
@@ -86,3 +85,16 @@ def _merge(root: Path, config: str, name: str, parts: list[PartFile]) -> PartFil
         writer.close()
     fsync_dir(target.parent)
     return PartFile(config, name, rows, target.stat().st_size, sha256_of(target))
+
+
+def _floats_non_null(schema: pa.Schema) -> pa.Schema:
+    """The schema with the vector's floats declared non-null, as the writer declares them now. Parts written
+    before may declare them nullable; they hold no null, and cast to it unchanged."""
+    if "vector" not in schema.names:
+        return schema
+    index = schema.get_field_index("vector")
+    vector = schema.field(index)
+    if not pa.types.is_fixed_size_list(vector.type) or not vector.type.value_field.nullable:
+        return schema
+    floats = vector.type.value_field.with_nullable(False)
+    return schema.set(index, vector.with_type(pa.list_(floats, vector.type.list_size)))
