@@ -223,8 +223,8 @@ class KeyHead:
 
     layer: int
     kv_head: int
-    keys: str
-    queries: dict[int, str]
+    key_config: str
+    query_configs: dict[int, str]
 
 
 def key_heads(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> list[KeyHead]:
@@ -259,7 +259,7 @@ def _aggregate(
     scale = 1.0 / np.sqrt(float(layout["head_dim"]))
     max_rows = max(1, PAIR_BUDGET_BYTES // WORKERS // (int(layout["head_dim"]) * 4 + 16))
     work = key_heads(parts, layout)
-    paired = {c for w in work for c in (w.keys, *w.queries.values())}
+    paired = {c for w in work for c in (w.key_config, *w.query_configs.values())}
     alone = [c for c in sorted(parts) if c not in paired] if norms else []
     result, per_config = LogitByDistance(), []
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -279,8 +279,12 @@ def _pairs(
 ) -> tuple[dict[int, Sums], list[ConfigNorms]]:
     """The logit sums of each query head of ``head`` with its key head; with ``norms``, also the norm sums
     of every config involved, from the same reads (query rows of examples without keys read for them)."""
-    k_index = RowIndex(parts[head.keys], ConfigNorms(head.keys) if norms else None)
-    q_indexes = {h: RowIndex(parts[c], ConfigNorms(c) if norms else None) for h, c in head.queries.items()}
+
+    def index(config: str) -> RowIndex:
+        return RowIndex(parts[config], ConfigNorms(config) if norms else None)
+
+    k_index = index(head.key_config)
+    q_indexes = {h: index(config) for h, config in head.query_configs.items()}
     sums = {h: Sums() for h in q_indexes}
     for examples in k_index.groups(list(q_indexes.values()), max_rows):
         keys = k_index.rows(examples)
