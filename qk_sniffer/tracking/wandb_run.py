@@ -1,16 +1,22 @@
 """The W&B side of a run: which mode, what the run is called, the config it shows, and the sink that logs
 one history point per batch. ``wandb`` is imported only when a run is wanted; when it is missing, disabled,
 or fails, the capture goes on with the progress bar alone: watching a capture must never be what breaks it.
+The W&B run starts on a thread of its own while the model loads and captures (importing wandb and starting
+its service take about a second, more online); what the capture logs meanwhile is kept and replayed, in
+order and at its own steps, once the run is there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import netrc
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -153,8 +159,10 @@ def looks_secret(value: Any) -> bool:
 class WandbSink:
     """One W&B run: one history point per batch, with its timings and its rows."""
 
-    def __init__(self, run: Any) -> None:
-        self.run: Any = run
+    def __init__(self, starting: Future[Any]) -> None:
+        self.run: Any = None
+        self._starting: Future[Any] | None = starting
+        self._pending: list[Callable[[Any], Any]] = []  # logged while the run was starting
         self._step = 0
         self._total_rows = 0
 
@@ -163,20 +171,41 @@ class WandbSink:
         self._total_rows += batch_rows
         point = {**metrics, **{f"rows/{kind}": n for kind, n in by_kind.items()}}
         point.update({"rows/batch": batch_rows, "rows/cumulative": self._total_rows})
-        self._call(lambda run: run.log(point, step=self._step))
+        step = self._step  # bound now: the action may run later
+        self._call(lambda run: run.log(point, step=step))
         self._step += 1
 
     def close(self, summary: dict[str, Any], charts: dict[str, Any]) -> None:
         # Same step as the last batch: W&B merges these into that point instead of adding one.
-        self._call(lambda run: run.log(charts, step=max(self._step - 1, 0)))
+        step = max(self._step - 1, 0)
+        self._call(lambda run: run.log(charts, step=step))
         self._call(lambda run: run.summary.update(summary))
 
     def finish(self, failed: bool) -> None:
-        """A run that never reached its summary is marked failed in W&B."""
+        """A run that never reached its summary is marked failed in W&B. Waits for a run still starting."""
+        self._take_started()
         self._call(lambda run: run.finish(exit_code=1 if failed else 0))
         self.run = None
 
+    def _take_started(self) -> None:
+        """The started run (waiting for it), then what was logged while it started, in order."""
+        starting, self._starting = self._starting, None
+        if starting is None:
+            return
+        try:
+            self.run = starting.result()
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
+            log.warning("could not start W&B (%s); the capture goes on without it", exc)
+        pending, self._pending = self._pending, []
+        for action in pending:
+            self._call(action)
+
     def _call(self, action: Callable[[Any], Any]) -> None:
+        if self._starting is not None:
+            if not self._starting.done():
+                self._pending.append(action)
+                return
+            self._take_started()
         if self.run is None:
             return
         try:
@@ -189,29 +218,44 @@ class WandbSink:
 
 
 def start_wandb(cfg: Config, metadata: dict[str, Any], mode: str, note: str | None) -> WandbSink | None:
-    """A W&B run for this job, or None (wandb missing or failing to start: noted, never fatal)."""
-    try:
-        import wandb
-    except ImportError:
+    """A sink for this job's W&B run, which starts on a thread of its own; None when wandb is not installed
+    (a failure to start is noted when the run is first needed, never fatal)."""
+    if importlib.util.find_spec("wandb") is None:
         log.warning("wandb is not installed: W&B tracking is off for this run (pip install wandb)")
         return None
     if note:
         log.warning(note)
     hydra = _hydra_config()
-    try:
-        run = wandb.init(
-            project=cfg.wandb.project,
-            entity=cfg.wandb.entity,
-            name=run_name(cfg, metadata),
-            group=cfg.wandb.group or sweep_group(hydra),
-            tags=[str(tag) for tag in cfg.wandb.tags],
-            job_type="capture",
-            config=run_config(cfg, metadata),
-            dir=wandb_dir(hydra, os.environ),
-            # Never "online" without credentials (see choose_mode), so wandb has nothing to prompt for.
-            mode=mode,  # type: ignore[arg-type] # one of MODES
-        )
-    except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
-        log.warning("could not start W&B (%s); the capture goes on without it", exc)
-        return None
-    return WandbSink(run)
+    settings: dict[str, Any] = {
+        "project": cfg.wandb.project,
+        "entity": cfg.wandb.entity,
+        "name": run_name(cfg, metadata),
+        "group": cfg.wandb.group or sweep_group(hydra),
+        "tags": [str(tag) for tag in cfg.wandb.tags],
+        "job_type": "capture",
+        "config": run_config(cfg, metadata),
+        "dir": wandb_dir(hydra, os.environ),
+        # Never "online" without credentials (see choose_mode), so wandb has nothing to prompt for.
+        "mode": mode,
+    }
+
+    def start() -> Any:
+        import wandb
+
+        return wandb.init(**settings)
+
+    return WandbSink(in_background(start))
+
+
+def in_background(start: Callable[[], Any]) -> Future[Any]:
+    """``start()`` on a daemon thread (one that never holds the interpreter open at exit), as a Future."""
+    future: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(start())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="wandb-start", daemon=True).start()
+    return future

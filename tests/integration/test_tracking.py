@@ -9,6 +9,7 @@ import logging
 import re
 import struct
 import sys
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -447,3 +448,51 @@ def test_wandb_failures_never_end_the_capture(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="qk_sniffer.tracking"):
         _small_run(tmp_path / "again", monkeypatch, "wandb.mode=offline")
     assert caplog.messages == ["could not start W&B (no service); the capture goes on without it"]
+
+
+class _RecordingRun:
+    """A W&B run that records what it is given, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.summary = self
+
+    def log(self, data, step=None):
+        self.calls.append(("log", step, "rows/batch" in data))
+
+    def update(self, summary):
+        self.calls.append(("summary", summary["rows"]))
+
+    def finish(self, exit_code=0):
+        self.calls.append(("finish", exit_code))
+
+
+def test_wandb_starts_beside_the_capture_and_gets_what_was_logged_meanwhile_in_order(tmp_path, monkeypatch):
+    """The run starts on its own thread; until every batch of the capture has been logged it is not there,
+    and those points reach it afterwards, at their own steps, before the summary and the finish."""
+    import wandb
+    from qk_sniffer.tracking.tracker import RunTracker
+
+    recorded, batches_logged = _RecordingRun(), threading.Event()
+    logged = RunTracker.batch
+
+    def batch(self, *args, **kwargs):
+        logged(self, *args, **kwargs)
+        if self._examples >= 2:  # the last batch of the run below
+            batches_logged.set()
+
+    def slow_init(**kwargs):
+        assert threading.current_thread() is not threading.main_thread()
+        assert batches_logged.wait(60)
+        return recorded
+
+    monkeypatch.setattr(RunTracker, "batch", batch)
+    monkeypatch.setattr(wandb, "init", slow_init)
+    result = _small_run(tmp_path, monkeypatch, "wandb.mode=offline")
+    assert recorded.calls == [
+        ("log", 0, True),
+        ("log", 1, True),
+        ("log", 1, False),  # the charts ride on the last batch's step
+        ("summary", result.rows),
+        ("finish", 0),
+    ]
