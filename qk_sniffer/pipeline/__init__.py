@@ -13,6 +13,7 @@
 - :mod:`.sweep`     where each job of a multirun writes when output.dir names one dir
 - :mod:`.embedded`  the default model and tokenizer as Python objects (``qk_sniffer.embedded_model()``)
 - :mod:`.first_minute` what a newcomer waits for, timed (``qk_sniffer.bench bench.mode=first_minute``)
+- :mod:`.peer_capture` the bare hook script a capture is timed against there (run by path)
 
 May import: publish, analysis, tracking, the capture, the store, inputs and the core; never the commands.
 """

@@ -3,6 +3,9 @@
 - ``make run``: ``python -m qk_sniffer`` (the embedded default) into a fresh dir, on warm caches (one untimed
   run first), as a newcomer without a W&B key runs it (W&B offline); then with ``report.enabled=false``,
   and with W&B disabled too, which splits the time into the capture, the figures and W&B's start;
+- one 4096-token document through a tiny random Llama with ``sampler=all capture.pre_rope=true``, the
+  default run's figures and W&B included, against :mod:`.peer_capture`, a bare script writing the same rows
+  (and the capture without figures, and without W&B): what the tool costs over the floor;
 - ``--help`` and ``dry_run=true``;
 - the figures of a capture of ``bench.figure_rows`` rows (written the way a run commits them: 2 layers,
   4 query and 2 key heads, head_dim 64, every position of 4096-token examples): the aggregates and the
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..analysis.figures import render_figures
 from ..analysis.loading import committed_parts
@@ -43,6 +47,15 @@ from ..store.manifest import model_identity, recipe_id
 from ..store.writer import PartWriter
 
 LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM, SEQ_LEN = 2, 4, 2, 64, 4096
+# The peer comparison: the embedded default's shape as a Llama (peer_capture.SHAPE), one document.
+LIKE_PEER = [
+    "model.architecture.model_type=llama",
+    "dataset=synthetic",
+    f"dataset.seq_len={SEQ_LEN}",
+    "dataset.num_examples=1",
+    "sampler=all",
+    "capture.pre_rope=true",
+]
 
 
 def seconds(action: Callable[[], Any], repeats: int) -> list[float]:
@@ -120,6 +133,43 @@ def figure_times(root: Path, repeats: int) -> dict[str, float]:
     return {"figures_aggregates_s": statistics.median(aggregate), "figures_total_s": statistics.median(total)}
 
 
+def peer_times(work: Path, make_run: Callable[..., Path], repeats: int) -> dict[str, Any]:
+    """The capture of one document with sampler=all and pre-RoPE vectors, against the peer script writing
+    the same rows (checked: the same configs, each with every position)."""
+    peer = Path(__file__).with_name("peer_capture.py")
+    fresh = iter(range(10**6))
+    last = work / "peer-unused"
+
+    def run_peer() -> None:
+        nonlocal last
+        last = work / f"peer{next(fresh)}"
+        subprocess.run([sys.executable, str(peer), str(last), str(SEQ_LEN)], check=True, capture_output=True)
+
+    record = {"peer_script_s": statistics.median(seconds(run_peer, repeats))}
+    ours: list[Path] = []
+    record["like_peer_s"] = statistics.median(seconds(lambda: ours.append(make_run(*LIKE_PEER)), repeats))
+    record["like_peer_no_figures_s"] = statistics.median(
+        seconds(lambda: make_run(*LIKE_PEER, "report.enabled=false"), repeats)
+    )
+    record["like_peer_no_figures_no_wandb_s"] = statistics.median(
+        seconds(lambda: make_run(*LIKE_PEER, "report.enabled=false", wandb="disabled"), repeats)
+    )
+    rows, captured = rows_per_config(last), rows_per_config(ours[-1])
+    if rows != captured:
+        raise RuntimeError(f"the peer script and the capture wrote different rows: {rows} != {captured}")
+    record["like_peer_rows"] = sum(rows.values())
+    record["like_peer_over_peer"] = record["like_peer_s"] / record["peer_script_s"]
+    return record
+
+
+def rows_per_config(root: Path) -> dict[str, int]:
+    return {
+        d.name: sum(pq.ParquetFile(f).metadata.num_rows for f in d.glob("*.parquet"))
+        for d in root.glob("l*")
+        if d.is_dir()
+    }
+
+
 def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
     repeats = cfg.bench.repeats
     load_start = os.getloadavg()[0]
@@ -128,10 +178,13 @@ def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
         fresh = iter(range(10**6))
         command([f"output.dir={work / 'warm'}"], work)  # caches warm, as on a second try
 
-        def make_run(*extra: str, wandb: str = "offline") -> None:
-            command([f"output.dir={work / f'run{next(fresh)}'}", *extra], work, wandb)
+        def make_run(*extra: str, wandb: str = "offline") -> Path:
+            out = work / f"run{next(fresh)}"
+            command([f"output.dir={out}", *extra], work, wandb)
+            return out
 
         record: dict[str, Any] = {
+            **peer_times(work, make_run, repeats),
             "make_run_s": statistics.median(seconds(make_run, repeats)),
             "make_run_no_figures_s": statistics.median(
                 seconds(lambda: make_run("report.enabled=false"), repeats)
@@ -165,6 +218,12 @@ def format_table(record: dict[str, Any]) -> str:
     lines = [
         f"qk_sniffer first minute: medians of {record['repeats']} on {record['cpus']} CPUs, load average "
         f"{record['load_avg_1m'][0]} -> {record['load_avg_1m'][1]}",
+        f"  one {SEQ_LEN}-token document, sampler=all, pre-RoPE ({record['like_peer_rows']:,} rows):",
+        f"    a bare hook script (peer_capture.py)  {record['peer_script_s']:>6.2f} s",
+        f"    python -m qk_sniffer                   {record['like_peer_s']:>6.2f} s "
+        f"(x{record['like_peer_over_peer']:.2f})",
+        f"      report.enabled=false                 {record['like_peer_no_figures_s']:>6.2f} s",
+        f"      and W&B disabled                     {record['like_peer_no_figures_no_wandb_s']:>6.2f} s",
         f"  make run (warm caches, W&B offline) {record['make_run_s']:>6.2f} s",
         f"  make run, report.enabled=false    {record['make_run_no_figures_s']:>8.2f} s",
         f"    and W&B disabled                {record['make_run_no_figures_no_wandb_s']:>8.2f} s",

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, run_cli
+from helpers import REPO, compose_cfg, run_cli
 from hydra import compose, initialize_config_dir
 from reference import eager_reference
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
@@ -300,6 +300,18 @@ def test_bench_first_minute_figures_part_draws_a_committed_capture(tmp_path):
     times = first_minute.figure_times(tmp_path, repeats=1)
     assert times["figures_aggregates_s"] > 0 and times["figures_total_s"] > 0
     assert len(current_figures(tmp_path)) == 5
+
+
+def test_the_peer_script_writes_the_rows_the_capture_it_is_timed_against_writes(tmp_path):
+    """``bench.mode=first_minute`` times a capture against peer_capture.py: the same configs and rows."""
+    from qk_sniffer.pipeline import first_minute, peer_capture
+    from qk_sniffer.pipeline.runner import run
+
+    assert peer_capture.capture(tmp_path / "peer", 64) == 24 * 64  # 4 layers x (4 query + 2 key heads)
+    like_peer = [a.replace(f"seq_len={first_minute.SEQ_LEN}", "seq_len=64") for a in first_minute.LIKE_PEER]
+    run(compose_cfg([*like_peer, f"output.dir={tmp_path / 'ours'}", "report.enabled=false"]))
+    peer = first_minute.rows_per_config(tmp_path / "peer")
+    assert peer == first_minute.rows_per_config(tmp_path / "ours") and set(peer.values()) == {64}
 
 
 def test_bench_unknown_mode_is_one_message(tmp_path):
