@@ -32,6 +32,8 @@ def test_model_name_given_alone_renames_the_slug_branch_and_run(tmp_path):
 def test_explicit_slug_and_untouched_presets_keep_theirs():
     assert compose_cfg(["model.name=/data/ckpt", "model.slug=mine"]).model.slug == "mine"
     assert compose_cfg([]).model.slug == "embedded-qwen3-tiny"
+    # The embedded shape built as another architecture is named by it (a Llama is not published as Qwen3).
+    assert compose_cfg(["model.architecture.model_type=llama"]).model.slug == "embedded-llama-tiny"
     assert compose_cfg(["model=qwen3-8b"]).model.slug == "qwen3-8b"
     assert compose_cfg(["model=qwen3-8b", "model.name=/data/qwen3-8b-finetuned"]).model.slug is None
     smol = "+experiment=attention-plasticity/smollm3-checkpoints/stage2-step-4200000"
