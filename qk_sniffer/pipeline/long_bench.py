@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from ..capture.gather import return_freed_buffers_to_the_os
 from ..capture.heads import select_heads
 from ..capture.memory import GB, ModelShape, gb
 from ..capture.models import build_config, layout_from_config, resolve_device, text_config
@@ -166,6 +167,7 @@ def measure(cfg: Any, length: int, arm: str, save: Path) -> dict[str, Any]:
 def _capture(
     cfg: Any, full_config: Any, budget: Budget, arm: str, sampler: Sampler, device: torch.device, save: Path
 ) -> dict[str, Any]:
+    return_freed_buffers_to_the_os()  # as a run does before it captures: the peak is the live buffers'
     config = build_config(cfg.model)
     layers = int(text_config(full_config).num_hidden_layers)
     built = min(int(cfg.bench.layers_built or layers), layers)
