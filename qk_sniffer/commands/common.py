@@ -94,17 +94,17 @@ def run_and_exit(main: Callable[[], None]) -> NoReturn:
     """``main()`` as the whole life of a ``python -m`` process, then out without tearing the interpreter
     down: with torch and transformers loaded, Python's finalisation (freeing every module one by one) adds
     about a second to every command. What a normal exit does that matters happens first: the threads that
-    are not daemons are joined, the atexit handlers run (logging's flush, W&B's teardown, temporary dirs),
-    stdout and stderr are flushed. A crash keeps the normal path: its traceback, exit 1. The data never
-    waits for this: parts and commits are fsynced when they are written."""
+    are not daemons are stopped and joined, the atexit handlers run (logging's flush, W&B's teardown,
+    temporary dirs), stdout and stderr are flushed. A crash keeps the normal path: its traceback, exit 1.
+    The data never waits for this: parts and commits are fsynced when they are written."""
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # As the interpreter's own exit does, in its order: threading's exit hooks (they tell idle executor
+    # workers to stop), then a join of every thread that is not a daemon, then the atexit handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to lose
