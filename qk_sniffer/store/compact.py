@@ -74,10 +74,10 @@ def _merge(root: Path, config: str, name: str, parts: list[PartFile]) -> PartFil
     rows = 0
     target = root / config / name
     with atomic_file(target) as f:
-        sources = [pq.ParquetFile(root / part.rel) for part in parts]
-        schema = _floats_non_null(sources[0].schema_arrow)
+        schema = _floats_non_null(pq.ParquetFile(root / parts[0].rel).schema_arrow)
         writer = pq.ParquetWriter(f, schema, **parquet_options(schema))
-        for source in sources:
+        for part in parts:  # one open at a time: a config may hold thousands of parts
+            source = pq.ParquetFile(root / part.rel)
             for i in range(source.num_row_groups):
                 table = source.read_row_group(i)
                 writer.write_table(table if table.schema.equals(schema) else table.cast(schema))
