@@ -1,12 +1,13 @@
 """The report's numbers, computed from the committed part files with bounded memory.
 
-Norms and counts are running sums over batches of rows (one batch in memory at a time). For the figures,
-:func:`aggregates` reads every row once: the norm sums are fed by the reads of the logit statistic. The
-logit-by-distance statistic pairs the query rows and key rows of the same example: a first pass reads only
-the ``example_id`` column to learn where each example's rows are, then examples are processed in groups
-whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is processed alone), reading only
-the row groups that hold them. Within an example the pairs are summed per distance bin from prefix sums
-of its keys (:class:`KeyPrefix`), never formed one by one. Plotting lives in :mod:`qk_sniffer.analysis.plots`.
+:func:`aggregates` reads every committed row once. Norms and counts are running sums over batches of rows
+(one batch in memory at a time), fed by the reads of the logit statistic; a config it pairs with no other
+is streamed alone. The logit-by-distance statistic pairs the query rows and key rows of the same example:
+a first pass reads only the ``example_id`` column to learn where each example's rows are, then examples
+are processed in groups whose rows fit :data:`PAIR_BUDGET_BYTES` (one example larger than that is
+processed alone), reading only the row groups that hold them. Within an example the pairs are summed per
+distance bin from prefix sums of its keys (:class:`KeyPrefix`), never formed one by one.
+Plotting lives in :mod:`qk_sniffer.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -123,12 +124,6 @@ class NormStats:
     bucket_positions: dict[str, Extents] = field(default_factory=dict)
 
 
-def norm_stats(parts: dict[str, list[CommittedPart]]) -> NormStats:
-    """Every config's norm sums, each config read on a worker thread."""
-    with ThreadPoolExecutor(WORKERS) as pool:
-        return _merged(list(pool.map(lambda c: _config_norms(c, parts[c]), sorted(parts))))
-
-
 def _merged(per_config: list[ConfigNorms]) -> NormStats:
     """The configs' sums added together in config order (the same floats whatever the threads did)."""
     stats = NormStats()
@@ -239,31 +234,20 @@ def key_heads(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> 
     return heads
 
 
-def logit_by_distance(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> LogitByDistance:
-    return _aggregate(parts, layout, norms=False)[1]
-
-
 def aggregates(
     parts: dict[str, list[CommittedPart]], layout: dict[str, Any]
 ) -> tuple[NormStats, LogitByDistance]:
-    """The norm sums and the logits by distance in one read of every row: the rows each key head is paired
-    with feed the norm sums of their configs as they are read; configs no pair reads are read alone."""
-    return _aggregate(parts, layout, norms=True)
-
-
-def _aggregate(
-    parts: dict[str, list[CommittedPart]], layout: dict[str, Any], norms: bool
-) -> tuple[NormStats, LogitByDistance]:
-    """Each key head with the query heads that read it, on a worker thread (each within its share of
-    :data:`PAIR_BUDGET_BYTES`)."""
+    """The norm sums and the logits by distance in one read of every row: each key head with the query
+    heads that read it on a worker thread (each within its share of :data:`PAIR_BUDGET_BYTES`), their rows
+    feeding the norm sums of their configs as they are read; configs no pair reads are streamed alone."""
     scale = 1.0 / np.sqrt(float(layout["head_dim"]))
     max_rows = max(1, PAIR_BUDGET_BYTES // WORKERS // (int(layout["head_dim"]) * 4 + 16))
     work = key_heads(parts, layout)
     paired = {c for w in work for c in (w.key_config, *w.query_configs.values())}
-    alone = [c for c in sorted(parts) if c not in paired] if norms else []
+    alone = [c for c in sorted(parts) if c not in paired]
     result, per_config = LogitByDistance(), []
     with ThreadPoolExecutor(WORKERS) as pool:
-        pairs = pool.map(lambda w: _pairs(w, parts, scale, max_rows, norms), work)
+        pairs = pool.map(lambda w: _pairs(w, parts, scale, max_rows), work)
         singles = pool.map(lambda c: _config_norms(c, parts[c]), alone)
         for head, (sums, fed) in zip(work, pairs, strict=True):
             for h, head_sums in sums.items():
@@ -275,16 +259,12 @@ def _aggregate(
 
 
 def _pairs(
-    head: KeyHead, parts: dict[str, list[CommittedPart]], scale: float, max_rows: int, norms: bool
+    head: KeyHead, parts: dict[str, list[CommittedPart]], scale: float, max_rows: int
 ) -> tuple[dict[int, Sums], list[ConfigNorms]]:
-    """The logit sums of each query head of ``head`` with its key head; with ``norms``, also the norm sums
-    of every config involved, from the same reads (query rows of examples without keys read for them)."""
-
-    def index(config: str) -> RowIndex:
-        return RowIndex(parts[config], ConfigNorms(config) if norms else None)
-
-    k_index = index(head.key_config)
-    q_indexes = {h: index(config) for h, config in head.query_configs.items()}
+    """The logit sums of each query head of ``head`` with its key head, and the norm sums of every config
+    involved, from the same reads (query rows of examples without keys are read for their norms)."""
+    k_index = RowIndex(parts[head.key_config], ConfigNorms(head.key_config))
+    q_indexes = {h: RowIndex(parts[c], ConfigNorms(c)) for h, c in head.query_configs.items()}
     sums = {h: Sums() for h in q_indexes}
     for examples in k_index.groups(list(q_indexes.values()), max_rows):
         keys = k_index.rows(examples)
@@ -295,13 +275,11 @@ def _pairs(
             prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
             heads = [h for h in q_indexes if example in queries[h]]
             prefix.add_pairs([sums[h] for h in heads], [queries[h][example] for h in heads], scale)
-    if norms:
-        for q_index in q_indexes.values():
-            unpaired = [e for e in q_index.locations if e not in k_index.counts]
-            for examples in q_index.groups([], max_rows, unpaired):
-                q_index.rows(examples)
-    fed = [index.norms for index in (k_index, *q_indexes.values()) if index.norms is not None]
-    return sums, fed
+    for q_index in q_indexes.values():
+        unpaired = [e for e in q_index.locations if e not in k_index.counts]
+        for examples in q_index.groups([], max_rows, unpaired):
+            q_index.rows(examples)
+    return sums, [index.norms for index in (k_index, *q_indexes.values())]
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
@@ -349,7 +327,7 @@ class KeyPrefix:
 class RowIndex:
     """Where each example's rows sit in a config's part files (row groups), from the example_id column."""
 
-    def __init__(self, parts: list[CommittedPart], norms: ConfigNorms | None = None) -> None:
+    def __init__(self, parts: list[CommittedPart], norms: ConfigNorms) -> None:
         self.parts = parts
         self.norms = norms  # fed every row :meth:`rows` reads
         self.counts: dict[int, int] = {}
@@ -390,7 +368,7 @@ class RowIndex:
         for p, g in sorted({loc for e in examples for loc in self.locations.get(e, [])}):
             by_part.setdefault(p, []).append(g)
         pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        columns = ["example_id", "position", "vector"] + (["bucket"] if self.norms is not None else [])
+        columns = ["example_id", "position", "vector", "bucket"]
         for p, groups in by_part.items():
             table = pq.ParquetFile(self.parts[p].path).read_row_groups(groups, columns=columns)
             ids = table.column("example_id").to_numpy()
@@ -400,9 +378,8 @@ class RowIndex:
             if not all(self.held[(p, g)] <= wanted for g in groups):
                 keep = np.isin(ids, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
                 ids, positions, vectors = ids[keep], positions[keep], vectors[keep]
-            if self.norms is not None:
-                buckets = table.column("bucket").to_numpy()
-                self.norms.add(buckets if keep is None else buckets[keep], positions, vectors)
+            buckets = table.column("bucket").to_numpy()
+            self.norms.add(buckets if keep is None else buckets[keep], positions, vectors)
             pieces.append((ids, positions, vectors))
         if not pieces:
             return {}

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -163,46 +164,79 @@ def test_every_figure_is_a_real_image_linked_from_the_card(out):
         assert f"](figures/{name}.png)" in card
 
 
+def direct_logit_means(q, k, scale: float) -> np.ndarray:
+    """Mean q.k*scale over every causal pair of the same example, by distance bin, one pair at a time."""
+    total: dict[int, list[float]] = {}
+    for example in np.unique(q.example_ids):
+        qm, km = q.example_ids == example, k.example_ids == example
+        logits = q.vectors[qm].astype(np.float64) @ k.vectors[km].astype(np.float64).T * scale
+        distance = q.positions[qm][:, None].astype(int) - k.positions[km][None, :].astype(int)
+        for d, value in zip(distance[distance >= 0], logits[distance >= 0], strict=True):
+            b = 0 if d == 0 else int(np.floor(np.log2(d))) + 1
+            total.setdefault(b, []).append(value)
+    return np.array([np.mean(total[b]) for b in range(max(total) + 1)])
+
+
 def test_logit_by_distance_equals_a_direct_computation_on_loaded_rows(out, monkeypatch):
     layout = json.loads((out / METADATA).read_text())["layout"]
     parts = committed_parts(out)
-    streamed = report_data.logit_by_distance(parts, layout)
+    streamed = report_data.aggregates(parts, layout)[1]
     # A tiny budget: one example per group, the path a big dir takes.
     monkeypatch.setattr(report_data, "PAIR_BUDGET_BYTES", 1)
-    small = report_data.logit_by_distance(parts, layout)
+    small = report_data.aggregates(parts, layout)[1]
     group = layout["num_q_heads"] // layout["num_kv_heads"]
     assert sorted(streamed.sums) == [(layer, h) for layer in (0, 1) for h in range(4)]
     for layer in (0, 1):
         for h in range(4):
             q = qk_sniffer.load(out, f"l{layer:02d}h{h:02d}q")
             k = qk_sniffer.load(out, f"l{layer:02d}h{h // group:02d}k")
-            total: dict[int, list[float]] = {}
-            for example in np.unique(q.example_ids):
-                qm, km = q.example_ids == example, k.example_ids == example
-                logits = q.vectors[qm].astype(np.float64) @ k.vectors[km].astype(np.float64).T / 4.0
-                distance = q.positions[qm][:, None].astype(int) - k.positions[km][None, :].astype(int)
-                for d, value in zip(distance[distance >= 0], logits[distance >= 0], strict=True):
-                    b = 0 if d == 0 else int(np.floor(np.log2(d))) + 1
-                    total.setdefault(b, []).append(value)
-            expected = np.array([np.mean(total[b]) for b in range(max(total) + 1)])
+            expected = direct_logit_means(q, k, 1 / 4.0)
             np.testing.assert_allclose(streamed.mean(layer, h), expected, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(small.mean(layer, h), expected, rtol=1e-10, atol=1e-12)
             assert streamed.kv_head[(layer, h)] == h // group
 
 
-def assert_same_sums(got: dict, expected: dict) -> None:
-    assert sorted(got) == sorted(expected)
-    for key, sums in expected.items():
-        for name in ("total", "count", "low", "high"):
-            if hasattr(sums, name):
-                np.testing.assert_allclose(getattr(got[key], name), getattr(sums, name), rtol=1e-12)
+def by_bin(bins: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` per integer bin, NaN where a bin is empty (as ``Sums.mean``)."""
+    with np.errstate(invalid="ignore"):
+        return np.bincount(bins, weights=values) / np.bincount(bins)
+
+
+def assert_norms_equal_the_loaded_rows(stats, rows: dict[str, Any]) -> None:
+    """Every norm sum of ``stats`` against the rows of each config, loaded and computed directly."""
+    for kind in ("q", "k"):
+        mine = {c: r for c, r in rows.items() if c.endswith(kind)}
+        buckets = np.concatenate([r.buckets for r in mine.values()]).astype(int)
+        positions = np.concatenate([r.positions for r in mine.values()]).astype(int)
+        assert stats.rows_per_bucket[kind].count.tolist() == np.bincount(buckets).tolist()
+        extents = stats.bucket_positions[kind]
+        for b in np.unique(buckets):
+            assert (extents.low[b], extents.high[b]) == (
+                positions[buckets == b].min(),
+                positions[buckets == b].max(),
+            )
+        for layer in sorted({int(c[1:3]) for c in mine}):
+            of_layer = [r for c, r in mine.items() if int(c[1:3]) == layer]
+            norms = np.concatenate([np.linalg.norm(r.vectors.astype(np.float64), axis=1) for r in of_layer])
+            layer_buckets = np.concatenate([r.buckets for r in of_layer]).astype(int)
+            np.testing.assert_allclose(
+                stats.norm_by_layer_bucket[(kind, layer)].mean(), by_bin(layer_buckets, norms), rtol=1e-12
+            )
+    for config, r in rows.items():
+        bins = np.floor(4 * np.log2(r.positions.astype(np.float64) + 1)).astype(int)
+        norms = np.linalg.norm(r.vectors.astype(np.float64), axis=1)
+        np.testing.assert_allclose(stats.norm_by_position[config].mean(), by_bin(bins, norms), rtol=1e-12)
+        positions = r.positions.astype(np.float64)
+        np.testing.assert_allclose(stats.position_by_bin[config].mean(), by_bin(bins, positions), rtol=1e-12)
 
 
 @pytest.mark.parametrize("budget", [report_data.PAIR_BUDGET_BYTES, 1])
-def test_the_figures_one_read_equals_the_norms_and_logits_read_apart(out, tmp_path, monkeypatch, budget):
-    """``aggregates`` feeds the norm sums from the logit statistic's reads: the same numbers as the two
-    passes, also for a key config holding fewer examples than its query heads (their other rows are read
-    for the norms alone), query heads without their key head and a key head without its query heads."""
+def test_the_figures_one_read_equals_the_loaded_rows_also_for_heads_read_unpaired(
+    out, tmp_path, monkeypatch, budget
+):
+    """``aggregates`` feeds the norm sums from the logit statistic's reads. Every row counts once, also for a
+    key config holding fewer examples than its query heads (their other rows are read for the norms alone),
+    query heads without their key head and a key head without its query heads."""
     monkeypatch.setattr(report_data, "PAIR_BUDGET_BYTES", budget)
     layout = json.loads((out / METADATA).read_text())["layout"]
     fewer = capture(tmp_path / "fewer", "sampler=all", "capture.layers=[0]", "dataset.max_samples=2")
@@ -211,27 +245,26 @@ def test_the_figures_one_read_equals_the_norms_and_logits_read_apart(out, tmp_pa
     for config in ("l01h01k", "l01h00q", "l01h01q"):
         del parts[config]
     norms, logits = report_data.aggregates(parts, layout)
-    apart = report_data.norm_stats(parts)
-    for name in ("rows_per_bucket", "norm_by_layer_bucket", "norm_by_position", "position_by_bin"):
-        assert_same_sums(getattr(norms, name), getattr(apart, name))
-    assert_same_sums(norms.bucket_positions, apart.bucket_positions)
-    alone = report_data.logit_by_distance(parts, layout)
-    assert_same_sums(logits.sums, alone.sums)
-    assert logits.kv_head == alone.kv_head
+    rows = {c: qk_sniffer.load(fewer if c == "l00h00k" else out, c) for c in parts}
+    assert_norms_equal_the_loaded_rows(norms, rows)
     assert sorted(logits.sums) == [(0, 0), (0, 1), (0, 2), (0, 3)]  # layer 1 pairs no head
-    assert norms.rows_per_bucket["q"].count.sum() == sum(
-        p.rows for c in parts if c.endswith("q") for p in parts[c]
-    )
+    for h in range(4):
+        expected = direct_logit_means(rows[f"l00h{h:02d}q"], rows[f"l00h{h // 2:02d}k"], 1 / 4.0)
+        np.testing.assert_allclose(logits.mean(0, h), expected, rtol=1e-10, atol=1e-12)
+        assert logits.kv_head[(0, h)] == h // 2
 
 
 def test_norm_statistics_equal_the_loaded_rows(out):
-    stats = report_data.norm_stats(committed_parts(out))
+    layout = json.loads((out / METADATA).read_text())["layout"]
+    parts = committed_parts(out)
+    stats = report_data.aggregates(parts, layout)[0]
     for layer in (0, 1):
         loaded = [qk_sniffer.load(out, f"l{layer:02d}h{h:02d}q") for h in range(4)]
         norms = np.concatenate([np.linalg.norm(r.vectors.astype(np.float64), axis=1) for r in loaded])
         buckets = np.concatenate([r.buckets for r in loaded])
         expected = [norms[buckets == b].mean() for b in range(buckets.max() + 1)]
         np.testing.assert_allclose(stats.norm_by_layer_bucket[("q", layer)].mean(), expected, rtol=1e-12)
+    assert_norms_equal_the_loaded_rows(stats, {c: qk_sniffer.load(out, c) for c in parts})
 
 
 def test_figures_of_older_data_are_not_linked_and_the_report_redraws_them(out, tmp_path):
@@ -311,7 +344,7 @@ def test_coverage_and_rows_per_bucket_count_the_committed_rows(out):
     maps = report_data.coverage(parts, layout)
     assert maps["q"].tolist() == [[True] * 4, [True] * 4, [False] * 4, [False] * 4]
     assert maps["k"].tolist() == [[True] * 2, [True] * 2, [False] * 2, [False] * 2]
-    stats = report_data.norm_stats(parts)
+    stats = report_data.aggregates(parts, layout)[0]
     for kind in ("q", "k"):
         buckets = np.concatenate([qk_sniffer.load(out, c).buckets for c in sorted(parts) if c.endswith(kind)])
         assert stats.rows_per_bucket[kind].count.tolist() == np.bincount(buckets).tolist()
