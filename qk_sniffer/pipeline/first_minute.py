@@ -154,7 +154,7 @@ def peer_times(work: Path, make_run: Callable[..., Path], repeats: int) -> dict[
     record["like_peer_no_figures_no_wandb_s"] = statistics.median(
         seconds(lambda: make_run(*LIKE_PEER, "report.enabled=false", wandb="disabled"), repeats)
     )
-    rows, captured = rows_per_config(last), rows_per_config(ours[-1])
+    rows, captured = peer_rows(last), committed_rows(ours[-1])
     if rows != captured:
         raise RuntimeError(f"the peer script and the capture wrote different rows: {rows} != {captured}")
     record["like_peer_rows"] = sum(rows.values())
@@ -162,12 +162,14 @@ def peer_times(work: Path, make_run: Callable[..., Path], repeats: int) -> dict[
     return record
 
 
-def rows_per_config(root: Path) -> dict[str, int]:
-    return {
-        d.name: sum(pq.ParquetFile(f).metadata.num_rows for f in d.glob("*.parquet"))
-        for d in root.glob("l*")
-        if d.is_dir()
-    }
+def peer_rows(root: Path) -> dict[str, int]:
+    """Rows per config the peer script wrote (its files are all there is: no store)."""
+    return {d.name: pq.ParquetFile(d / "0.parquet").metadata.num_rows for d in root.glob("l*")}
+
+
+def committed_rows(root: Path) -> dict[str, int]:
+    """Rows per config a capture committed (the store's view: never a leftover file)."""
+    return {config: sum(p.rows for p in parts) for config, parts in committed_parts(root).items()}
 
 
 def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:

@@ -310,8 +310,8 @@ def test_the_peer_script_writes_the_rows_the_capture_it_is_timed_against_writes(
     assert peer_capture.capture(tmp_path / "peer", 64) == 24 * 64  # 4 layers x (4 query + 2 key heads)
     like_peer = [a.replace(f"seq_len={first_minute.SEQ_LEN}", "seq_len=64") for a in first_minute.LIKE_PEER]
     run(compose_cfg([*like_peer, f"output.dir={tmp_path / 'ours'}", "report.enabled=false"]))
-    peer = first_minute.rows_per_config(tmp_path / "peer")
-    assert peer == first_minute.rows_per_config(tmp_path / "ours") and set(peer.values()) == {64}
+    peer = first_minute.peer_rows(tmp_path / "peer")
+    assert peer == first_minute.committed_rows(tmp_path / "ours") and set(peer.values()) == {64}
 
 
 def test_bench_unknown_mode_is_one_message(tmp_path):
