@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..capture.samplers import build_sampler
+from ..core.arrow import numpy_values
 from ..core.errors import UserError
 from ..core.naming import CONFIG_NAME
 from ..store import Store
@@ -118,8 +119,7 @@ def owned(array: np.ndarray) -> np.ndarray:
 
 def _flat_values(chunk: pa.FixedSizeListArray, width: int) -> np.ndarray:
     # .values ignores a slice's offset; flatten() honours it (and is still zero-copy without nulls).
-    values = chunk.flatten() if chunk.offset else chunk.values
-    return values.to_numpy(zero_copy_only=chunk.null_count == 0 and values.null_count == 0)
+    return numpy_values(chunk.flatten() if chunk.offset else chunk.values)
 
 
 def load(path_or_repo: str | Path, config: str, revision: str | None = None) -> ConfigRows:
@@ -159,13 +159,13 @@ def read_config(root: Path, elsewhere: Collection[str] = (), *, config: str) -> 
     # Parts of one config may differ in the vector floats' declared nullability (files written before they
     # were declared non-null): the same values, concatenated under the wider type.
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    buckets = owned(table.column("bucket").to_numpy())
+    buckets = owned(numpy_values(table.column("bucket")))
     return ConfigRows(
         config=config,
         vectors=owned(vectors_of(table.column("vector"))),
-        positions=owned(table.column("position").to_numpy()),
+        positions=owned(numpy_values(table.column("position"))),
         buckets=buckets,
-        example_ids=owned(table.column("example_id").to_numpy()),
+        example_ids=owned(numpy_values(table.column("example_id"))),
         keep_prob=_keep_prob(root, parts, buckets),
     )
 

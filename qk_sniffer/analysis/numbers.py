@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..core.arrow import numpy_values
 from ..core.naming import CONFIG_NAME
 from .loading import CommittedPart, vectors_of
 
@@ -160,7 +161,7 @@ def _config_norms(config: str, parts: list[CommittedPart]) -> ConfigNorms:
     """One config's sums, streamed over record batches."""
     norms = ConfigNorms(config)
     for batch in _batches(parts, ["bucket", "position", "vector"]):
-        norms.add(batch["bucket"].to_numpy(), batch["position"].to_numpy(), vectors_of(batch["vector"]))
+        norms.add(numpy_values(batch["bucket"]), numpy_values(batch["position"]), vectors_of(batch["vector"]))
     return norms
 
 
@@ -336,7 +337,7 @@ class RowIndex:
         for p, part in enumerate(parts):
             f = pq.ParquetFile(part.path)
             for g in range(f.num_row_groups):
-                ids = f.read_row_group(g, columns=["example_id"]).column(0).to_numpy()
+                ids = numpy_values(f.read_row_group(g, columns=["example_id"]).column(0))
                 values, counts = np.unique(ids, return_counts=True)
                 self.held[(p, g)] = set(values.tolist())
                 for value, count in zip(values.tolist(), counts.tolist(), strict=True):
@@ -371,14 +372,14 @@ class RowIndex:
         columns = ["example_id", "position", "vector", "bucket"]
         for p, groups in by_part.items():
             table = pq.ParquetFile(self.parts[p].path).read_row_groups(groups, columns=columns)
-            ids = table.column("example_id").to_numpy()
-            positions = table.column("position").to_numpy()
+            ids = numpy_values(table.column("example_id"))
+            positions = numpy_values(table.column("position"))
             vectors = vectors_of(table.column("vector"))
             keep = None
             if not all(self.held[(p, g)] <= wanted for g in groups):
                 keep = np.isin(ids, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
                 ids, positions, vectors = ids[keep], positions[keep], vectors[keep]
-            buckets = table.column("bucket").to_numpy()
+            buckets = numpy_values(table.column("bucket"))
             self.norms.add(buckets if keep is None else buckets[keep], positions, vectors)
             pieces.append((ids, positions, vectors))
         if not pieces:

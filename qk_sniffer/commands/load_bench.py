@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..analysis.loading import COLUMNS, load
-from ..capture.gather import schema, vector_array
 from ..capture.samplers import LogBucketSampler
+from ..core.arrow import schema, vector_array
 from ..store import RunInfo, Store
 from ..store.layout import METADATA
 from ..store.manifest import model_identity, recipe_id

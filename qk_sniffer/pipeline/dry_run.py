@@ -15,10 +15,10 @@ from typing import Any
 import pyarrow as pa
 
 from ..capture.chunking import ChunkSizes
-from ..capture.gather import schema
 from ..capture.memory import GB, estimate
 from ..capture.models import ModelLayout
 from ..capture.samplers import KINDS
+from ..core.arrow import schema
 from ..core.config import Config
 from ..core.errors import UserError
 from ..core.ranges import format_ranges

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 from ..analysis.figures import render_figures
 from ..analysis.loading import committed_parts
 from ..analysis.numbers import aggregates, coverage
-from ..capture.gather import schema, vector_array
 from ..capture.samplers import AllSampler
+from ..core.arrow import schema, vector_array
 from ..core.config import BenchAppConfig
 from ..inputs.data import token_hash
 from ..store import RunInfo, Store

@@ -19,6 +19,7 @@ import yaml
 
 from ..analysis.figures import figure_section
 from ..capture.points import CapturePoint
+from ..core.arrow import numpy_values
 from ..core.naming import parse_config_name
 from ..core.ranges import format_ranges
 from ..store import DatasetView, Store
@@ -80,7 +81,8 @@ def summarize(store: Store, view: DatasetView) -> DiskSummary:
         layer, head, kind = parsed
         rows = 0
         for part in view.files[config]:
-            column = pq.read_table(store.root / part.rel, columns=["bucket"]).column("bucket").to_numpy()
+            # ParquetFile, not read_table: read_table imports pyarrow.dataset (and with it pandas).
+            column = numpy_values(pq.ParquetFile(store.root / part.rel).read(columns=["bucket"]).column(0))
             rows += len(column)
             values, counts = _unique(column)
             for value, count in zip(values, counts, strict=True):

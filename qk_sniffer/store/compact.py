@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..core.arrow import vector_type
 from .files import atomic_file, fsync_dir, sha256_of
 from .layout import part_name
 from .manifest import Commit, PartFile, write_commit
@@ -96,5 +97,4 @@ def _floats_non_null(schema: pa.Schema) -> pa.Schema:
     vector = schema.field(index)
     if not pa.types.is_fixed_size_list(vector.type) or not vector.type.value_field.nullable:
         return schema
-    floats = vector.type.value_field.with_nullable(False)
-    return schema.set(index, vector.with_type(pa.list_(floats, vector.type.list_size)))
+    return schema.set(index, vector.with_type(vector_type(vector.type.list_size)))

@@ -12,8 +12,8 @@ from datasets import load_dataset
 from helpers import compose_cfg, read_configs, rows
 
 from qk_sniffer import load
-from qk_sniffer.capture import gather
 from qk_sniffer.commands.compact import compact
+from qk_sniffer.core import arrow
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store import Store
@@ -139,7 +139,7 @@ def test_parts_with_nullable_vector_floats_resume_compact_and_load_beside_newer_
     newer type into the same configs, and every reader, the merge and the compaction take both."""
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     with monkeypatch.context() as before:
-        before.setattr(gather, "vector_type", lambda head_dim: pa.list_(pa.float32(), head_dim))
+        before.setattr(arrow, "vector_type", lambda head_dim: pa.list_(pa.float32(), head_dim))
         capture(out, "dataset.max_samples=2")
     capture(out)
     floats_nullable = {

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from qk_sniffer.capture.gather import schema, vector_array
+from qk_sniffer.core.arrow import schema, vector_array
 from qk_sniffer.core.config import HubConfig
 from qk_sniffer.inputs.data import token_hash
 from qk_sniffer.publish import card
