@@ -67,7 +67,8 @@ def _view(chunk: pa.Array) -> np.ndarray:
     if chunk.null_count or not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         return chunk.to_numpy(zero_copy_only=False)
     dtype = _dtype(kind)
-    view = np.frombuffer(chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize)
+    offset = chunk.offset * dtype.itemsize
+    view = np.frombuffer(chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=offset)
     view.flags.writeable = False  # Arrow's memory may be shared with other arrays, as with to_numpy
     return view
 
