@@ -25,6 +25,10 @@ def main(cfg: DictConfig) -> JobOutcome | None:
             dry_run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
         return None
     with report_user_errors():
+        from ..pipeline.helpers import start_helpers
+
+        # W&B's and the figures' processes import while this one imports torch.
+        start_helpers(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
         from ..pipeline.runner import in_multirun, run
 
         if in_multirun():

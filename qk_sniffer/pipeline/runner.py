@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.figure_process import FigureDrawer, start_drawer
 from ..analysis.figures import current_figures
 from ..capture.gather import RowBuffer, keep_missing, return_freed_buffers_to_the_os
 from ..capture.heads import HeadSelection
@@ -40,6 +41,7 @@ from ..tracking.summary import EndSummary
 from ..tracking.tracker import Tracker, make_tracker
 from .budget import Budget, run_budget
 from .dry_run import example_length
+from .helpers import drop_early, start_helpers
 from .plan import CapturePlan, load_checked, plan_capture
 from .signals import RunInterrupted, StopSignals
 from .sweep import job_output_dir
@@ -108,9 +110,18 @@ class Prepared:
 
 
 def run(cfg: Config) -> RunResult:
+    start_helpers(cfg)  # if the command did not: W&B and the figures get ready on another core meanwhile
+    try:
+        return _run(cfg)
+    finally:
+        drop_early()  # a helper the run stopped before taking
+
+
+def _run(cfg: Config) -> RunResult:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     prep = _prepare(cfg)
+    drawer = start_drawer() if cfg.report.enabled else None
     tracker = make_tracker(cfg, prep.metadata)
     try:
         with _phase(phases, "load_s"):
@@ -139,7 +150,7 @@ def run(cfg: Config) -> RunResult:
                 _settle_committed(cfg, prep)
                 raise RunInterrupted(signum, prep.out_dir, writer.examples_committed)
             with _phase(phases, "export_s"):
-                _export(cfg, prep, run_id)
+                _export(cfg, prep, run_id, drawer)
         with _phase(phases, "push_s"):
             hub.publish(cfg, prep.out_dir)  # only with output.hub.push=true
         stats = prep.stats
@@ -156,6 +167,8 @@ def run(cfg: Config) -> RunResult:
         result.summary = _end_summary(cfg, prep.store)
         tracker.summary(result, writer.bytes_written, result.summary.dataset_url, result.summary.figures)
     finally:
+        if drawer is not None:
+            drawer.close()
         tracker.finish()
     if result.skipped_empty:
         log.warning("skipped %d empty or null texts", result.skipped_empty)
@@ -254,7 +267,7 @@ def _capture_all(cfg: Config, prep: Prepared, model: Any, writer: PartWriter, tr
     return stop.signum
 
 
-def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
+def _export(cfg: Config, prep: Prepared, run_id: str, drawer: FigureDrawer | None) -> None:
     """Metadata and card from what the dataset holds (every shard's, whoever finishes last), after the
     changes this run owes the dir (replaced configs, compaction); then files that left the dataset go."""
     store = prep.store
@@ -271,7 +284,7 @@ def _export(cfg: Config, prep: Prepared, run_id: str) -> None:
         repo_id=cfg.output.hub.repo_id,
         branch=branch_name(cfg) if cfg.output.hub.repo_id else None,
         change=change,
-        draw=cfg.report.enabled,
+        draw=drawer.draw if drawer is not None else None,
     )
 
 

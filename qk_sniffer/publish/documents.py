@@ -10,9 +10,9 @@ card therefore never lists a deleted file, and a file leaves the card before it 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ..analysis.figures import render_after_run
 from ..store import Store
 from . import card
 from .metadata import refreshed_metadata, write_metadata
@@ -27,11 +27,12 @@ def settle(
     repo_id: str | None = None,
     branch: str | None = None,
     change: Callable[[], object] | None = None,
-    draw: bool = False,
+    draw: Callable[[Path], None] | None = None,
 ) -> None:
     """Under the lock: ``change`` (take over, compact, repair), then the metadata (from ``metadata``, or
-    the dir's own refreshed from the manifest), the figures (``draw``) and the card, then delete what left
-    the dataset."""
+    the dir's own refreshed from the manifest), the figures (``draw(root)``, e.g. a run's
+    :class:`~qk_sniffer.analysis.figure_process.FigureDrawer`) and the card, then delete what left the
+    dataset."""
     with store.maintenance():
         if change is not None:
             change()
@@ -39,8 +40,8 @@ def settle(
             meta = metadata() if metadata is not None else _recorded(store)
             if meta is not None:
                 write_metadata(store.root, meta)
-            if draw:
-                render_after_run(store.root)
+            if draw is not None:
+                draw(store.root)
             # Always, for a claimed dir: a stale card must not list what goes next, and a dir whose first
             # run was killed before its card (no metadata yet) gets one listing what is committed.
             if meta is not None or store.claimed():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..analysis.figures import render_after_run
 from ..core.config import Config, HubConfig
 from ..core.errors import UserError
 from ..hub import client as hub_client
@@ -152,7 +153,7 @@ def _push(api: Any, hub: HubConfig, out_dir: Path, branch: str, metadata: dict[s
             )
         # Rows pulled from the branch change the figures; redraw those this dir already had.
         redraw = bool(pulled) and store.paths.figures.is_dir()
-        documents.settle(store, repo_id=repo_id, branch=branch, draw=redraw)
+        documents.settle(store, repo_id=repo_id, branch=branch, draw=render_after_run if redraw else None)
         local = set(local_files(store))
     # Deleted here since the last sync (replace, compaction, repair): delete on the branch too.
     stale = sorted(f for f in (remote & state.files) - local if travels(f))

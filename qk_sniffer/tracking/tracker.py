@@ -120,49 +120,45 @@ class RunTracker:
         }
         if dataset_url:
             summary["dataset_url"] = dataset_url
-        self.sink.close(summary, {**self._charts(), **self._images(figures)})
+        self.sink.close(summary, self._charts(figures))
         self._summarized = True
 
-    def _charts(self) -> dict[str, Any]:
-        """Tables and the rows-per-bucket bar chart (wandb is importable: a sink exists)."""
-        import wandb
-
+    def _charts(self, figures: Sequence[Path]) -> dict[str, Any]:
+        """The data of the W&B tables, the rows-per-bucket bar chart and the figures the run drew for the
+        card (report.enabled); the W&B process builds the objects (:func:`.wandb_process.charts`)."""
         _, labels = self.stats.bucket_groups()
         per_bucket = self.stats.rows_per_bucket()
-        bucket_rows = wandb.Table(
-            columns=["bucket", "rows", *(f"{kind}_rows" for kind in KINDS)],
-            data=[
-                [
-                    label,
-                    sum(per_bucket.get(k, {}).get(label, 0) for k in KINDS),
-                    *(per_bucket.get(k, {}).get(label, 0) for k in KINDS),
-                ]
-                for label in labels
-            ],
-        )
         norms = self.stats.mean_norms()
         rows = self.stats.rows_per_layer_kind()
-        long = wandb.Table(columns=["layer", "kind", "bucket", "mean_norm"])
-        for key in sorted(self.stats.counts):
-            for label, value in norms[layer_kind(*key)].items():
-                long.add_data(key[0], key[1], label, value)
-        # One row per (layer, kind), one column per bucket: the position-effect heatmap at a glance.
-        heatmap = wandb.Table(
-            columns=["layer_kind", "rows", *labels],
-            data=[[name, rows[name], *(per.get(label) for label in labels)] for name, per in norms.items()],
-        )
         return {
-            "charts/rows_per_bucket": wandb.plot.bar(bucket_rows, "bucket", "rows", title="Rows per bucket"),
-            "tables/rows_per_bucket": bucket_rows,
-            "tables/mean_norm": long,
-            "tables/mean_norm_heatmap": heatmap,
+            "rows_per_bucket": {
+                "columns": ["bucket", "rows", *(f"{kind}_rows" for kind in KINDS)],
+                "data": [
+                    [
+                        label,
+                        sum(per_bucket.get(k, {}).get(label, 0) for k in KINDS),
+                        *(per_bucket.get(k, {}).get(label, 0) for k in KINDS),
+                    ]
+                    for label in labels
+                ],
+            },
+            "mean_norm": {
+                "columns": ["layer", "kind", "bucket", "mean_norm"],
+                "data": [
+                    [key[0], key[1], label, value]
+                    for key in sorted(self.stats.counts)
+                    for label, value in norms[layer_kind(*key)].items()
+                ],
+            },
+            # One row per (layer, kind), one column per bucket: the position-effect heatmap at a glance.
+            "mean_norm_heatmap": {
+                "columns": ["layer_kind", "rows", *labels],
+                "data": [
+                    [name, rows[name], *(per.get(label) for label in labels)] for name, per in norms.items()
+                ],
+            },
+            "figures": [str(path) for path in figures],
         }
-
-    def _images(self, figures: Sequence[Path]) -> dict[str, Any]:
-        """The figures the run drew for the card (report.enabled), as the same images."""
-        import wandb
-
-        return {f"figures/{path.stem}": wandb.Image(str(path)) for path in figures}
 
     def finish(self) -> None:
         self.progress.close()

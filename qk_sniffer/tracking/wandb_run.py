@@ -1,32 +1,31 @@
 """The W&B side of a run: which mode, what the run is called, the config it shows, and the sink that logs
 one history point per batch. ``wandb`` is imported only when a run is wanted; when it is missing, disabled,
 or fails, the capture goes on with the progress bar alone: watching a capture must never be what breaks it.
-The W&B run starts on a thread of its own while the model loads and captures (importing wandb and starting
-its service take about a second, more online); what the capture logs meanwhile is kept and replayed, in
-order and at its own steps, once the run is there.
+The W&B run lives in a process of its own (:mod:`.wandb_process`): importing wandb and starting its service
+take about a second of interpreter time, more online, which a thread would take from the capture.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import netrc
 import os
 import re
-import threading
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..capture.samplers import KINDS
+from ..core.child import Helper, log_in_parent, take
 from ..core.config import Config, plain
 from ..core.errors import UserError
 from ..core.naming import last_part
 
 log = logging.getLogger(__name__)
+
+WANDB_PROCESS = "qk_sniffer.tracking.wandb_process"
 
 MODES = ("online", "offline", "disabled")
 # Older spellings wandb itself still accepts in $WANDB_MODE.
@@ -157,12 +156,11 @@ def looks_secret(value: Any) -> bool:
 
 
 class WandbSink:
-    """One W&B run: one history point per batch, with its timings and its rows."""
+    """One W&B run, kept by a process of its own (:mod:`.wandb_process`): one history point per batch,
+    with its timings and its rows, sent as they come; the helper applies them in order."""
 
-    def __init__(self, starting: Future[Any]) -> None:
-        self.run: Any = None
-        self._starting: Future[Any] | None = starting
-        self._pending: list[Callable[[Any], Any]] = []  # logged while the run was starting
+    def __init__(self, helper: Helper) -> None:
+        self._helper: Helper | None = helper
         self._step = 0
         self._total_rows = 0
 
@@ -171,56 +169,43 @@ class WandbSink:
         self._total_rows += batch_rows
         point = {**metrics, **{f"rows/{kind}": n for kind, n in by_kind.items()}}
         point.update({"rows/batch": batch_rows, "rows/cumulative": self._total_rows})
-        step = self._step  # bound now: the action may run later
-        self._call(lambda run: run.log(point, step=step))
+        self._send({"log": point, "step": self._step})
         self._step += 1
 
     def close(self, summary: dict[str, Any], charts: dict[str, Any]) -> None:
+        """``charts``: the data of :func:`.wandb_process.charts` (tables and the figures' paths)."""
         # Same step as the last batch: W&B merges these into that point instead of adding one.
-        step = max(self._step - 1, 0)
-        self._call(lambda run: run.log(charts, step=step))
-        self._call(lambda run: run.summary.update(summary))
+        self._send({"charts": charts, "step": max(self._step - 1, 0)})
+        self._send({"summary": summary})
 
     def finish(self, failed: bool) -> None:
-        """A run that never reached its summary is marked failed in W&B. Waits for a run still starting."""
-        self._take_started()
-        self._call(lambda run: run.finish(exit_code=1 if failed else 0))
-        self.run = None
-
-    def _take_started(self) -> None:
-        """The started run (waiting for it), then what was logged while it started, in order."""
-        starting, self._starting = self._starting, None
-        if starting is None:
+        """A run that never reached its summary is marked failed in W&B. Waits until the helper has
+        finished the run (its files are complete when the command returns), and logs what it reported."""
+        helper, self._helper = self._helper, None
+        if helper is None:
             return
-        try:
-            self.run = starting.result()
-        except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
-            log.warning("could not start W&B (%s); the capture goes on without it", exc)
-        pending, self._pending = self._pending, []
-        for action in pending:
-            self._call(action)
-
-    def _call(self, action: Callable[[Any], Any]) -> None:
-        if self._starting is not None:
-            if not self._starting.done():
-                self._pending.append(action)
-                return
-            self._take_started()
-        if self.run is None:
+        helper.send({"finish": 1 if failed else 0})
+        replies = []
+        while (reply := helper.receive()) is not None and not reply.get("finished"):
+            replies.append(reply)
+        if reply is not None:
+            log_in_parent(replies)
+            helper.close(wait=False)  # what is left is its interpreter's exit
             return
-        try:
-            action(self.run)
-        except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
-            log.warning("W&B logging failed (%s); the capture goes on without W&B", exc)
-            run, self.run = self.run, None
-            with contextlib.suppress(Exception):
-                run.finish(exit_code=1)
+        replies += helper.close()  # it ended without finishing: its exit status says why
+        log_in_parent(replies)
+        if helper.returncode and not replies:
+            log.warning("the W&B process ended (exit %s); the capture went on without W&B", helper.returncode)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._helper is not None:
+            self._helper.send(message)  # a helper that is gone says so when it is closed
 
 
 def start_wandb(cfg: Config, metadata: dict[str, Any], mode: str, note: str | None) -> WandbSink | None:
-    """A sink for this job's W&B run, which starts on a thread of its own; None when wandb is not installed
-    (a failure to start is noted when the run is first needed, never fatal)."""
-    if importlib.util.find_spec("wandb") is None:
+    """A sink for this job's W&B run, which its helper process starts (started early by the command, or
+    now); None when wandb is not installed (a failure to start is reported at the end, never fatal)."""
+    if not wandb_installed():
         log.warning("wandb is not installed: W&B tracking is off for this run (pip install wandb)")
         return None
     if note:
@@ -238,24 +223,13 @@ def start_wandb(cfg: Config, metadata: dict[str, Any], mode: str, note: str | No
         # Never "online" without credentials (see choose_mode), so wandb has nothing to prompt for.
         "mode": mode,
     }
-
-    def start() -> Any:
-        import wandb
-
-        return wandb.init(**settings)
-
-    return WandbSink(in_background(start))
+    helper = take(WANDB_PROCESS)
+    helper.send({"init": settings})
+    return WandbSink(helper)
 
 
-def in_background(start: Callable[[], Any]) -> Future[Any]:
-    """``start()`` on a daemon thread (one that never holds the interpreter open at exit), as a Future."""
-    future: Future[Any] = Future()
-
-    def work() -> None:
-        try:
-            future.set_result(start())
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name="wandb-start", daemon=True).start()
-    return future
+def wandb_installed() -> bool:
+    try:
+        return importlib.util.find_spec("wandb") is not None
+    except ValueError:  # sys.modules["wandb"] is None: imports of it are refused
+        return False

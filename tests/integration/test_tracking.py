@@ -9,23 +9,26 @@ import logging
 import re
 import struct
 import sys
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from helpers import compose_cfg, read_configs, run_cli
 
 from qk_sniffer.capture.rows import Block, RowKeys
 from qk_sniffer.capture.stats import CaptureStats
+from qk_sniffer.core.child import Helper
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.inputs.data import Batch, Example
 from qk_sniffer.pipeline.runner import run
 from qk_sniffer.tracking import progress, wandb_run
+from qk_sniffer.tracking.wandb_process import WandbReplay
 
 SECRET = "hf_" + "qkSnifferTestSecret0123456789abcdef"
 
@@ -430,24 +433,52 @@ class _BrokenRun:
         self.finished_with.append(exit_code)
 
 
-def test_wandb_failures_never_end_the_capture(tmp_path, monkeypatch, caplog):
+def _stand_in(run=None, error: Exception | None = None) -> SimpleNamespace:
+    """wandb as the W&B process uses it, with ``init`` giving ``run`` (or raising ``error``)."""
     import wandb
 
+    def init(**settings):
+        if error is not None:
+            raise error
+        return run
+
+    return SimpleNamespace(init=init, Table=wandb.Table, plot=wandb.plot, Image=wandb.Image)
+
+
+def _warning(text: str) -> dict[str, Any]:
+    return {"logger": "qk_sniffer.tracking.wandb_run", "level": logging.WARNING, "message": text}
+
+
+def test_wandb_failures_are_reported_and_drop_wandb_for_the_rest_of_the_run():
     broken = _BrokenRun()
-    monkeypatch.setattr(wandb, "init", lambda **kwargs: broken)
-    with caplog.at_level(logging.WARNING, logger="qk_sniffer.tracking"):
-        _small_run(tmp_path, monkeypatch, "wandb.mode=offline")
-    assert caplog.messages == ["W&B logging failed (wandb-core went away); the capture goes on without W&B"]
+    replay = WandbReplay(_stand_in(broken))
+    assert replay.handle({"init": {"mode": "offline"}}) == []
+    assert replay.handle({"log": {"rows/batch": 3}, "step": 0}) == [
+        _warning("W&B logging failed (wandb-core went away); the capture goes on without W&B")
+    ]
+    assert broken.finished_with == [1]  # marked failed in W&B, once
+    assert replay.handle({"log": {"rows/batch": 3}, "step": 1}) == []
+    assert replay.handle({"finish": 0}) == [{"finished": True}]
     assert broken.finished_with == [1]
 
-    def refuse(**kwargs):
-        raise RuntimeError("no service")
+    refused = WandbReplay(_stand_in(error=RuntimeError("no service")))
+    assert refused.handle({"init": {"mode": "offline"}}) == [
+        _warning("could not start W&B (no service); the capture goes on without it")
+    ]
+    assert refused.handle({"summary": {"rows": 1}}) == []
+    assert refused.handle({"finish": 0}) == [{"finished": True}]
 
-    monkeypatch.setattr(wandb, "init", refuse)
-    caplog.clear()
+
+def test_the_run_logs_what_its_wandb_process_reports(caplog):
+    """Across the process boundary: wandb itself refuses the settings in the helper, and the run logs the
+    helper's warning under its own logger, once the run finishes."""
+    sink = wandb_run.WandbSink(Helper(wandb_run.WANDB_PROCESS))
+    sink._send({"init": {"mode": "sometimes", "project": "qk"}})  # wandb.init raises on this mode
+    sink.batch({"tokens_per_s": 1.0}, {"q": 1, "k": 1})
     with caplog.at_level(logging.WARNING, logger="qk_sniffer.tracking"):
-        _small_run(tmp_path / "again", monkeypatch, "wandb.mode=offline")
-    assert caplog.messages == ["could not start W&B (no service); the capture goes on without it"]
+        sink.finish(failed=False)
+    [message] = caplog.messages
+    assert message.startswith("could not start W&B (") and "sometimes" in message
 
 
 class _RecordingRun:
@@ -458,7 +489,7 @@ class _RecordingRun:
         self.summary = self
 
     def log(self, data, step=None):
-        self.calls.append(("log", step, "rows/batch" in data))
+        self.calls.append(("log", step, sorted(data)))
 
     def update(self, summary):
         self.calls.append(("summary", summary["rows"]))
@@ -467,32 +498,51 @@ class _RecordingRun:
         self.calls.append(("finish", exit_code))
 
 
-def test_wandb_starts_beside_the_capture_and_gets_what_was_logged_meanwhile_in_order(tmp_path, monkeypatch):
-    """The run starts on its own thread; until every batch of the capture has been logged it is not there,
-    and those points reach it afterwards, at their own steps, before the summary and the finish."""
-    import wandb
-    from qk_sniffer.tracking.tracker import RunTracker
-
-    recorded, batches_logged = _RecordingRun(), threading.Event()
-    logged = RunTracker.batch
-
-    def batch(self, *args, **kwargs):
-        logged(self, *args, **kwargs)
-        if self._examples >= 2:  # the last batch of the run below
-            batches_logged.set()
-
-    def slow_init(**kwargs):
-        assert threading.current_thread() is not threading.main_thread()
-        assert batches_logged.wait(60)
-        return recorded
-
-    monkeypatch.setattr(RunTracker, "batch", batch)
-    monkeypatch.setattr(wandb, "init", slow_init)
-    result = _small_run(tmp_path, monkeypatch, "wandb.mode=offline")
+def test_the_wandb_process_applies_what_it_is_sent_in_order(tmp_path):
+    recorded = _RecordingRun()
+    replay = WandbReplay(_stand_in(recorded))
+    figure = tmp_path / "coverage.png"
+    PIL.Image.new("RGB", (4, 4)).save(figure)
+    charts = {
+        "rows_per_bucket": {"columns": ["bucket", "rows", "q_rows", "k_rows"], "data": [["0", 2, 1, 1]]},
+        "mean_norm": {"columns": ["layer", "kind", "bucket", "mean_norm"], "data": [[0, "q", "0", 1.5]]},
+        "mean_norm_heatmap": {"columns": ["layer_kind", "rows", "0"], "data": [["l00q", 1, 1.5]]},
+        "figures": [str(figure)],
+    }
+    messages = [
+        {"init": {"mode": "offline"}},
+        {"log": {"rows/batch": 2}, "step": 0},
+        {"log": {"rows/batch": 3}, "step": 1},
+        {"charts": charts, "step": 1},
+        {"summary": {"rows": 5}},
+        {"finish": 0},
+    ]
+    assert [replay.handle(m) for m in messages] == [[], [], [], [], [], [{"finished": True}]]
     assert recorded.calls == [
-        ("log", 0, True),
-        ("log", 1, True),
-        ("log", 1, False),  # the charts ride on the last batch's step
-        ("summary", result.rows),
+        ("log", 0, ["rows/batch"]),
+        ("log", 1, ["rows/batch"]),
+        (  # the charts and the figures ride on the last batch's step
+            "log",
+            1,
+            [
+                "charts/rows_per_bucket",
+                "figures/coverage",
+                "tables/mean_norm",
+                "tables/mean_norm_heatmap",
+                "tables/rows_per_bucket",
+            ],
+        ),
+        ("summary", 5),
         ("finish", 0),
     ]
+
+
+def test_a_run_whose_main_process_goes_away_is_marked_failed():
+    """stdin ends without a finish (the main process crashed or was killed): the W&B run failed."""
+    recorded = _RecordingRun()
+    replay = WandbReplay(_stand_in(recorded))
+    replay.handle({"init": {"mode": "offline"}})
+    replay.handle({"log": {"rows/batch": 2}, "step": 0})
+    assert replay.end() == []
+    assert recorded.calls[-1] == ("finish", 1)
+    assert WandbReplay(_stand_in(recorded)).end() == []  # never started: nothing to mark

@@ -1,0 +1,167 @@
+"""Helper processes spoken to in JSON lines, for the side work of a run (the W&B run, the figures).
+
+Why processes and not threads: their imports (wandb, matplotlib) and their start (W&B's service) hold the
+interpreter lock for about a second each, which a thread takes from the capture. A process of its own does
+that work on another core while the main process loads torch and captures, and then answers at once.
+
+The parent writes one JSON object per line to the helper's stdin and reads its replies, one per line, from
+the helper's stdout. A helper keeps its stdout for replies alone (what its libraries print goes to stderr,
+the terminal's), ignores Ctrl-C (the run decides what an interrupt means and closes the pipe), and ends
+when its stdin does: the main process crashing or being killed ends its helpers too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+Message = dict[str, Any]
+
+# Helpers started ahead of the run that will use them, by module: the command starts them before it
+# imports torch, and the run takes them (or starts its own, e.g. when called from Python).
+_started_early: dict[str, Helper] = {}
+# Helpers told to end and not waited for, kept until they have (a Popen dropped while its process runs warns).
+_ending: list[Helper] = []
+
+
+class Helper:
+    """One helper process: ``python -m <module>``, which calls :func:`serve`."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,  # line-buffered: each message leaves when it is written
+        )
+
+    def send(self, message: Message) -> bool:
+        """False when the helper is gone (it ended or crashed): the caller goes on without it."""
+        stdin = self._process.stdin
+        if stdin is None or stdin.closed:
+            return False
+        try:
+            stdin.write(json.dumps(message, default=_plain) + "\n")
+            stdin.flush()
+        except (OSError, ValueError):  # a broken pipe: the helper ended
+            return False
+        return True
+
+    def receive(self) -> Message | None:
+        """The helper's next reply; None when it has ended without one."""
+        stdout = self._process.stdout
+        line = stdout.readline() if stdout is not None else ""
+        if not line:
+            return None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    def close(self, wait: bool = True) -> list[Message]:
+        """End the helper (it sees its stdin end). ``wait``: for it to exit, returning the replies it had
+        left; else it exits on its own while this process goes on (its work is done: what remains is the
+        interpreter's teardown, a tenth of a second or more that nobody needs to wait for)."""
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):  # a broken pipe: it ended already
+                self._process.stdin.close()
+        if not wait:
+            _ending[:] = [h for h in _ending if h._process.poll() is None] + [self]
+            return []
+        left = []
+        while (reply := self.receive()) is not None:
+            left.append(reply)
+        self._process.wait()
+        return left
+
+
+def _plain(value: Any) -> Any:
+    """numpy numbers as the Python numbers they hold (W&B charts them as numbers, not text)."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def start_early(module: str) -> None:
+    """Start the helper for ``module`` now, for a run that will :func:`take` it."""
+    if module not in _started_early:
+        _started_early[module] = Helper(module)
+
+
+def take(module: str) -> Helper:
+    """The helper started early for ``module``, else a new one."""
+    helper = _started_early.pop(module, None)
+    return helper if helper is not None else Helper(module)
+
+
+def drop_early() -> None:
+    """End helpers started early that no run took (the run stopped before it needed them)."""
+    while _started_early:
+        _, helper = _started_early.popitem()
+        helper.close()
+
+
+# ------------------------------------------------------------------------------------------ the helper's side
+
+
+def serve(handle: Callable[[Message], Iterable[Message]], end: Callable[[], Iterable[Message]]) -> None:
+    """The helper's loop: ``handle`` each message, write its replies; ``end`` when stdin ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what libraries print goes to the terminal
+    for message in _messages(sys.stdin):
+        for reply in handle(message):
+            _write(replies, reply)
+    for reply in end():
+        _write(replies, reply)
+    replies.close()
+
+
+def _messages(lines: Iterable[str]) -> Iterator[Message]:
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if isinstance(message, dict):
+                yield message
+
+
+def _write(replies: Any, reply: Message) -> None:
+    with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+        replies.write(json.dumps(reply, default=_plain) + "\n")
+
+
+class LogRecords(logging.Handler):
+    """The log records a helper's work emits, to send to the parent, which logs them as its own."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[Message] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append({"logger": record.name, "level": record.levelno, "message": record.getMessage()})
+
+    def take(self) -> list[Message]:
+        records, self.records = self.records, []
+        return records
+
+
+def log_in_parent(records: Iterable[Message]) -> None:
+    """Log, in this process, records a helper sent (to the same loggers, so Hydra's log file has them)."""
+    for record in records:
+        logging.getLogger(str(record.get("logger", __name__))).log(
+            int(record.get("level", logging.WARNING)), "%s", record.get("message", "")
+        )
