@@ -14,6 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# No dry run is remembered (a test that patches the code under a dry run must see it run); the tests of
+# the cache give it a dir of their own.
+os.environ["QK_SNIFFER_CACHE"] = "off"
 
 from tiny_models import tiny_model  # noqa: E402 - needs tests/ on the path
 

@@ -19,9 +19,16 @@ register_configs()
 @command("config", check_keys=False)
 def main(cfg: DictConfig) -> JobOutcome | None:
     if cfg.dry_run:
-        from ..pipeline.dry_run import dry_run
+        from ..pipeline.dry_run_cache import recall
+        from ..pipeline.dry_run_output import show
 
         with report_user_errors():
+            plan = recall(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
+            if plan is not None:  # the same local inputs as a dry run before: no torch to import
+                show(plan)
+                return None
+            from ..pipeline.dry_run import dry_run
+
             dry_run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
         return None
     with report_user_errors():

@@ -145,11 +145,24 @@ def _write(replies: Any, reply: Message) -> None:
 
 
 class LogRecords(logging.Handler):
-    """The log records a helper's work emits, to send to the parent, which logs them as its own."""
+    """The log records some work emits, kept as plain data to log again elsewhere: a helper's, sent to the
+    run that logs them as its own; a dry run's, remembered with its plan."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.records: list[Message] = []
+
+    @classmethod
+    @contextlib.contextmanager
+    def attached(cls, logger: str) -> Iterator[LogRecords]:
+        """Collect what ``logger`` (and its children) log inside the block; they are logged as usual too."""
+        records = cls()
+        target = logging.getLogger(logger)
+        target.addHandler(records)
+        try:
+            yield records
+        finally:
+            target.removeHandler(records)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append({"logger": record.name, "level": record.levelno, "message": record.getMessage()})
@@ -160,7 +173,8 @@ class LogRecords(logging.Handler):
 
 
 def log_in_parent(records: Iterable[Message]) -> None:
-    """Log, in this process, records a helper sent (to the same loggers, so Hydra's log file has them)."""
+    """Log records kept by :class:`LogRecords` (a helper's, a remembered dry run's) in this process, to the
+    same loggers, so Hydra's log file has them."""
     for record in records:
         logging.getLogger(str(record.get("logger", __name__))).log(
             int(record.get("level", logging.WARNING)), "%s", record.get("message", "")

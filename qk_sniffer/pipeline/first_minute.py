@@ -6,7 +6,7 @@
 - one 4096-token document through a tiny random Llama with ``sampler=all capture.pre_rope=true``, the
   default run's figures and W&B included, against :mod:`.peer_capture`, a bare script writing the same rows
   (and the capture without figures, and without W&B): what the tool costs over the floor;
-- ``--help`` and ``dry_run=true``;
+- ``--help`` and ``dry_run=true``, remembered (asked before, as on a second try) and first of its config;
 - the figures of a capture of ``bench.figure_rows`` rows (written the way a run commits them: 2 layers,
   4 query and 2 key heads, head_dim 64, every position of 4096-token examples): the aggregates and the
   drawing, in this process, imports already paid; and of a quarter of those rows, which splits the time
@@ -67,10 +67,17 @@ def seconds(action: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
-def command(args: list[str], cwd: Path, wandb: str = "offline") -> None:
+def command(args: list[str], cwd: Path, wandb: str = "offline", cache: str | None = None) -> None:
     """``python -m qk_sniffer ARGS`` in a fresh interpreter. W&B offline by default: what a run without a key
-    does (never online, even where the user has a key: a benchmark must not create runs in their project)."""
-    env = {**os.environ, "WANDB_MODE": wandb, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    does (never online, even where the user has a key: a benchmark must not create runs in their project).
+    Remembered dry runs go to ``cwd/cache`` (never the user's own), or ``cache`` ("off": none)."""
+    env = {
+        **os.environ,
+        "WANDB_MODE": wandb,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "QK_SNIFFER_CACHE": cache or str(cwd / "cache"),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "qk_sniffer", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -179,6 +186,7 @@ def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
         work = Path(tmp)
         fresh = iter(range(10**6))
         command([f"output.dir={work / 'warm'}"], work)  # caches warm, as on a second try
+        command(["dry_run=true"], work)  # and the dry run remembered, as on a second try
 
         def make_run(*extra: str, wandb: str = "offline") -> Path:
             out = work / f"run{next(fresh)}"
@@ -196,6 +204,10 @@ def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
             ),
             "help_s": statistics.median(seconds(lambda: command(["--help"], work), repeats)),
             "dry_run_s": statistics.median(seconds(lambda: command(["dry_run=true"], work), repeats)),
+            # The first dry run of a config (or a Hub model's, never remembered): the layout measured.
+            "dry_run_first_s": statistics.median(
+                seconds(lambda: command(["dry_run=true"], work, cache="off"), repeats)
+            ),
         }
         figure_root = work / "figures-capture"
         record["figure_rows"] = write_capture(figure_root, cfg.bench.figure_rows)
@@ -230,7 +242,8 @@ def format_table(record: dict[str, Any]) -> str:
         f"  make run, report.enabled=false    {record['make_run_no_figures_s']:>8.2f} s",
         f"    and W&B disabled                {record['make_run_no_figures_no_wandb_s']:>8.2f} s",
         f"  --help                            {record['help_s']:>8.2f} s",
-        f"  dry_run=true                      {record['dry_run_s']:>8.2f} s",
+        f"  dry_run=true (remembered)         {record['dry_run_s']:>8.2f} s",
+        f"  dry_run=true, first of its config {record['dry_run_first_s']:>8.2f} s",
         f"  figures of {record['figure_rows']:,} rows: {record['figures_total_s']:.2f} s "
         f"({record['figures_aggregates_s']:.2f} s aggregates), {record['figures_s_per_million_rows']:.2f} s "
         "per million rows",

@@ -1,0 +1,141 @@
+"""Remembered dry runs: ``dry_run=true`` asked again of the same local inputs answers at once.
+
+A plan needs the model's layout measured on a weightless model, so torch and transformers' modeling code
+(three seconds of imports) for a JSON object that only changes when its inputs do. A plan is remembered
+when every input is local and named in its key, and it is shown again, with what it logged, without those
+imports. The key holds:
+
+- the whole config except ``output``, ``wandb``, ``report`` and ``dry_run`` (which change no plan);
+- the model's own files for a local checkpoint (``*.json`` and ``*.py``: its config, and any remote code);
+- the versions of Python, torch, transformers and qk_sniffer, and the size and time of every file of this
+  package (its code, presets and support matrices: an edited checkout is a new key).
+
+Nothing is remembered for a model named on the Hub (its config may change there), a dataset other than the
+embedded corpus or synthetic data, or a memory plan read off the device's free memory (it changes from one
+minute to the next). Plans live in ``$QK_SNIFFER_CACHE/dry_run/`` (by default
+``$XDG_CACHE_HOME/qk_sniffer``, else ``~/.cache/qk_sniffer``), one small JSON file each; a file that does
+not parse is ignored and written again. Deleting the dir forgets them all; ``QK_SNIFFER_CACHE=off``
+remembers nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..core.child import Message, log_in_parent
+from ..core.config import CONF_DIR, Config, plain
+
+PACKAGE = Path(__file__).resolve().parents[1]
+LOCAL_DATASETS = ("embedded", "synthetic")
+CHECKPOINT_TEXT = (".json", ".py")
+UNPLANNED = ("output", "wandb", "report", "dry_run")
+
+
+def cache_dir() -> Path | None:
+    """``$QK_SNIFFER_CACHE/dry_run``, by default under ``$XDG_CACHE_HOME`` (``~/.cache``); None when
+    ``QK_SNIFFER_CACHE=off``."""
+    root = os.environ.get("QK_SNIFFER_CACHE")
+    if root == "off":
+        return None
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "qk_sniffer")
+    return Path(root) / "dry_run"
+
+
+def cache_key(cfg: Config) -> str | None:
+    """The key of this config's plan; None when an input is not local (nothing is remembered)."""
+    if cfg.dataset.path not in LOCAL_DATASETS:
+        return None
+    model_files = _checkpoint_files(cfg)
+    if model_files is None:
+        return None
+    config = {k: v for k, v in plain(cfg).items() if k not in UNPLANNED}
+    digest = hashlib.sha256()
+    for part in (
+        json.dumps(config, sort_keys=True, default=str),
+        json.dumps(model_files, sort_keys=True),
+        sys.version,
+        *(_version(name) for name in ("torch", "transformers", "qk_sniffer")),
+        json.dumps(_package_files(), sort_keys=True),
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def recall(cfg: Config) -> dict[str, Any] | None:
+    """The remembered plan for ``cfg`` (what it logged is logged again), or None."""
+    where, key = cache_dir(), cache_key(cfg)
+    if where is None or key is None:
+        return None
+    try:
+        entry = json.loads((where / f"{key}.json").read_text(encoding="utf-8"))
+        plan, records = entry["plan"], entry["records"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(plan, dict):
+        return None
+    log_in_parent(records)
+    return plan
+
+
+def remember(cfg: Config, plan: dict[str, Any], records: list[Message]) -> None:
+    """Keep ``plan`` for the next identical dry run, when all it depends on is in its key."""
+    memory = plan.get("memory")
+    if memory is not None and (
+        memory.get("budget_source") != "inference.memory_budget_gb" or cfg.model.device == "auto"
+    ):
+        return  # read off the device: its free memory, or which device "auto" finds
+
+    where, key = cache_dir(), cache_key(cfg)
+    if where is None or key is None:
+        return
+    path = where / f"{key}.json"
+    with contextlib.suppress(OSError):  # a read-only home: the plan is only not remembered
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"plan": plan, "records": records}), encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def _checkpoint_files(cfg: Config) -> dict[str, str] | None:
+    """The digests of a local checkpoint's text files ({} for a model built from the config's architecture:
+    the embedded model, ``model.random_init``); None for a model named on the Hub."""
+    name = cfg.model.name
+    if cfg.model.random_init or not name:
+        return {}
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        return None
+    files = {}
+    for path in sorted(Path(name).iterdir()):
+        if path.suffix in CHECKPOINT_TEXT and path.is_file():
+            files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def _package_files() -> list[tuple[str, int, int]]:
+    found = []
+    for directory, _, names in os.walk(PACKAGE):
+        for name in names:
+            if name.endswith((".py", ".json", ".yaml", ".jsonl")):
+                stat = os.stat(os.path.join(directory, name))
+                found.append((os.path.join(directory, name), stat.st_size, stat.st_mtime_ns))
+    for path in sorted(CONF_DIR.rglob("*.yaml")):  # the presets
+        stat = path.stat()
+        found.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return sorted(found)
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
