@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..core.errors import UserError
@@ -18,6 +19,15 @@ from ..store import Store
 from ..store.files import atomic_file
 from ..store.layout import FIGURES, METADATA
 from .loading import CommittedPart, committed_parts
+
+# Every figure, in the card's order (the PNG stems).
+FIGURE_NAMES = (
+    "rows_per_bucket",
+    "mean_norm_by_layer_bucket",
+    "norm_vs_position",
+    "coverage",
+    "logit_vs_distance",
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +44,47 @@ def data_fingerprint(parts: dict[str, list[CommittedPart]]) -> str:
     return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
 
 
-def render_figures(root: Path) -> list[Path]:
-    """Draw every figure of ``root`` into ``root/figures/``; returns the PNG paths."""
-    from .numbers import aggregates, coverage
-    from .plots import PNG_OPTIONS, draw_all
+# Who writes the PNGs of a dir: (root, its committed parts, its layout, the figure names) -> names written.
+PngWriter = Callable[[Path, dict[str, list[CommittedPart]], dict[str, object], Sequence[str]], list[str]]
 
+
+def render_figures(root: Path, write: PngWriter | None = None) -> list[Path]:
+    """Draw every figure of ``root`` into ``root/figures/``; returns the PNG paths. ``write``: who draws
+    them (:func:`write_pngs` here, or a run's helper processes, each a share of the names)."""
     root = root.expanduser()
     layout = capture_layout(root)
     parts = committed_parts(root)
     if not parts:
         raise UserError(f"output.dir={str(root)!r} holds no committed rows to draw")
-    norms, logits = aggregates(parts, layout)
-    figures = draw_all(norms, coverage(parts, layout), logits, _layers(layout))
     out = root / FIGURES
     previous = _index(root).get("figures", [])
     # Until every PNG is replaced the record matches no data: a crash midway never passes a mix of old
     # and new figures off as current.
     with atomic_file(out / INDEX, "w") as f:
         json.dump({"data": None, "figures": previous}, f, indent=1)
-    paths = []
-    for name, figure in figures.items():
-        path = out / f"{name}.png"
-        with atomic_file(path, "wb") as f:
-            figure.savefig(f, format="png", pil_kwargs=PNG_OPTIONS)
-        paths.append(path)
-    for name in set(previous) - set(figures):  # a figure this data no longer has (only files we made)
+    written = set((write or write_pngs)(root, parts, layout, FIGURE_NAMES))
+    drawn = [name for name in FIGURE_NAMES if name in written]
+    for name in set(previous) - set(drawn):  # a figure this data no longer has (only files we made)
         (out / f"{name}.png").unlink(missing_ok=True)
     with atomic_file(out / INDEX, "w") as f:
-        json.dump({"data": data_fingerprint(parts), "figures": list(figures)}, f, indent=1)
-    return paths
+        json.dump({"data": data_fingerprint(parts), "figures": drawn}, f, indent=1)
+    return [out / f"{name}.png" for name in drawn]
+
+
+def write_pngs(
+    root: Path, parts: dict[str, list[CommittedPart]], layout: dict[str, object], names: Sequence[str]
+) -> list[str]:
+    """Draw the figures ``names`` of these parts into ``root/figures/``; returns the names drawn (the logit
+    figure needs query and key rows of one layer: without them it is not drawn)."""
+    from .numbers import aggregates, coverage
+    from .plots import PNG_OPTIONS, draw_all
+
+    norms, logits = aggregates(parts, layout)
+    figures = draw_all(norms, coverage(parts, layout), logits, _layers(layout), names)
+    for name, figure in figures.items():
+        with atomic_file(root / FIGURES / f"{name}.png", "wb") as f:
+            figure.savefig(f, format="png", pil_kwargs=PNG_OPTIONS)
+    return list(figures)
 
 
 def capture_layout(root: Path) -> dict[str, object]:
@@ -117,7 +139,7 @@ def figure_section(root: Path) -> list[str]:
     return []
 
 
-def render_after_run(root: Path) -> None:
+def render_after_run(root: Path, write: PngWriter | None = None) -> None:
     """The run's last step: a failure to draw is logged, never fatal (the rows are committed already).
     Figures already drawn from exactly the data the dir commits now (a rerun that wrote nothing) stay."""
     drawn = _index(root).get("figures", [])
@@ -125,7 +147,7 @@ def render_after_run(root: Path) -> None:
         log.info("figures: current already (the data did not change)")
         return
     try:
-        paths = render_figures(root)
+        paths = render_figures(root, write)
     except Exception as exc:  # noqa: BLE001 - figures must not turn a finished capture into a failed one
         log.warning(
             "drawing the figures failed (%s); redraw them with: python -m qk_sniffer.report output.dir=%s",

@@ -10,6 +10,7 @@ counts on a log10 axis labelled 1, 10, 100, 1k, ..., layers as integers, colour 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -286,16 +287,25 @@ def logit_vs_distance(logits: LogitByDistance, num_layers: int) -> Figure | None
 
 
 def draw_all(
-    stats: NormStats, coverage: dict[str, np.ndarray], logits: LogitByDistance, num_layers: int
+    stats: NormStats,
+    coverage: dict[str, np.ndarray],
+    logits: LogitByDistance,
+    num_layers: int,
+    names: Collection[str] | None = None,
 ) -> dict[str, Figure]:
-    """Figure name (the PNG's stem) -> figure."""
-    figures = {
-        "rows_per_bucket": rows_per_bucket(stats),
-        "mean_norm_by_layer_bucket": mean_norm_heatmap(stats, num_layers),
-        "norm_vs_position": norm_vs_position(stats, num_layers),
-        "coverage": coverage_map(coverage),
+    """Figure name (the PNG's stem) -> figure, for ``names`` (default: all); the logit figure is left out
+    when no layer has both query and key rows."""
+    makers: dict[str, Callable[[], Figure | None]] = {
+        "rows_per_bucket": lambda: rows_per_bucket(stats),
+        "mean_norm_by_layer_bucket": lambda: mean_norm_heatmap(stats, num_layers),
+        "norm_vs_position": lambda: norm_vs_position(stats, num_layers),
+        "coverage": lambda: coverage_map(coverage),
+        "logit_vs_distance": lambda: logit_vs_distance(logits, num_layers),
     }
-    logit_figure = logit_vs_distance(logits, num_layers)
-    if logit_figure is not None:
-        figures["logit_vs_distance"] = logit_figure
+    figures = {}
+    for name, make in makers.items():
+        if names is None or name in names:
+            figure = make()
+            if figure is not None:
+                figures[name] = figure
     return figures

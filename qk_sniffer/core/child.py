@@ -6,8 +6,9 @@ that work on another core while the main process loads torch and captures, and t
 
 The parent writes one JSON object per line to the helper's stdin and reads its replies, one per line, from
 the helper's stdout. A helper keeps its stdout for replies alone (what its libraries print goes to stderr,
-the terminal's), ignores Ctrl-C (the run decides what an interrupt means and closes the pipe), and ends
-when its stdin does: the main process crashing or being killed ends its helpers too.
+the terminal's), runs in a session of its own at a lower priority (the terminal's Ctrl-C is the run's,
+which decides what an interrupt means and closes the pipe), and ends when its stdin does: the main process
+crashing or being killed ends its helpers too.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 Message = dict[str, Any]
 
 # Helpers started ahead of the run that will use them, by module: the command starts them before it
 # imports torch, and the run takes them (or starts its own, e.g. when called from Python).
-_started_early: dict[str, Helper] = {}
+_started_early: dict[str, list[Helper]] = {}
 # Helpers told to end and not waited for, kept until they have (a Popen dropped while its process runs warns).
 _ending: list[Helper] = []
 
@@ -43,6 +46,7 @@ class Helper:
             text=True,
             encoding="utf-8",
             bufsize=1,  # line-buffered: each message leaves when it is written
+            start_new_session=True,  # the terminal's Ctrl-C and Ctrl-Z are the run's, not its helpers'
         )
 
     def send(self, message: Message) -> bool:
@@ -96,34 +100,56 @@ def _plain(value: Any) -> Any:
     return item() if callable(item) else str(value)
 
 
-def start_early(module: str) -> None:
-    """Start the helper for ``module`` now, for a run that will :func:`take` it."""
-    if module not in _started_early:
-        _started_early[module] = Helper(module)
+def start_early(module: str, count: int = 1) -> None:
+    """Have ``count`` helpers of ``module`` started now, for a run that will :func:`take` them."""
+    started = _started_early.setdefault(module, [])
+    started += [Helper(module) for _ in range(count - len(started))]
 
 
 def take(module: str) -> Helper:
-    """The helper started early for ``module``, else a new one."""
-    helper = _started_early.pop(module, None)
-    return helper if helper is not None else Helper(module)
+    """A helper of ``module`` started early, else a new one."""
+    started = _started_early.get(module)
+    return started.pop() if started else Helper(module)
 
 
 def drop_early() -> None:
     """End helpers started early that no run took (the run stopped before it needed them)."""
     while _started_early:
-        _, helper = _started_early.popitem()
-        helper.close()
+        _, helpers = _started_early.popitem()
+        for helper in helpers:
+            helper.close()
 
 
 # ------------------------------------------------------------------------------------------ the helper's side
 
 
-def serve(handle: Callable[[Message], Iterable[Message]], end: Callable[[], Iterable[Message]]) -> None:
-    """The helper's loop: ``handle`` each message, write its replies; ``end`` when stdin ends."""
+def become_helper() -> TextIO:
+    """The first thing a helper does: yield the CPU to the run (the helper's work is never the run's
+    critical path, unless the run waits for it, and then the CPU is free), ignore Ctrl-C, and keep stdout
+    for replies alone (what its libraries print goes to stderr). Returns the replies' stream."""
+    with contextlib.suppress(OSError, AttributeError):  # not permitted, or not POSIX: same priority
+        os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what libraries print goes to the terminal
-    for message in _messages(sys.stdin):
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return replies
+
+
+def serve(
+    replies: TextIO, handle: Callable[[Message], Iterable[Message]], end: Callable[[], Iterable[Message]]
+) -> None:
+    """The helper's loop: ``handle`` each message, write its replies; ``end`` when stdin ends. A thread
+    reads stdin all along, so the run's writes never wait on a pipe filled while ``handle`` is slow (W&B's
+    start online can take many seconds, during which the capture goes on logging)."""
+    inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        for message in _messages(sys.stdin):
+            inbox.put(message)
+        inbox.put(None)
+
+    threading.Thread(target=read, name="helper-stdin", daemon=True).start()
+    while (message := inbox.get()) is not None:
         for reply in handle(message):
             _write(replies, reply)
     for reply in end():

@@ -225,6 +225,9 @@ class BenchConfig:
     device_gb: float | None = None
     # first_minute: rows of the capture whose figures are timed.
     figure_rows: int = 1_000_000
+    # first_minute: the Python that runs the nnsight peer (peer_nnsight.py); null: this one. Skipped when
+    # that Python cannot import nnsight (no dependency of qk_sniffer).
+    nnsight_python: str | None = None
 
 
 @dataclass

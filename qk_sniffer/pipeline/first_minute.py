@@ -140,19 +140,32 @@ def figure_times(root: Path, repeats: int) -> dict[str, float]:
     return {"figures_aggregates_s": statistics.median(aggregate), "figures_total_s": statistics.median(total)}
 
 
-def peer_times(work: Path, make_run: Callable[..., Path], repeats: int) -> dict[str, Any]:
-    """The capture of one document with sampler=all and pre-RoPE vectors, against the peer script writing
-    the same rows (checked: the same configs, each with every position)."""
-    peer = Path(__file__).with_name("peer_capture.py")
+def peer_times(
+    work: Path, make_run: Callable[..., Path], repeats: int, nnsight_python: str | None = None
+) -> dict[str, Any]:
+    """The capture of one document with sampler=all and pre-RoPE vectors, against the peer scripts writing
+    the same rows (checked: the same configs, each with every position): the bare hook script, and the
+    nnsight one when ``nnsight_python`` (default: this Python) can import nnsight."""
     fresh = iter(range(10**6))
-    last = work / "peer-unused"
+    last: dict[str, Path] = {}
 
-    def run_peer() -> None:
-        nonlocal last
-        last = work / f"peer{next(fresh)}"
-        subprocess.run([sys.executable, str(peer), str(last), str(SEQ_LEN)], check=True, capture_output=True)
+    def run_peer(script: str, python: str) -> None:
+        last[script] = work / f"peer{next(fresh)}"
+        command = [python, str(Path(__file__).with_name(script)), str(last[script]), str(SEQ_LEN)]
+        subprocess.run(command, check=True, capture_output=True)
 
-    record = {"peer_script_s": statistics.median(seconds(run_peer, repeats))}
+    record: dict[str, Any] = {
+        "peer_script_s": statistics.median(
+            seconds(lambda: run_peer("peer_capture.py", sys.executable), repeats)
+        )
+    }
+    python = nnsight_python or sys.executable
+    has_nnsight = subprocess.run([python, "-c", "import nnsight"], capture_output=True).returncode == 0
+    record["nnsight_script_s"] = (
+        statistics.median(seconds(lambda: run_peer("peer_nnsight.py", python), repeats))
+        if has_nnsight
+        else None
+    )
     ours: list[Path] = []
     record["like_peer_s"] = statistics.median(seconds(lambda: ours.append(make_run(*LIKE_PEER)), repeats))
     record["like_peer_no_figures_s"] = statistics.median(
@@ -161,11 +174,15 @@ def peer_times(work: Path, make_run: Callable[..., Path], repeats: int) -> dict[
     record["like_peer_no_figures_no_wandb_s"] = statistics.median(
         seconds(lambda: make_run(*LIKE_PEER, "report.enabled=false", wandb="disabled"), repeats)
     )
-    rows, captured = peer_rows(last), committed_rows(ours[-1])
-    if rows != captured:
-        raise RuntimeError(f"the peer script and the capture wrote different rows: {rows} != {captured}")
-    record["like_peer_rows"] = sum(rows.values())
+    captured = committed_rows(ours[-1])
+    for script, root in last.items():
+        rows = peer_rows(root)
+        if rows != captured:
+            raise RuntimeError(f"{script} and the capture wrote different rows: {rows} != {captured}")
+    record["like_peer_rows"] = sum(captured.values())
     record["like_peer_over_peer"] = record["like_peer_s"] / record["peer_script_s"]
+    if record["nnsight_script_s"] is not None:
+        record["like_peer_over_nnsight"] = record["like_peer_s"] / record["nnsight_script_s"]
     return record
 
 
@@ -194,7 +211,7 @@ def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
             return out
 
         record: dict[str, Any] = {
-            **peer_times(work, make_run, repeats),
+            **peer_times(work, make_run, repeats, cfg.bench.nnsight_python),
             "make_run_s": statistics.median(seconds(make_run, repeats)),
             "make_run_no_figures_s": statistics.median(
                 seconds(lambda: make_run("report.enabled=false"), repeats)
@@ -229,13 +246,20 @@ def run_first_minute(cfg: BenchAppConfig) -> dict[str, Any]:
 
 
 def format_table(record: dict[str, Any]) -> str:
+    over_nnsight = record.get("like_peer_over_nnsight")
     lines = [
         f"qk_sniffer first minute: medians of {record['repeats']} on {record['cpus']} CPUs, load average "
         f"{record['load_avg_1m'][0]} -> {record['load_avg_1m'][1]}",
         f"  one {SEQ_LEN}-token document, sampler=all, pre-RoPE ({record['like_peer_rows']:,} rows):",
         f"    a bare hook script (peer_capture.py)  {record['peer_script_s']:>6.2f} s",
+        *(
+            [f"    an nnsight script (peer_nnsight.py)   {record['nnsight_script_s']:>6.2f} s"]
+            if record.get("nnsight_script_s") is not None
+            else []
+        ),
         f"    python -m qk_sniffer                   {record['like_peer_s']:>6.2f} s "
-        f"(x{record['like_peer_over_peer']:.2f})",
+        f"(x{record['like_peer_over_peer']:.2f} the bare script"
+        + (f", x{over_nnsight:.2f} the nnsight one)" if over_nnsight is not None else ")"),
         f"      report.enabled=false                 {record['like_peer_no_figures_s']:>6.2f} s",
         f"      and W&B disabled                     {record['like_peer_no_figures_no_wandb_s']:>6.2f} s",
         f"  make run (warm caches, W&B offline) {record['make_run_s']:>6.2f} s",

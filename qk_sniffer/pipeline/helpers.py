@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..analysis.figure_process import FIGURE_PROCESS
+from ..analysis.figure_process import FIGURE_PROCESS, helper_count
 from ..core.child import drop_early, start_early
 from ..core.config import Config
 from ..core.errors import UserError
@@ -20,7 +20,7 @@ __all__ = ["drop_early", "start_helpers"]
 def start_helpers(cfg: Config) -> None:
     """Start the helpers this config's run will use (a bad value starts none: the run's check reports it)."""
     if cfg.report.enabled is True:
-        start_early(FIGURE_PROCESS)
+        start_early(FIGURE_PROCESS, helper_count())
     try:
         mode, _ = choose_mode(cfg.wandb.mode, os.environ)
     except UserError:

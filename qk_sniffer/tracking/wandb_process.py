@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..core.child import Message, serve
+from ..core.child import Message, become_helper, serve
 
 # Replies are logged by the main process under this name (as the in-process tracker always did).
 LOGGER = "qk_sniffer.tracking.wandb_run"
@@ -55,14 +55,10 @@ class WandbReplay:
         try:
             if self.wandb is None:
                 self.wandb = importlib.import_module("wandb")
-            self.run = self.wandb.init(**settings)
+            # console="off": this process's own output is not the run's (the run's log is Hydra's file).
+            self.run = self.wandb.init(**settings, settings=self.wandb.Settings(console="off"))
         except Exception as exc:  # noqa: BLE001 - tracking must never end a capture
             return [_warning(f"could not start W&B ({exc}); the capture goes on without it")]
-        # What the charts need the first time (wandb's tables import pandas; images, PIL): now, while the
-        # capture runs, not at its end.
-        with contextlib.suppress(Exception):
-            charts(self.wandb, WARM_UP)
-            importlib.import_module("PIL.Image")
         return []
 
     def _apply(self, message: Message) -> list[Message]:
@@ -104,12 +100,20 @@ def _warning(text: str) -> Message:
 
 
 def main() -> None:
+    replies = become_helper()
+    # Everything that does not need the run's settings, now, while the main process imports torch: wandb,
+    # its service (setup), and what the charts need the first time (tables import pandas; images, PIL).
+    wandb: ModuleType | None = None
     try:
-        wandb: ModuleType | None = importlib.import_module("wandb")  # now, before the run's settings come
-    except Exception:  # noqa: BLE001 - reported when the settings come and init is tried again
-        wandb = None
+        module = importlib.import_module("wandb")
+        module.setup()
+        charts(module, WARM_UP)
+        importlib.import_module("PIL.Image")
+        wandb = module
+    except Exception:  # noqa: BLE001 - init is tried again when the settings come, and reports what fails
+        pass
     replay = WandbReplay(wandb)
-    serve(replay.handle, replay.end)
+    serve(replies, replay.handle, replay.end)
 
 
 if __name__ == "__main__":

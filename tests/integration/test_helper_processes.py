@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import time
 import pytest
 from helpers import compose_cfg
 
-from qk_sniffer.analysis.figure_process import FIGURE_PROCESS, FigureDrawer
-from qk_sniffer.analysis.figures import current_figures
+from qk_sniffer.analysis.figure_process import COST, FIGURE_PROCESS, FigureDrawer, shares
+from qk_sniffer.analysis.figures import FIGURE_NAMES, current_figures
 from qk_sniffer.core import child
 from qk_sniffer.core.child import Helper
 from qk_sniffer.pipeline.runner import run
@@ -44,9 +45,9 @@ def _gone(pid: int, within_s: float = 30.0) -> bool:
     return False
 
 
-def test_the_figures_are_drawn_in_the_helper_and_its_log_is_the_runs(capture_dir, caplog):
-    helper = Helper(FIGURE_PROCESS)
-    drawer = FigureDrawer(helper)
+def test_the_figures_are_drawn_in_the_helpers_a_share_each(capture_dir, caplog):
+    helpers = [Helper(FIGURE_PROCESS), Helper(FIGURE_PROCESS)]
+    drawer = FigureDrawer(list(helpers))
     with caplog.at_level(logging.INFO, logger="qk_sniffer"):
         drawer.draw(capture_dir)
     drawn = current_figures(capture_dir)
@@ -59,17 +60,33 @@ def test_the_figures_are_drawn_in_the_helper_and_its_log_is_the_runs(capture_dir
         drawer.draw(capture_dir)
     assert caplog.messages == ["figures: current already (the data did not change)"]
     drawer.close()
-    assert _gone(helper._process.pid)
+    assert all(_gone(helper._process.pid) for helper in helpers)
 
 
-def test_a_failure_to_draw_in_the_helper_is_logged_by_the_run(tmp_path, caplog):
-    drawer = FigureDrawer(Helper(FIGURE_PROCESS))
+def test_shares_are_balanced_and_cover_every_figure():
+    split = shares(FIGURE_NAMES, 2)
+    assert sorted(name for share in split for name in share) == sorted(FIGURE_NAMES)
+    costs = [sum(COST[name] for name in share) for share in split]
+    assert max(costs) - min(costs) <= max(COST.values())
+    assert shares(FIGURE_NAMES, 1) == [sorted(FIGURE_NAMES, key=lambda n: -COST[n])]
+
+
+def test_a_failure_to_draw_in_a_helper_is_logged_by_the_run(capture_dir, tmp_path, caplog):
+    """The helper reads the rows the run names: a part gone since fails there, and the run says so."""
+    broken = tmp_path / "broken"
+    shutil.copytree(capture_dir, broken)
+    for png in (broken / "figures").glob("*"):
+        png.unlink()
+    victim = next(broken.glob("l00h00q/*.parquet"))
+    victim.write_bytes(b"not parquet")
+    drawer = FigureDrawer([Helper(FIGURE_PROCESS)])
     with caplog.at_level(logging.WARNING, logger="qk_sniffer"):
-        drawer.draw(tmp_path / "missing")
+        drawer.draw(broken)
     drawer.close()
     [message] = caplog.messages
-    assert message.startswith("drawing the figures failed (output.dir=")
-    assert "redraw them with: python -m qk_sniffer.report output.dir=" in message
+    assert message.startswith("drawing the figures failed (")
+    assert f"redraw them with: python -m qk_sniffer.report output.dir={broken}" in message
+    assert current_figures(broken) == []
 
 
 def test_the_run_draws_itself_when_the_helper_is_gone(capture_dir, caplog):
@@ -79,7 +96,7 @@ def test_the_run_draws_itself_when_the_helper_is_gone(capture_dir, caplog):
     helper._process.kill()
     helper._process.wait()
     with caplog.at_level(logging.INFO, logger="qk_sniffer"):
-        FigureDrawer(helper).draw(capture_dir)
+        FigureDrawer([helper]).draw(capture_dir)
     assert len(current_figures(capture_dir)) == 5
     assert caplog.messages[-1].startswith("figures: rows_per_bucket.png")
 
@@ -88,18 +105,48 @@ def test_ctrl_c_is_the_runs_to_handle_not_the_helpers(capture_dir):
     helper = Helper(FIGURE_PROCESS)
     time.sleep(0.5)  # past its start, into its loop
     os.kill(helper._process.pid, signal.SIGINT)
-    drawer = FigureDrawer(helper)
-    assert helper.send({"draw": str(capture_dir)})
-    assert helper.receive() is not None, "the helper died of the SIGINT"
-    drawer.close()
+    assert helper.send({"hello": 1})
+    helper.close(wait=True)
+    assert helper.returncode == 0, "the helper died of the SIGINT"
+
+
+SLOW_HELPER = """
+import time
+from qk_sniffer.core.child import become_helper, serve
+replies = become_helper()
+seen = []
+def handle(message):
+    if not seen:
+        time.sleep(3)  # as W&B's start online: the run goes on writing meanwhile
+    seen.append(message)
+    return [{"count": len(seen)}] if message.get("last") else []
+serve(replies, handle, lambda: [])
+"""
+
+
+def test_the_runs_writes_never_wait_on_a_slow_helper(tmp_path, monkeypatch):
+    (tmp_path / "slow_helper.py").write_text(SLOW_HELPER)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    helper = Helper("slow_helper")
+    message = {"log": {"x": "y" * 1000}}
+    start = time.monotonic()
+    for _ in range(2000):  # 2 MB: thirty times a pipe's buffer
+        assert helper.send(message)
+    assert time.monotonic() - start < 2.5, "the run waited on the helper"
+    assert helper.send({"last": True})
+    assert helper.receive() == {"count": 2001}
+    helper.close()
 
 
 def test_helpers_started_early_and_not_taken_are_ended():
-    child.start_early(FIGURE_PROCESS)
-    helper = child._started_early[FIGURE_PROCESS]
+    child.start_early(FIGURE_PROCESS, 2)
+    helpers = list(child._started_early[FIGURE_PROCESS])
+    assert len(helpers) == 2
+    taken = child.take(FIGURE_PROCESS)
     child.drop_early()
     assert child._started_early == {}
-    assert helper.returncode == 0
+    assert [helper.returncode for helper in helpers if helper is not taken] == [0]
+    taken.close()
 
 
 def test_no_helper_outlives_a_main_process_that_is_killed(tmp_path):
@@ -118,3 +165,15 @@ def test_no_helper_outlives_a_main_process_that_is_killed(tmp_path):
     assert proc.returncode == -9, proc.stderr
     pids = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(_gone(pid) for pid in pids)
+
+
+def test_every_figure_the_plots_can_draw_is_named(capture_dir):
+    """FIGURE_NAMES (light, read by the run) and what plots.draw_all makes (matplotlib) are one list."""
+    from qk_sniffer.analysis.figures import _layers, capture_layout
+    from qk_sniffer.analysis.loading import committed_parts
+    from qk_sniffer.analysis.numbers import aggregates, coverage
+    from qk_sniffer.analysis.plots import draw_all
+
+    layout, parts = capture_layout(capture_dir), committed_parts(capture_dir)
+    norms, logits = aggregates(parts, layout)
+    assert tuple(draw_all(norms, coverage(parts, layout), logits, _layers(layout))) == FIGURE_NAMES

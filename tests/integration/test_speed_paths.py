@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,6 +313,22 @@ def test_the_peer_script_writes_the_rows_the_capture_it_is_timed_against_writes(
     run(compose_cfg([*like_peer, f"output.dir={tmp_path / 'ours'}", "report.enabled=false"]))
     peer = first_minute.peer_rows(tmp_path / "peer")
     assert peer == first_minute.committed_rows(tmp_path / "ours") and set(peer.values()) == {64}
+
+
+def test_the_nnsight_peer_writes_the_bare_peers_vectors(tmp_path):
+    """The second peer of ``bench.mode=first_minute`` (only where nnsight is installed: no dependency)."""
+    pytest.importorskip("nnsight")
+    import pyarrow.parquet as pq
+
+    from qk_sniffer.pipeline import peer_capture
+
+    script = Path(peer_capture.__file__).with_name("peer_nnsight.py")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "nnsight"), "64"], check=True, timeout=300)
+    peer_capture.capture(tmp_path / "peer", 64)
+    for folder in sorted((tmp_path / "peer").glob("l*")):
+        assert pq.read_table(folder / "0.parquet").equals(
+            pq.read_table(tmp_path / "nnsight" / folder.name / "0.parquet")
+        )
 
 
 def test_bench_unknown_mode_is_one_message(tmp_path):

@@ -442,7 +442,9 @@ def _stand_in(run=None, error: Exception | None = None) -> SimpleNamespace:
             raise error
         return run
 
-    return SimpleNamespace(init=init, Table=wandb.Table, plot=wandb.plot, Image=wandb.Image)
+    return SimpleNamespace(
+        init=init, Settings=wandb.Settings, Table=wandb.Table, plot=wandb.plot, Image=wandb.Image
+    )
 
 
 def _warning(text: str) -> dict[str, Any]:
