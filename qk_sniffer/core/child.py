@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 Message = dict[str, Any]
@@ -39,8 +40,17 @@ class Helper:
 
     def __init__(self, module: str) -> None:
         self.module = module
+        # The helper imports the very qk_sniffer this process runs (a checkout put on sys.path, say); an
+        # installed one is found where it is, and site-packages is not put ahead of anything.
+        source = Path(__file__).resolve().parents[2]
+        own = "" if source.name in ("site-packages", "dist-packages") else str(source)
+        path = os.pathsep.join(p for p in (own, os.environ.get("PYTHONPATH")) if p)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | (
+            {"PYTHONPATH": path} if path else {}
+        )
         self._process = subprocess.Popen(
             [sys.executable, "-m", module],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
