@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 Message = dict[str, Any]
+log = logging.getLogger(__name__)
 
 # Helpers started ahead of the run that will use them, by module: the command starts them before it
 # imports torch, and the run takes them (or starts its own, e.g. when called from Python).
@@ -48,20 +49,24 @@ class Helper:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | (
             {"PYTHONPATH": path} if path else {}
         )
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            bufsize=1,  # line-buffered: each message leaves when it is written
-            start_new_session=True,  # the terminal's Ctrl-C and Ctrl-Z are the run's, not its helpers'
-        )
+        try:
+            self._process: subprocess.Popen[str] | None = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                bufsize=1,  # line-buffered: each message leaves when it is written
+                start_new_session=True,  # the terminal's Ctrl-C and Ctrl-Z are the run's, not its helpers'
+            )
+        except OSError as exc:  # no process to be had (a process limit, no memory): the run goes on
+            log.warning("could not start a helper process (%s): %s; the run does without it", module, exc)
+            self._process = None
 
     def send(self, message: Message) -> bool:
-        """False when the helper is gone (it ended or crashed): the caller goes on without it."""
-        stdin = self._process.stdin
+        """False when the helper is gone (it ended, crashed, never started): the caller goes on without it."""
+        stdin = self._process.stdin if self._process is not None else None
         if stdin is None or stdin.closed:
             return False
         try:
@@ -73,7 +78,7 @@ class Helper:
 
     def receive(self) -> Message | None:
         """The helper's next reply; None when it has ended without one."""
-        stdout = self._process.stdout
+        stdout = self._process.stdout if self._process is not None else None
         line = stdout.readline() if stdout is not None else ""
         if not line:
             return None
@@ -85,17 +90,20 @@ class Helper:
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode
+        """Its exit status once it ended and was waited for (None while it runs, or if it never started)."""
+        return self._process.returncode if self._process is not None else None
 
     def close(self, wait: bool = True) -> list[Message]:
         """End the helper (it sees its stdin end). ``wait``: for it to exit, returning the replies it had
         left; else it exits on its own while this process goes on (its work is done: what remains is the
         interpreter's teardown, a tenth of a second or more that nobody needs to wait for)."""
+        if self._process is None:
+            return []
         if self._process.stdin is not None:
             with contextlib.suppress(OSError):  # a broken pipe: it ended already
                 self._process.stdin.close()
         if not wait:
-            _ending[:] = [h for h in _ending if h._process.poll() is None] + [self]
+            _ending[:] = [h for h in _ending if h._process is not None and h._process.poll() is None] + [self]
             return []
         left = []
         while (reply := self.receive()) is not None:

@@ -121,9 +121,10 @@ def _run(cfg: Config) -> RunResult:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     prep = _prepare(cfg)
-    drawer = start_drawer() if cfg.report.enabled else None
     tracker = make_tracker(cfg, prep.metadata)
+    drawer: FigureDrawer | None = None
     try:
+        drawer = start_drawer() if cfg.report.enabled else None
         with _phase(phases, "load_s"):
             model = load_checked(cfg.model, prep.plan.model_config, prep.plan.layout)
         prep.metadata["attn_implementation"] = attention_backend(model)

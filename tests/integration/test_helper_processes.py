@@ -177,3 +177,23 @@ def test_every_figure_the_plots_can_draw_is_named(capture_dir):
     layout, parts = capture_layout(capture_dir), committed_parts(capture_dir)
     norms, logits = aggregates(parts, layout)
     assert tuple(draw_all(norms, coverage(parts, layout), logits, _layers(layout))) == FIGURE_NAMES
+
+
+def test_a_run_that_can_start_no_helper_draws_its_figures_itself(tmp_path, monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(child.subprocess, "Popen", refuse)
+    out = tmp_path / "out"
+    overrides = [f"output.dir={out}", "dataset.max_samples=2", "report.enabled=true", "wandb.mode=offline"]
+    with caplog.at_level(logging.INFO, logger="qk_sniffer"):
+        result = run(compose_cfg(overrides))
+    assert result.rows > 0
+    assert len(current_figures(out)) == 5
+    refusals = [m for m in caplog.messages if m.startswith("could not start a helper process")]
+    why = "[Errno 11] Resource temporarily unavailable; the run does without it"
+    assert refusals == [
+        f"could not start a helper process (qk_sniffer.analysis.figure_process): {why}",
+        f"could not start a helper process (qk_sniffer.analysis.figure_process): {why}",
+        f"could not start a helper process (qk_sniffer.tracking.wandb_process): {why}",
+    ]
