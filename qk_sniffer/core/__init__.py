@@ -4,6 +4,8 @@
 - :mod:`.naming`    config names ``l{LL}h{HH}{q|k}``
 - :mod:`.ranges`    small range helpers
 - :mod:`.registry`  decorator registries with clear unknown/duplicate-name errors
+- :mod:`.arrow`     the row schema and Arrow arrays, without pyarrow's pandas import
+- :mod:`.child`     helper processes: JSON lines over pipes, and the helper's side of them
 - :mod:`.errors`    :class:`~.errors.UserError`: one message and an exit code, never a traceback
 
 May import: nothing else of the package.

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..core.child import Message, log_in_parent
 from ..core.config import CONF_DIR, Config, plain
+from .user_cache import cache_root
 
 PACKAGE = Path(__file__).resolve().parents[1]
 LOCAL_DATASETS = ("embedded", "synthetic")
@@ -39,15 +40,9 @@ UNPLANNED = ("output", "wandb", "report", "dry_run")
 
 
 def cache_dir() -> Path | None:
-    """``$QK_SNIFFER_CACHE/dry_run``, by default under ``$XDG_CACHE_HOME`` (``~/.cache``); None when
-    ``QK_SNIFFER_CACHE=off``."""
-    root = os.environ.get("QK_SNIFFER_CACHE")
-    if root == "off":
-        return None
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "qk_sniffer")
-    return Path(root) / "dry_run"
+    """``$QK_SNIFFER_CACHE/dry_run`` (see :mod:`.user_cache`); None when caching is off."""
+    root = cache_root()
+    return None if root is None else root / "dry_run"
 
 
 def cache_key(cfg: Config) -> str | None:

@@ -5,7 +5,7 @@ other weights tomorrow (a new ``save_pretrained`` over the old one). So a local 
 its files' content: the sha256 of every weight, config and code file at the top of the dir. Files up to
 ``WHOLE_FILE_BYTES`` are hashed whole; larger ones by their size and one ``BLOCK`` of every ``STRIDE``
 (the first and last included), so any change spanning a stride (a fine-tune, one layer's matrix) shows,
-at a sixteenth of the reading. Digests are cached (``$QK_SNIFFER_CACHE``, default ``~/.cache/qk_sniffer``)
+at a sixteenth of the reading. Digests are cached (``$QK_SNIFFER_CACHE``, see :mod:`.user_cache`)
 by path, size, mtime, inode and ctime, so a rerun does not read the weights twice.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from ..core.config import ModelConfig
 from ..store.files import DamagedFile, read_json, write_json_atomic
+from .user_cache import cache_root
 
 # The files that decide what a checkpoint computes (tokenizer files decide the token ids, which the
 # manifest's token-id hashes cover).
@@ -66,9 +67,10 @@ def file_digest(path: Path) -> str:
     return "sampled:" + digest.hexdigest()
 
 
-def cache_file() -> Path:
-    root = os.environ.get("QK_SNIFFER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qk_sniffer")
-    return Path(root) / "checkpoint_digests.json"
+def cache_file() -> Path | None:
+    """The digest cache (see :mod:`.user_cache`); None when caching is off (every file is hashed)."""
+    root = cache_root()
+    return None if root is None else root / "checkpoint_digests.json"
 
 
 class _Cache:
@@ -79,7 +81,7 @@ class _Cache:
     def __init__(self) -> None:
         self.path = cache_file()
         try:
-            data = read_json(self.path)
+            data = read_json(self.path) if self.path is not None else {}
         except (OSError, DamagedFile):
             data = {}
         self.entries: dict[str, list[Any]] = data if isinstance(data, dict) else {}
@@ -97,7 +99,7 @@ class _Cache:
         return digest
 
     def save(self) -> None:
-        if not self.changed:
+        if not self.changed or self.path is None:
             return
         # Forget files that are gone, so the cache does not grow with every deleted checkpoint.
         kept = {p: v for p, v in self.entries.items() if os.path.exists(p)}

@@ -13,6 +13,7 @@ from helpers import compose_cfg, embedded_tokenizer, rows, run_cli, save_checkpo
 
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.pipeline.runner import run
+from qk_sniffer.pipeline.weights import file_digest
 from qk_sniffer.store.layout import METADATA
 from qk_sniffer.store.manifest import Manifest
 
@@ -86,6 +87,19 @@ def test_commits_record_each_examples_token_hash(tmp_path, corpus):
     assert {i: d.token_hash for i, d in recorded.items()} == {
         i: token_hash(encode(t)) for i, t in enumerate(TEXTS)
     }
+
+
+def test_cache_off_hashes_the_weights_and_writes_no_cache(tmp_path, corpus, monkeypatch):
+    # "off" is a switch, never a dir: it once made an "off/" dir in the working dir.
+    monkeypatch.setenv("QK_SNIFFER_CACHE", "off")
+    monkeypatch.chdir(tmp_path)
+    ckpt = save_checkpoint(tmp_path, "qwen3")
+    out = tmp_path / "out"
+    there = set(tmp_path.iterdir())
+    run(compose_cfg([f"model.name={ckpt}", *local(corpus, out, "capture.layers=[0]")]))
+    recorded = json.loads((out / METADATA).read_text())["weights"]
+    assert recorded["files"]["model.safetensors"] == file_digest(ckpt / "model.safetensors")
+    assert set(tmp_path.iterdir()) - there == {out}
 
 
 def test_new_weights_at_the_same_local_path_are_refused(tmp_path, corpus, monkeypatch):
