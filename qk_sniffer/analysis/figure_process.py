@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.child import Helper, LogRecords, Message, become_helper, log_in_parent, serve, take
+from ..core.imports import collector_paused
 from .figures import PngWriter, render_after_run, write_pngs
 from .loading import CommittedPart
 
@@ -107,7 +108,8 @@ def draw_share(message: Message) -> list[str]:
 
 def main() -> None:
     replies = become_helper()
-    from . import numbers, plots  # noqa: F401 - imported now, while the capture runs, not when asked
+    with collector_paused():
+        from . import numbers, plots  # noqa: F401 - imported now, while the capture runs, not when asked
 
     records = LogRecords()
     package = logging.getLogger("qk_sniffer")

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..core.config import register_configs
 from ..core.errors import UserError
+from ..core.imports import collector_paused
 from .common import USER_ERROR, command, report_user_errors
 from .sweep import JobOutcome
 
@@ -27,7 +28,8 @@ def main(cfg: DictConfig) -> JobOutcome | None:
             if plan is not None:  # the same local inputs as a dry run before: no torch to import
                 show(plan)
                 return None
-            from ..pipeline.dry_run import dry_run
+            with collector_paused():
+                from ..pipeline.dry_run import dry_run
 
             dry_run(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
         return None
@@ -36,7 +38,8 @@ def main(cfg: DictConfig) -> JobOutcome | None:
 
         # W&B's and the figures' processes import while this one imports torch.
         start_helpers(cfg)  # type: ignore[arg-type] # a DictConfig typed by the Config schema
-        from ..pipeline.runner import in_multirun, run
+        with collector_paused():
+            from ..pipeline.runner import in_multirun, run
 
         if in_multirun():
             return _sweep_job(cfg)

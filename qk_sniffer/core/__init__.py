@@ -6,6 +6,7 @@
 - :mod:`.registry`  decorator registries with clear unknown/duplicate-name errors
 - :mod:`.arrow`     the row schema and Arrow arrays, without pyarrow's pandas import
 - :mod:`.child`     helper processes: JSON lines over pipes, and the helper's side of them
+- :mod:`.imports`   heavy imports with the garbage collector paused, then frozen
 - :mod:`.errors`    :class:`~.errors.UserError`: one message and an exit code, never a traceback
 
 May import: nothing else of the package.

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from ..core.child import Message, become_helper, serve
+from ..core.imports import collector_paused
 
 # Replies are logged by the main process under this name (as the in-process tracker always did).
 LOGGER = "qk_sniffer.tracking.wandb_run"
@@ -105,10 +106,11 @@ def main() -> None:
     # its service (setup), and what the charts need the first time (tables import pandas; images, PIL).
     wandb: ModuleType | None = None
     try:
-        module = importlib.import_module("wandb")
+        with collector_paused():
+            module = importlib.import_module("wandb")
+            importlib.import_module("PIL.Image")
         module.setup()
         charts(module, WARM_UP)
-        importlib.import_module("PIL.Image")
         wandb = module
     except Exception:  # noqa: BLE001 - init is tried again when the settings come, and reports what fails
         pass

@@ -103,7 +103,10 @@ def test_the_run_draws_itself_when_the_helper_is_gone(capture_dir, caplog):
 
 def test_ctrl_c_is_the_runs_to_handle_not_the_helpers(capture_dir):
     helper = Helper(FIGURE_PROCESS)
-    time.sleep(0.5)  # past its start, into its loop
+    # Into its loop (a reply proves it), past where it starts ignoring SIGINT: a sleep was not enough on a
+    # loaded machine. (The terminal's Ctrl-C never reaches it at all: it runs in a session of its own.)
+    assert helper.send({"draw": str(capture_dir), "parts": {}, "layout": {}, "names": []})
+    assert helper.receive() is not None
     os.kill(helper._process.pid, signal.SIGINT)
     assert helper.send({"hello": 1})
     helper.close(wait=True)

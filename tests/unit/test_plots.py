@@ -111,3 +111,16 @@ def test_logit_panels_share_one_y_axis_and_the_coverage_map_has_a_legend():
     coverage = plots.coverage_map({"q": np.eye(2, dtype=bool), "k": np.ones((2, 1), dtype=bool)})
     [legend] = coverage.legends
     assert [t.get_text() for t in legend.get_texts()] == ["not captured", "captured"]
+
+
+def test_each_bucket_bar_rises_to_its_row_count():
+    stats = _stats()  # log_bucket's buckets of positions 0..30: 1, 2, 4, 8, 16 rows
+    fig = plots.rows_per_bucket(stats)
+    for ax in fig.axes[:2]:
+        [bars] = ax.collections
+        tops = [float(path.vertices[:, 1].max()) for path in bars.get_paths()]
+        assert tops == [1.0, 2.0, 4.0, 8.0, 16.0]
+        floor = {float(path.vertices[:, 1].min()) for path in bars.get_paths()}
+        assert floor == {ax.get_ylim()[0]}
+        low, high = ax.get_xlim()
+        assert low < 0 and 4 < high < 5
