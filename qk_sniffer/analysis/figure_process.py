@@ -21,14 +21,14 @@ from .figures import PngWriter, render_after_run, write_pngs
 from .loading import CommittedPart
 
 FIGURE_PROCESS = "qk_sniffer.analysis.figure_process"
-# Seconds each figure took to draw and save on the embedded default (2-core VM): the shares are balanced
-# by them. Any figure not listed counts as the dearest.
+# Seconds each figure took to build and save (2-core VM, a 4096-token sampler=all capture): the shares
+# are balanced by them. Any figure not listed counts as the dearest.
 COST = {
-    "logit_vs_distance": 0.14,
-    "norm_vs_position": 0.12,
-    "mean_norm_by_layer_bucket": 0.11,
-    "rows_per_bucket": 0.09,
-    "coverage": 0.05,
+    "logit_vs_distance": 0.17,
+    "mean_norm_by_layer_bucket": 0.15,
+    "norm_vs_position": 0.14,
+    "rows_per_bucket": 0.11,
+    "coverage": 0.06,
 }
 
 
