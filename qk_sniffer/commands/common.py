@@ -102,6 +102,9 @@ def run_and_exit(main: Callable[[], None]) -> NoReturn:
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
+    # The command is over (its data committed, its message printed): a Ctrl-C now would only put a
+    # traceback from an exit hook under that message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # As the interpreter's own exit does, in its order: threading's exit hooks (they tell idle executor
     # workers to stop), then a join of every thread that is not a daemon, then the atexit handlers.
     threading._shutdown()  # type: ignore[attr-defined]

@@ -172,7 +172,8 @@ def serve(
             _write(replies, reply)
     for reply in end():
         _write(replies, reply)
-    replies.close()
+    with contextlib.suppress(OSError):  # the parent is gone (interrupted): what is unsent goes nowhere
+        replies.close()
 
 
 def _messages(lines: Iterable[str]) -> Iterator[Message]:

@@ -151,7 +151,11 @@ def _run(cfg: Config) -> RunResult:
                 _settle_committed(cfg, prep)
                 raise RunInterrupted(signum, prep.out_dir, writer.examples_committed)
             with _phase(phases, "export_s"):
-                _export(cfg, prep, run_id, drawer)
+                try:
+                    _export(cfg, prep, run_id, drawer)
+                except KeyboardInterrupt:  # Ctrl-C while the figures draw: the dir keeps a true card
+                    _settle_committed(cfg, prep)
+                    raise
         with _phase(phases, "push_s"):
             hub.publish(cfg, prep.out_dir)  # only with output.hub.push=true
         stats = prep.stats

@@ -96,3 +96,25 @@ def test_an_unwritable_output_dir_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"output.dir=.*cannot be created: .* is not a directory"):
         run(compose_cfg([f"output.dir={blocker}/sub"]))
     assert blocker.read_text() == "not a directory"
+
+
+class _InterruptedDrawer:
+    """Ctrl-C lands while the figures are drawn (the run's last step, after the rows are committed)."""
+
+    def draw(self, root) -> None:
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+def test_ctrl_c_while_the_figures_draw_leaves_a_card_of_what_is_committed(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr("qk_sniffer.pipeline.runner.start_drawer", _InterruptedDrawer)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg([f"output.dir={out}", "report.enabled=true", "capture.layers=[0]"]))
+    card = (out / "README.md").read_text()
+    configs = read_configs(out)
+    assert configs and all(f"config_name: {name}" in card for name in configs)
+    assert "## Figures" not in card  # none were drawn
+    assert rows(out)  # the committed rows stay, and load
