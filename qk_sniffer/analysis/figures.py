@@ -29,6 +29,16 @@ FIGURE_NAMES = (
     "logit_vs_distance",
 )
 
+# What each figure is drawn from: the norm sums, the logits by distance, or the listing alone (a drawer of
+# some figures computes only what they need).
+NEEDS = {
+    "rows_per_bucket": "norms",
+    "mean_norm_by_layer_bucket": "norms",
+    "norm_vs_position": "norms",
+    "coverage": None,
+    "logit_vs_distance": "logits",
+}
+
 log = logging.getLogger(__name__)
 
 INDEX = "figures.json"
@@ -79,7 +89,8 @@ def write_pngs(
     from .numbers import aggregates, coverage
     from .plots import PNG_OPTIONS, draw_all
 
-    norms, logits = aggregates(parts, layout)
+    needs = {NEEDS[name] for name in names}
+    norms, logits = aggregates(parts, layout, norms="norms" in needs, logits="logits" in needs)
     figures = draw_all(norms, coverage(parts, layout), logits, _layers(layout), names)
     for name, figure in figures.items():
         with atomic_file(root / FIGURES / f"{name}.png", "wb") as f:

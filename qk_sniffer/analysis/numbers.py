@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from ..core.arrow import numpy_values
 from ..core.naming import CONFIG_NAME
@@ -236,19 +237,22 @@ def key_heads(parts: dict[str, list[CommittedPart]], layout: dict[str, Any]) -> 
 
 
 def aggregates(
-    parts: dict[str, list[CommittedPart]], layout: dict[str, Any]
+    parts: dict[str, list[CommittedPart]], layout: dict[str, Any], *, norms: bool = True, logits: bool = True
 ) -> tuple[NormStats, LogitByDistance]:
     """The norm sums and the logits by distance in one read of every row: each key head with the query
     heads that read it on a worker thread (each within its share of :data:`PAIR_BUDGET_BYTES`), their rows
-    feeding the norm sums of their configs as they are read; configs no pair reads are streamed alone."""
+    feeding the norm sums of their configs as they are read; configs no pair reads are streamed alone.
+    ``norms`` / ``logits`` false: that half is left empty (and the rows only it needs are not read)."""
     scale = 1.0 / np.sqrt(float(layout["head_dim"]))
     max_rows = max(1, PAIR_BUDGET_BYTES // WORKERS // (int(layout["head_dim"]) * 4 + 16))
-    work = key_heads(parts, layout)
+    work = key_heads(parts, layout) if logits else []
     paired = {c for w in work for c in (w.key_config, *w.query_configs.values())}
-    alone = [c for c in sorted(parts) if c not in paired]
+    alone = [c for c in sorted(parts) if c not in paired] if norms else []
     result, per_config = LogitByDistance(), []
-    with ThreadPoolExecutor(WORKERS) as pool:
-        pairs = pool.map(lambda w: _pairs(w, parts, scale, max_rows), work)
+    # BLAS kept to one thread meanwhile: its own threads on top of the workers' oversubscribe the cores
+    # (measured on 2 cores: 0.97 s for a million rows with them, 0.63 s without).
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(WORKERS) as pool:
+        pairs = pool.map(lambda w: _pairs(w, parts, scale, max_rows, norms), work)
         singles = pool.map(lambda c: _config_norms(c, parts[c]), alone)
         for head, (sums, fed) in zip(work, pairs, strict=True):
             for h, head_sums in sums.items():
@@ -260,12 +264,15 @@ def aggregates(
 
 
 def _pairs(
-    head: KeyHead, parts: dict[str, list[CommittedPart]], scale: float, max_rows: int
+    head: KeyHead, parts: dict[str, list[CommittedPart]], scale: float, max_rows: int, norms: bool
 ) -> tuple[dict[int, Sums], list[ConfigNorms]]:
-    """The logit sums of each query head of ``head`` with its key head, and the norm sums of every config
-    involved, from the same reads (query rows of examples without keys are read for their norms)."""
-    k_index = RowIndex(parts[head.key_config], ConfigNorms(head.key_config))
-    q_indexes = {h: RowIndex(parts[c], ConfigNorms(c)) for h, c in head.query_configs.items()}
+    """The logit sums of each query head of ``head`` with its key head, and (``norms``) the norm sums of
+    every config involved, from the same reads (query rows of examples without keys are read for their
+    norms)."""
+    k_index = RowIndex(parts[head.key_config], ConfigNorms(head.key_config) if norms else None)
+    q_indexes = {
+        h: RowIndex(parts[c], ConfigNorms(c) if norms else None) for h, c in head.query_configs.items()
+    }
     sums = {h: Sums() for h in q_indexes}
     for examples in k_index.groups(list(q_indexes.values()), max_rows):
         keys = k_index.rows(examples)
@@ -276,11 +283,13 @@ def _pairs(
             prefix = KeyPrefix(keys[example])  # once for every query head that reads this key head
             heads = [h for h in q_indexes if example in queries[h]]
             prefix.add_pairs([sums[h] for h in heads], [queries[h][example] for h in heads], scale)
+    if not norms:
+        return sums, []
     for q_index in q_indexes.values():
         unpaired = [e for e in q_index.locations if e not in k_index.counts]
         for examples in q_index.groups([], max_rows, unpaired):
             q_index.rows(examples)
-    return sums, [index.norms for index in (k_index, *q_indexes.values())]
+    return sums, [index.norms for index in (k_index, *q_indexes.values()) if index.norms is not None]
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # positions (n,), vectors (n, head_dim)
@@ -297,8 +306,11 @@ class KeyPrefix:
         positions, vectors = keys
         order = np.argsort(positions, kind="stable")
         self.positions = positions[order].astype(np.int64)
-        self.prefix = np.zeros((len(order) + 1, vectors.shape[1]))
-        np.cumsum(vectors[order], axis=0, dtype=np.float64, out=self.prefix[1:])
+        self.prefix = prefix_sums(vectors if _is_identity(order) else vectors[order])
+        # Keys at every position of one range (sampler=all): a cut is arithmetic, no search needed.
+        count = len(self.positions)
+        self.dense = bool(count) and self.positions[-1] - self.positions[0] == count - 1
+        self.dense = self.dense and bool(np.all(np.diff(self.positions) == 1))
 
     def cuts(self, q_at: np.ndarray) -> np.ndarray:
         """(bins + 1, queries): row j counts the keys at positions <= t_j, where t_0 = i and
@@ -306,41 +318,101 @@ class KeyPrefix:
         widest = int(q_at.max() - self.positions[0]) if len(q_at) and len(self.positions) else -1
         bins = int(distance_bins(np.array([widest]))[0]) + 1 if widest >= 0 else 0
         offsets = np.array([0] + [2 ** (j - 1) for j in range(1, bins + 1)], dtype=np.int64)
-        return np.searchsorted(self.positions, q_at[None, :] - offsets[:, None], side="right")
+        targets = q_at[None, :] - offsets[:, None]
+        if self.dense:
+            return np.clip(targets - (self.positions[0] - 1), 0, len(self.positions))
+        return np.searchsorted(self.positions, targets, side="right")
 
     def add_pairs(self, sums: list[Sums], queries: list[Rows], scale: float) -> None:
         """Add each query head's pairs with these keys to its ``sums``. Heads at the same positions (those
-        of one layer: the sampler's mask is per layer and kind) share the cuts and each gathered prefix."""
+        of one layer: the sampler's mask is per layer and kind) share the cuts and each prefix row read."""
         shared: dict[bytes, list[int]] = {}
         for i, (positions, _) in enumerate(queries):
             shared.setdefault(positions.astype(np.int64).tobytes(), []).append(i)
         for members in shared.values():
-            cuts = self.cuts(queries[members[0]][0].astype(np.int64))
+            at = queries[members[0]][0].astype(np.int64)
+            order = None if np.all(at[1:] >= at[:-1]) else np.argsort(at, kind="stable")
+            if order is not None:
+                at = at[order]
+            cuts = self.cuts(at)
             if len(cuts) < 2:
                 continue
-            stacked = np.stack([queries[i][1] for i in members]).astype(np.float64)  # (heads, queries, d)
-            dots = np.array([np.einsum("hij,ij->h", stacked, self.prefix[cut]) for cut in cuts])
+            stacked = np.empty((len(members), len(at), self.prefix.shape[1]))  # (heads, queries, d)
+            for row, i in enumerate(members):
+                stacked[row] = queries[i][1] if order is None else queries[i][1][order]
+            dots = np.array([self._dots(stacked, cut) for cut in cuts])
             counts = cuts[:-1].sum(axis=1) - cuts[1:].sum(axis=1)
             for column, i in enumerate(members):
                 sums[i].add_totals((dots[:-1, column] - dots[1:, column]) * scale, counts)
 
+    def _dots(self, stacked: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Per head, the sum over queries i of ``q_i . prefix[cut[i]]`` (queries in position order, so
+        ``cut`` never decreases). Queries with no key before the cut add nothing (``prefix[0]`` is zero).
+        Where the cut steps by one key per query (every position sampled), the prefix rows are one slice,
+        read in place; otherwise they are gathered."""
+        first = int(np.searchsorted(cut, 0, side="right"))
+        live = cut[first:]
+        if not len(live):
+            return np.zeros(len(stacked))
+        if live[-1] - live[0] == len(live) - 1 and np.all(np.diff(live) == 1):
+            rows = self.prefix[live[0] : live[-1] + 1]
+        else:
+            rows = self.prefix[live]
+        # One BLAS dot per head over (queries x d) values: far cheaper than einsum over a gathered copy.
+        return np.array([np.vdot(head[first:], rows) for head in stacked])
+
+
+# Rows per block of :func:`prefix_sums`: each block's running sums are one small matrix product.
+PREFIX_BLOCK = 64
+_LOWER = np.tril(np.ones((PREFIX_BLOCK, PREFIX_BLOCK)))
+
+
+def prefix_sums(vectors: np.ndarray) -> np.ndarray:
+    """(n + 1, d) float64: row r is the sum of the first r vectors. Within blocks of :data:`PREFIX_BLOCK`
+    rows the running sums are a lower-triangular matrix product, then each block adds the totals before it;
+    numpy's cumsum does the same additions one element at a time, at about half this speed."""
+    count, width = vectors.shape
+    prefix = np.zeros((count + 1, width))
+    whole = count // PREFIX_BLOCK * PREFIX_BLOCK
+    if whole:
+        blocks = np.matmul(_LOWER, vectors[:whole].astype(np.float64).reshape(-1, PREFIX_BLOCK, width))
+        blocks[1:] += np.cumsum(blocks[:-1, -1, :], axis=0)[:, None, :]
+        prefix[1 : whole + 1] = blocks.reshape(whole, width)
+    np.cumsum(vectors[whole:], axis=0, dtype=np.float64, out=prefix[whole + 1 :])
+    prefix[whole + 1 :] += prefix[whole]
+    return prefix
+
+
+def _is_identity(order: np.ndarray) -> bool:
+    return bool(np.all(order == np.arange(len(order))))
+
 
 class RowIndex:
-    """Where each example's rows sit in a config's part files (row groups), from the example_id column."""
+    """Where each example's rows sit in a config's part files (row groups). A row group whose example_id
+    statistics say it holds one example is indexed from its footer alone; any other has that column read."""
 
-    def __init__(self, parts: list[CommittedPart], norms: ConfigNorms) -> None:
+    def __init__(self, parts: list[CommittedPart], norms: ConfigNorms | None) -> None:
         self.parts = parts
-        self.norms = norms  # fed every row :meth:`rows` reads
+        self.norms = norms  # fed every row :meth:`rows` reads (None: no norms wanted)
         self.counts: dict[int, int] = {}
         self.locations: dict[int, list[tuple[int, int]]] = {}  # example -> [(part, row group)]
         self.held: dict[tuple[int, int], set[int]] = {}  # (part, row group) -> its examples
+        self.footers: list[pq.FileMetaData] = []  # read once: rows() opens each file with its footer
         for p, part in enumerate(parts):
             f = pq.ParquetFile(part.path)
+            self.footers.append(f.metadata)
+            column = f.schema_arrow.get_field_index("example_id")
             for g in range(f.num_row_groups):
-                ids = numpy_values(f.read_row_group(g, columns=["example_id"]).column(0))
-                values, counts = np.unique(ids, return_counts=True)
-                self.held[(p, g)] = set(values.tolist())
-                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                group = f.metadata.row_group(g)
+                one = _single_value(group.column(column).statistics)
+                if one is not None:
+                    values, counts = [one], [group.num_rows]
+                else:
+                    ids = numpy_values(f.read_row_group(g, columns=["example_id"]).column(0))
+                    unique, tally = np.unique(ids, return_counts=True)
+                    values, counts = unique.tolist(), tally.tolist()
+                self.held[(p, g)] = set(values)
+                for value, count in zip(values, counts, strict=True):
                     self.counts[value] = self.counts.get(value, 0) + count
                     self.locations.setdefault(value, []).append((p, g))
 
@@ -368,10 +440,11 @@ class RowIndex:
         by_part: dict[int, list[int]] = {}
         for p, g in sorted({loc for e in examples for loc in self.locations.get(e, [])}):
             by_part.setdefault(p, []).append(g)
-        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        columns = ["example_id", "position", "vector", "bucket"]
+        chunks: dict[int, list[Rows]] = {}  # example -> its rows, in file order
+        columns = ["example_id", "position", "vector", *(["bucket"] if self.norms is not None else [])]
         for p, groups in by_part.items():
-            table = pq.ParquetFile(self.parts[p].path).read_row_groups(groups, columns=columns)
+            f = pq.ParquetFile(self.parts[p].path, metadata=self.footers[p])
+            table = f.read_row_groups(groups, columns=columns)
             ids = numpy_values(table.column("example_id"))
             positions = numpy_values(table.column("position"))
             vectors = vectors_of(table.column("vector"))
@@ -379,18 +452,38 @@ class RowIndex:
             if not all(self.held[(p, g)] <= wanted for g in groups):
                 keep = np.isin(ids, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
                 ids, positions, vectors = ids[keep], positions[keep], vectors[keep]
-            buckets = numpy_values(table.column("bucket"))
-            self.norms.add(buckets if keep is None else buckets[keep], positions, vectors)
-            pieces.append((ids, positions, vectors))
-        if not pieces:
-            return {}
-        ids = np.concatenate([p[0] for p in pieces])
-        positions = np.concatenate([p[1] for p in pieces])
-        vectors = np.concatenate([p[2] for p in pieces]) if len(pieces) > 1 else pieces[0][2]
+            if self.norms is not None:
+                buckets = numpy_values(table.column("bucket"))
+                self.norms.add(buckets if keep is None else buckets[keep], positions, vectors)
+            for example, rows in _by_example(ids, positions, vectors):
+                chunks.setdefault(example, []).append(rows)
+        # An example whose rows span files is joined (a copy); one within a file stays a view of it.
+        return {
+            example: pieces[0] if len(pieces) == 1 else _joined(pieces) for example, pieces in chunks.items()
+        }
+
+
+def _single_value(statistics: pq.Statistics | None) -> int | None:
+    """The one value a column chunk holds, when its statistics say so (min == max, no nulls)."""
+    if statistics is None or not statistics.has_min_max or statistics.null_count:
+        return None
+    return int(statistics.min) if statistics.min == statistics.max else None
+
+
+def _by_example(ids: np.ndarray, positions: np.ndarray, vectors: np.ndarray) -> Iterator[tuple[int, Rows]]:
+    """The rows of each example in one read, in their order there (stably brought together first where an
+    example's rows are apart)."""
+    if not len(ids):
+        return
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    if len(starts) != len(np.unique(ids)):
+        order = np.argsort(ids, kind="stable")
+        ids, positions, vectors = ids[order], positions[order], vectors[order]
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        if len(starts) != len(np.unique(ids)):  # an example's rows apart: bring them together first
-            order = np.argsort(ids, kind="stable")
-            ids, positions, vectors = ids[order], positions[order], vectors[order]
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        ends = np.r_[starts[1:], len(ids)]
-        return {int(ids[a]): (positions[a:b], vectors[a:b]) for a, b in zip(starts, ends, strict=True)}
+    ends = np.r_[starts[1:], len(ids)]
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(ids[a]), (positions[a:b], vectors[a:b])
+
+
+def _joined(pieces: list[Rows]) -> Rows:
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])

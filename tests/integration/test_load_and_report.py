@@ -267,6 +267,25 @@ def test_norm_statistics_equal_the_loaded_rows(out):
     assert_norms_equal_the_loaded_rows(stats, {c: qk_sniffer.load(out, c) for c in parts})
 
 
+def test_a_drawer_of_some_figures_computes_only_what_they_need(out):
+    """The norm sums alone and the logits alone equal those of the full pass; the other half stays empty."""
+    layout = json.loads((out / METADATA).read_text())["layout"]
+    parts = committed_parts(out)
+    norms, logits = report_data.aggregates(parts, layout)
+    norms_only, no_logits = report_data.aggregates(parts, layout, logits=False)
+    no_norms, logits_only = report_data.aggregates(parts, layout, norms=False)
+    assert not no_logits.sums and not no_norms.rows_per_bucket and not no_norms.norm_by_position
+    assert sorted(logits_only.sums) == sorted(logits.sums)
+    for key, sums in logits.sums.items():
+        np.testing.assert_array_equal(logits_only.sums[key].total, sums.total)
+        np.testing.assert_array_equal(logits_only.sums[key].count, sums.count)
+    assert sorted(norms_only.norm_by_position) == sorted(norms.norm_by_position)
+    for kind, sums in norms.rows_per_bucket.items():
+        assert norms_only.rows_per_bucket[kind].count.tolist() == sums.count.tolist()
+    for key, sums in norms.norm_by_layer_bucket.items():
+        np.testing.assert_allclose(norms_only.norm_by_layer_bucket[key].total, sums.total, rtol=1e-12)
+
+
 def test_figures_of_older_data_are_not_linked_and_the_report_redraws_them(out, tmp_path):
     copy = tmp_path / "capture"
     shutil.copytree(out, copy)
