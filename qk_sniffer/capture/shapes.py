@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -167,12 +168,17 @@ def with_shapes(layout: ModelLayout, shapes: Shapes) -> ModelLayout:
 
 
 def measured_layout(
-    config: PretrainedConfig, *, check: bool = True, trust_remote_code: bool = False
+    config: PretrainedConfig,
+    *,
+    check: bool = True,
+    trust_remote_code: bool = False,
+    measure: Callable[[PretrainedConfig, bool], Shapes | None] | None = None,
 ) -> ModelLayout:
     """The layout a run plans with: read from ``config``, its heads measured without weights where that runs
-    (else as the config states them; :func:`check_loaded` then compares them with the loaded model)."""
+    (else as the config states them; :func:`check_loaded` then compares them with the loaded model).
+    ``measure``: who measures them (:func:`weightless_shapes`, or a cache of its answers)."""
     layout = layout_from_config(config, check=check)
-    shapes = weightless_shapes(config, trust_remote_code)
+    shapes = (measure or weightless_shapes)(config, trust_remote_code)
     return layout if shapes is None else with_shapes(layout, shapes)
 
 

@@ -12,6 +12,7 @@
 - :mod:`.overhead_bench`, :mod:`.long_bench`  the benchmarks (``python -m qk_sniffer.bench``);
   :mod:`.memory_table` the memory table of docs/performance.md
 - :mod:`.weights`   a local checkpoint's identity: the digest of its files
+- :mod:`.shapes_cache` a model config's weightless attention shapes, measured once and remembered
 - :mod:`.user_cache` where the caches live (``$QK_SNIFFER_CACHE``; ``off`` turns them off)
 - :mod:`.sweep`     where each job of a multirun writes when output.dir names one dir
 - :mod:`.embedded`  the default model and tokenizer as Python objects (``qk_sniffer.embedded_model()``)

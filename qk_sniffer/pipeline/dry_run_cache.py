@@ -20,29 +20,20 @@ remembers nothing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..core.child import Message, log_in_parent
-from ..core.config import CONF_DIR, Config, plain
-from .user_cache import cache_root
+from ..core.config import Config, plain
+from .user_cache import code_fingerprint, read_entry, write_entry
 
-PACKAGE = Path(__file__).resolve().parents[1]
+KIND = "dry_run"
 LOCAL_DATASETS = ("embedded", "synthetic")
 CHECKPOINT_TEXT = (".json", ".py")
 UNPLANNED = ("output", "wandb", "report", "dry_run")
-
-
-def cache_dir() -> Path | None:
-    """``$QK_SNIFFER_CACHE/dry_run`` (see :mod:`.user_cache`); None when caching is off."""
-    root = cache_root()
-    return None if root is None else root / "dry_run"
 
 
 def cache_key(cfg: Config) -> str | None:
@@ -54,27 +45,20 @@ def cache_key(cfg: Config) -> str | None:
         return None
     config = {k: v for k, v in plain(cfg).items() if k not in UNPLANNED}
     digest = hashlib.sha256()
-    for part in (
-        json.dumps(config, sort_keys=True, default=str),
-        json.dumps(model_files, sort_keys=True),
-        sys.version,
-        *(_version(name) for name in ("torch", "transformers", "qk_sniffer")),
-        json.dumps(_package_files(), sort_keys=True),
-    ):
+    for part in (json.dumps(config, sort_keys=True, default=str), json.dumps(model_files, sort_keys=True)):
         digest.update(part.encode())
         digest.update(b"\0")
+    digest.update(code_fingerprint().encode())
     return digest.hexdigest()[:32]
 
 
 def recall(cfg: Config) -> dict[str, Any] | None:
     """The remembered plan for ``cfg`` (what it logged is logged again), or None."""
-    where, key = cache_dir(), cache_key(cfg)
-    if where is None or key is None:
-        return None
+    key = cache_key(cfg)
+    entry = None if key is None else read_entry(KIND, key)
     try:
-        entry = json.loads((where / f"{key}.json").read_text(encoding="utf-8"))
-        plan, records = entry["plan"], entry["records"]
-    except (OSError, ValueError, KeyError, TypeError):
+        plan, records = entry["plan"], entry["records"]  # type: ignore[index]
+    except (KeyError, TypeError):
         return None
     if not isinstance(plan, dict):
         return None
@@ -90,15 +74,9 @@ def remember(cfg: Config, plan: dict[str, Any], records: list[Message]) -> None:
     ):
         return  # read off the device: its free memory, or which device "auto" finds
 
-    where, key = cache_dir(), cache_key(cfg)
-    if where is None or key is None:
-        return
-    path = where / f"{key}.json"
-    with contextlib.suppress(OSError):  # a read-only home: the plan is only not remembered
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"plan": plan, "records": records}), encoding="utf-8")
-        os.replace(temporary, path)
+    key = cache_key(cfg)
+    if key is not None:
+        write_entry(KIND, key, {"plan": plan, "records": records})
 
 
 def _checkpoint_files(cfg: Config) -> dict[str, str] | None:
@@ -114,23 +92,3 @@ def _checkpoint_files(cfg: Config) -> dict[str, str] | None:
         if path.suffix in CHECKPOINT_TEXT and path.is_file():
             files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
-
-
-def _package_files() -> list[tuple[str, int, int]]:
-    found = []
-    for directory, _, names in os.walk(PACKAGE):
-        for name in names:
-            if name.endswith((".py", ".json", ".yaml", ".jsonl")):
-                stat = os.stat(os.path.join(directory, name))
-                found.append((os.path.join(directory, name), stat.st_size, stat.st_mtime_ns))
-    for path in sorted(CONF_DIR.rglob("*.yaml")):  # the presets
-        stat = path.stat()
-        found.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return sorted(found)
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "-"

@@ -14,6 +14,7 @@ from ..capture.samplers import Sampler, build_sampler
 from ..capture.selfcheck import check_unlisted_family
 from ..capture.shapes import check_loaded, measured_layout
 from ..core.config import Config, ModelConfig
+from .shapes_cache import remembered_shapes
 from .validate import validate
 
 
@@ -36,7 +37,9 @@ def plan_capture(cfg: Config) -> CapturePlan:
     """
     validate(cfg)
     model_config = build_config(cfg.model)
-    layout = measured_layout(model_config, trust_remote_code=cfg.model.trust_remote_code)
+    layout = measured_layout(
+        model_config, trust_remote_code=cfg.model.trust_remote_code, measure=remembered_shapes
+    )
     limit = position_limit(model_config)
     validate(cfg, layout, limit)
     return CapturePlan(

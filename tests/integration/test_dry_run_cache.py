@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers import cli_env, compose_cfg, run_cli, save_checkpoint
 
-from qk_sniffer.pipeline import dry_run_cache
+from qk_sniffer.pipeline import dry_run_cache, user_cache
 from qk_sniffer.pipeline.dry_run import dry_run_plan
 
 ASK_TWICE = """
@@ -121,9 +121,9 @@ def test_off_remembers_nothing(tmp_path, monkeypatch):
 def test_the_package_files_are_part_of_the_key(cache, monkeypatch):
     cfg = compose_cfg(["dry_run=true"])
     before = dry_run_cache.cache_key(cfg)
-    files = dry_run_cache._package_files()
+    files = user_cache.package_files()
     assert any(path.endswith("pipeline/runner.py") for path, _, _ in files)
     assert any(path.endswith(".yaml") and "/conf/" in path for path, _, _ in files)
     edited = [(path, size + 1, mtime) for path, size, mtime in files]
-    monkeypatch.setattr(dry_run_cache, "_package_files", lambda: edited)
+    monkeypatch.setattr(user_cache, "package_files", lambda: edited)
     assert dry_run_cache.cache_key(cfg) != before

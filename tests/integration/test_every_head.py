@@ -20,13 +20,13 @@ import torch
 from helpers import TEXTS, compose_cfg, embedded_tokenizer, every_row_overrides, read_configs, write_jsonl
 from transformers import AutoConfig
 
-from qk_sniffer.capture import shapes
 from qk_sniffer.capture.models import _auto_class, backbone_of
 from qk_sniffer.capture.selfcheck import LayerQK, eager_qk
 from qk_sniffer.capture.support import matrix_entry
 from qk_sniffer.core.errors import UserError
 from qk_sniffer.core.naming import config_name, parse_config_name
 from qk_sniffer.families.tiny import tiny_config
+from qk_sniffer.pipeline import shapes_cache
 from qk_sniffer.pipeline.dry_run import dry_run_plan
 from qk_sniffer.pipeline.runner import run
 from qk_sniffer.store.layout import METADATA
@@ -193,7 +193,7 @@ def test_a_run_planned_from_the_config_alone_refuses_a_model_that_runs_other_hea
     """Where the forward without weights cannot run, the plan falls back to the config's head counts; a loaded
     model whose attention calls see other heads is then refused before anything is written."""
     fr = runs("inkling_text")
-    monkeypatch.setattr(shapes, "weightless_shapes", lambda config, trust_remote_code=False: None)
+    monkeypatch.setattr(shapes_cache, "weightless_shapes", lambda config, trust_remote_code=False: None)
     data = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "out"
     with pytest.raises(UserError, match="attention calls see other heads than its config states"):
