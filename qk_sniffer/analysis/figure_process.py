@@ -1,28 +1,29 @@
-"""The figures' own processes (``python -m qk_sniffer.analysis.figure_process``, started by the run).
+"""The run's side of the figures' own processes (:mod:`.figure_helper`, started by the run).
 
-Each imports matplotlib and the drawing code on another core while the main process loads torch and
-captures; once the run's rows are committed, each draws a share of the figures (two helpers on a machine
-with two CPUs or more: the main process only waits then, so drawing is what the end of a run costs). The run
-itself decides which data they draw and writes the record of them (:func:`.figures.render_figures`), so the
-figures stay one consistent set. When a helper is gone (it crashed, or could not start), the run draws its
-share in its own process.
+Each helper imports matplotlib and the drawing code on another core while the main process loads torch and
+captures; once the run's rows are committed, the helpers draw the figures (on Linux one helper and the
+partner it forks, :mod:`.draw_partner`; elsewhere two helpers on a machine with two CPUs or more), each a
+share: the main process only waits then, so drawing is what the end of a run costs. The run itself decides
+which data they draw and writes the record of them (:func:`.figures.render_figures`), so the figures stay
+one consistent set. When a helper is gone (it crashed, or could not start), the run draws its share in its
+own process.
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core.child import Helper, LogRecords, Message, become_helper, log_in_parent, serve, take
-from ..core.imports import collector_paused
-from .figures import PngWriter, render_after_run, write_pngs
+from ..core.child import Helper, log_in_parent, take
+from .figures import NEEDS, PngWriter, render_after_run, write_pngs
 from .loading import CommittedPart
 
-FIGURE_PROCESS = "qk_sniffer.analysis.figure_process"
-# Seconds each figure took to build and save (2-core VM, a 4096-token sampler=all capture): the shares
-# are balanced by them. Any figure not listed counts as the dearest.
+FIGURE_PROCESS = "qk_sniffer.analysis.figure_helper"
+# Seconds each figure took to build and save (2-core VM, a 4096-token sampler=all capture). Any figure not
+# listed counts as the dearest.
 COST = {
     "logit_vs_distance": 0.17,
     "mean_norm_by_layer_bucket": 0.15,
@@ -30,21 +31,40 @@ COST = {
     "rows_per_bucket": 0.11,
     "coverage": 0.06,
 }
+# Seconds per million rows the aggregates a share's figures need (figures.NEEDS) take on one core (same VM).
+AGGREGATE_COST = {
+    frozenset(): 0.0,
+    frozenset({"norms"}): 0.45,
+    frozenset({"logits"}): 0.6,
+    frozenset({"norms", "logits"}): 0.7,
+}
 
 
 def helper_count() -> int:
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
+    """One helper where it can fork a partner to draw beside it (:mod:`.draw_partner`), else two on a
+    machine with two CPUs or more."""
+    if (os.cpu_count() or 1) < 2:
+        return 1
+    return 1 if sys.platform.startswith("linux") else 2
 
 
-def shares(names: Sequence[str], count: int) -> list[list[str]]:
-    """``names`` in ``count`` shares of about equal cost (the dearest first, each to the cheapest share)."""
-    split: list[list[str]] = [[] for _ in range(count)]
-    loads = [0.0] * count
-    for name in sorted(names, key=lambda n: -COST.get(n, max(COST.values()))):
-        cheapest = loads.index(min(loads))
-        split[cheapest].append(name)
-        loads[cheapest] += COST.get(name, max(COST.values()))
-    return split
+def share_cost(names: Sequence[str], rows: int) -> float:
+    """Seconds to draw ``names`` from ``rows`` rows: each figure, and the aggregates they need once."""
+    needs = frozenset(need for name in names if (need := NEEDS.get(name, "norms")) is not None)
+    drawing = sum(COST.get(name, max(COST.values())) for name in names)
+    return drawing + AGGREGATE_COST[needs] * rows / 1e6
+
+
+def shares(names: Sequence[str], count: int, rows: int = 0) -> list[list[str]]:
+    """``names`` in ``count`` shares, the dearest of which costs least (:func:`share_cost`): every way to
+    split them is tried (count**len(names) ways: 32 for the five figures in two shares)."""
+    best: tuple[float, list[list[str]]] | None = None
+    for assignment in itertools.product(range(count), repeat=len(names)):
+        split = [[n for n, s in zip(names, assignment, strict=True) if s == i] for i in range(count)]
+        cost = max(share_cost(share, rows) for share in split)
+        if best is None or cost < best[0]:
+            best = (cost, split)
+    return best[1] if best is not None else [[] for _ in range(count)]
 
 
 class FigureDrawer:
@@ -69,7 +89,8 @@ class FigureDrawer:
             config: [[str(p.path), p.rows, p.recipe] for p in files] for config, files in parts.items()
         }
         asked = []
-        for helper, share in zip(self._helpers, shares(names, len(self._helpers)), strict=True):
+        rows = sum(p.rows for files in parts.values() for p in files)
+        for helper, share in zip(self._helpers, shares(names, len(self._helpers), rows), strict=True):
             sent = helper.send({"draw": str(root), "parts": listing, "layout": layout, "names": share})
             asked.append((helper, share, sent))
         drawn: list[str] = []
@@ -97,39 +118,4 @@ def start_drawer() -> FigureDrawer:
     return FigureDrawer([take(FIGURE_PROCESS) for _ in range(helper_count())])
 
 
-def draw_share(message: Message) -> list[str]:
-    """The helper's side of :meth:`FigureDrawer.write`."""
-    parts = {
-        config: [CommittedPart(Path(path), int(rows), str(recipe)) for path, rows, recipe in files]
-        for config, files in message["parts"].items()
-    }
-    return write_pngs(Path(message["draw"]), parts, message["layout"], message["names"])
-
-
-def main() -> None:
-    replies = become_helper()
-    with collector_paused():
-        from . import numbers, plots  # noqa: F401 - imported now, while the capture runs, not when asked
-
-    records = LogRecords()
-    package = logging.getLogger("qk_sniffer")
-    package.addHandler(records)
-    package.setLevel(logging.INFO)
-    package.propagate = False  # the run logs them, in its own format and log file
-
-    def handle(message: Message) -> list[Message]:
-        if "draw" not in message:
-            return []
-        try:
-            drawn = draw_share(message)
-        except Exception as exc:  # noqa: BLE001 - the run reports it, as a failure to draw there
-            return [{"error": str(exc), "records": records.take()}]
-        return [{"drawn": drawn, "records": records.take()}]
-
-    serve(replies, handle, lambda: [])
-
-
 __all__ = ["FIGURE_PROCESS", "FigureDrawer", "PngWriter", "start_drawer"]
-
-if __name__ == "__main__":
-    main()

@@ -16,8 +16,8 @@ import time
 import pytest
 from helpers import compose_cfg
 
-from qk_sniffer.analysis.figure_process import COST, FIGURE_PROCESS, FigureDrawer, shares
-from qk_sniffer.analysis.figures import FIGURE_NAMES, current_figures
+from qk_sniffer.analysis.figure_process import COST, FIGURE_PROCESS, FigureDrawer, share_cost, shares
+from qk_sniffer.analysis.figures import FIGURE_NAMES, NEEDS, current_figures
 from qk_sniffer.core import child
 from qk_sniffer.core.child import Helper
 from qk_sniffer.pipeline.runner import run
@@ -63,12 +63,104 @@ def test_the_figures_are_drawn_in_the_helpers_a_share_each(capture_dir, caplog):
     assert all(_gone(helper._process.pid) for helper in helpers)
 
 
-def test_shares_are_balanced_and_cover_every_figure():
-    split = shares(FIGURE_NAMES, 2)
-    assert sorted(name for share in split for name in share) == sorted(FIGURE_NAMES)
-    costs = [sum(COST[name] for name in share) for share in split]
-    assert max(costs) - min(costs) <= max(COST.values())
-    assert shares(FIGURE_NAMES, 1) == [sorted(FIGURE_NAMES, key=lambda n: -COST[n])]
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().split(") ")[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _ready(helper: Helper, capture_dir) -> int:
+    """Wait until the helper serves (its partner forked by then); returns the partner's pid."""
+    assert helper.send({"draw": str(capture_dir), "parts": {}, "layout": {}, "names": []})
+    assert helper.receive() is not None
+    (partner,) = _children(helper._process.pid)
+    return partner
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="Linux, 2 CPUs")
+def test_one_helper_draws_with_a_forked_partner_that_ends_with_it(capture_dir):
+    """On Linux the run starts one figure helper; it forks a partner after its imports, and the two draw a
+    share each. The partner holds none of the run's pipes and ends when the helper does."""
+    for png in (capture_dir / "figures").glob("*.png"):
+        png.unlink()
+    helper = Helper(FIGURE_PROCESS)
+    partner = _ready(helper, capture_dir)
+    # The partner holds no end of the two pipes between the run and the helper (its requests, its replies).
+    ends = (helper._process.stdin.fileno(), helper._process.stdout.fileno())
+    run_pipes = {os.readlink(f"/proc/self/fd/{fd}") for fd in ends}
+    assert all(pipe.startswith("pipe:") for pipe in run_pipes)
+    partner_files = {os.readlink(f"/proc/{partner}/fd/{fd}") for fd in os.listdir(f"/proc/{partner}/fd")}
+    assert not run_pipes & partner_files
+    before = _cpu_ticks(partner)
+    FigureDrawer([helper]).draw(capture_dir)
+    assert len(current_figures(capture_dir)) == 5
+    assert _cpu_ticks(partner) > before, "the partner drew nothing"
+    helper.close(wait=True)
+    assert _gone(partner)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="Linux, 2 CPUs")
+def test_a_partner_gone_leaves_its_share_to_the_helper_and_a_helper_gone_ends_its_partner(capture_dir):
+    for png in (capture_dir / "figures").glob("*.png"):
+        png.unlink()
+    helper = Helper(FIGURE_PROCESS)
+    os.kill(_ready(helper, capture_dir), signal.SIGKILL)
+    drawer = FigureDrawer([helper])
+    drawer.draw(capture_dir)
+    assert len(current_figures(capture_dir)) == 5
+    assert _children(helper._process.pid) == [], "a killed partner was not reaped"
+    drawer.close()
+
+    for png in (capture_dir / "figures").glob("*.png"):
+        png.unlink()
+    helper = Helper(FIGURE_PROCESS)
+    partner = _ready(helper, capture_dir)
+    helper._process.kill()
+    start = time.monotonic()
+    FigureDrawer([helper]).draw(capture_dir)  # the run learns at once that it is gone, and draws itself
+    assert time.monotonic() - start < 20
+    assert len(current_figures(capture_dir)) == 5
+    assert _gone(partner)
+
+
+def test_the_partner_is_forked_only_from_a_single_threaded_process():
+    script = (
+        "import threading, time\n"
+        "from qk_sniffer.analysis.draw_partner import can_fork, fork_partner\n"
+        "print(can_fork())\n"
+        "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n"
+        "print(can_fork(), fork_partner(lambda m: m, []))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    linux = sys.platform.startswith("linux")
+    assert proc.stdout.split() == [str(linux), "False", "None"], proc.stderr
+
+
+def test_shares_cover_every_figure_and_keep_the_dearest_share_cheap():
+    for rows in (0, 100_000, 10_000_000):
+        split = shares(FIGURE_NAMES, 2, rows)
+        assert sorted(name for share in split for name in share) == sorted(FIGURE_NAMES)
+        dearest = max(share_cost(share, rows) for share in split)
+        # No figure moved to the other share makes the dearest one cheaper.
+        for i, share in enumerate(split):
+            for name in share:
+                moved = [
+                    [n for n in s if n != name] + ([name] if j != i else []) for j, s in enumerate(split)
+                ]
+                assert max(share_cost(s, rows) for s in moved) >= dearest
+    assert shares(FIGURE_NAMES, 1) == [list(FIGURE_NAMES)]
+    # With many rows the aggregates dominate: the logit figure and the norm figures are drawn apart, so no
+    # share computes both.
+    assert all(
+        not ({"norms", "logits"} <= {NEEDS[name] for name in share})
+        for share in shares(FIGURE_NAMES, 2, 10**7)
+    )
+    assert share_cost(["coverage"], 10**7) == COST["coverage"]
 
 
 def test_a_failure_to_draw_in_a_helper_is_logged_by_the_run(capture_dir, tmp_path, caplog):
@@ -196,7 +288,6 @@ def test_a_run_that_can_start_no_helper_draws_its_figures_itself(tmp_path, monke
     refusals = [m for m in caplog.messages if m.startswith("could not start a helper process")]
     why = "[Errno 11] Resource temporarily unavailable; the run does without it"
     assert refusals == [
-        f"could not start a helper process (qk_sniffer.analysis.figure_process): {why}",
-        f"could not start a helper process (qk_sniffer.analysis.figure_process): {why}",
+        f"could not start a helper process (qk_sniffer.analysis.figure_helper): {why}",
         f"could not start a helper process (qk_sniffer.tracking.wandb_process): {why}",
     ]
