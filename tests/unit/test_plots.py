@@ -94,6 +94,17 @@ def test_colour_bars_tick_round_numbers_and_layers_are_integers():
     layer_bar = next(ax for ax in lines.axes if ax.get_ylabel() == "layer")
     assert _ticks(layer_bar.yaxis) == ["0", "1", "2"]
     assert _ticks(lines.axes[0].xaxis) == ["0", "1", "2"]  # positions 0 to 3 on a log2 axis
+    # Every head's line in one collection per panel, at (log2(position + 1), mean norm), coloured by layer,
+    # and inside the axes' view.
+    for panel, kind in zip(lines.axes[:3:2], ("queries", "keys"), strict=True):
+        assert kind in panel.get_title()
+        (collection,) = panel.collections
+        paths = collection.get_paths()
+        assert len(paths) == 3  # one head per layer
+        np.testing.assert_allclose(paths[0].vertices, [[0.0, 4.0], [1.0, 4.1], [np.log2(4.0), 4.2]])
+        assert len({tuple(c) for c in collection.get_colors()}) == 3
+        low, high = panel.get_ylim()
+        assert low <= 4.0 and high >= 4.2
 
 
 def test_logit_panels_share_one_y_axis_and_the_coverage_map_has_a_legend():
