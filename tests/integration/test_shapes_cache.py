@@ -8,6 +8,7 @@ import json
 
 import pytest
 from helpers import rows, run_cli, save_checkpoint
+from tiny_models import SHAPE
 from transformers import AutoConfig
 
 from qk_sniffer.capture import shapes as capture_shapes
@@ -37,19 +38,12 @@ def measured(monkeypatch):
 
 
 def _config(**overrides):
-    base = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return AutoConfig.for_model("llama", **{**base, **overrides})
+    return AutoConfig.for_model("llama", **{**SHAPE, **overrides})
 
 
 def test_a_config_measured_once_is_answered_from_the_cache(cache, measured):
     first = remembered_shapes(_config())
-    assert first == {layer: capture_shapes.LayerShape(4, 2, 8) for layer in range(3)}
+    assert first == {layer: capture_shapes.LayerShape(4, 2, 16) for layer in range(3)}
     assert len(list(cache.glob("*.json"))) == 1
     assert remembered_shapes(_config()) == first
     assert measured == ["llama"]
@@ -65,7 +59,7 @@ def test_a_damaged_entry_is_measured_again_and_rewritten(cache, measured):
     for damage in ('{"0": [4, 2]}', "[1, 2, 3]", '{"0": ["four", 2, 8]}', "{not json"):
         entry.write_text(damage)
         assert remembered_shapes(_config()) == expected
-        assert json.loads(entry.read_text()) == {str(layer): [4, 2, 8] for layer in range(3)}
+        assert json.loads(entry.read_text()) == {str(layer): [4, 2, 16] for layer in range(3)}
     assert len(measured) == 5
 
 
