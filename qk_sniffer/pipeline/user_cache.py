@@ -1,7 +1,7 @@
 """Where the user's cache lives: ``$QK_SNIFFER_CACHE``, by default ``$XDG_CACHE_HOME/qk_sniffer``
-(``~/.cache/qk_sniffer``). ``QK_SNIFFER_CACHE=off`` turns every cache off (nothing is read or written
-there); it is a switch, never a dir name. What lives there is only ever a cache: deleting it costs time,
-never data.
+(``~/.cache/qk_sniffer``). ``QK_SNIFFER_CACHE=off`` (in any case: ``OFF``, ``Off``) turns every cache off
+(nothing is read or written there); it is a switch, never a dir name. What lives there is only ever a
+cache: deleting it costs time, never data.
 
 Entries are small JSON files, one per key, written whole (a temporary file renamed into place); one that
 does not parse reads as missing and is written again. An answer worked out by this package's code is keyed
@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 def cache_root() -> Path | None:
     """The cache's root dir, or None when caching is off."""
     root = os.environ.get("QK_SNIFFER_CACHE")
-    if root == OFF:
+    if root is not None and root.strip().lower() == OFF:
         return None
     if not root:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -66,11 +66,12 @@ def test_a_damaged_entry_is_measured_again_and_rewritten(cache, measured):
 def test_remote_code_and_cache_off_remember_nothing(tmp_path, cache, measured, monkeypatch):
     remembered_shapes(_config(), trust_remote_code=True)
     assert not cache.exists()
-    monkeypatch.setenv("QK_SNIFFER_CACHE", "off")
-    remembered_shapes(_config())
-    remembered_shapes(_config())
-    assert measured == ["llama"] * 3
-    assert not (tmp_path / "off").exists()
+    monkeypatch.chdir(tmp_path)
+    for switch in ("off", "OFF", " Off "):  # a switch in any case, never a dir name
+        monkeypatch.setenv("QK_SNIFFER_CACHE", switch)
+        remembered_shapes(_config())
+    assert measured == ["llama"] * 4
+    assert list(tmp_path.iterdir()) == []  # no cache, and no dir named after the switch
 
 
 def test_a_wrong_remembered_answer_is_refused_by_the_loaded_model(tmp_path):
