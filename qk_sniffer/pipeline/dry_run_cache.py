@@ -28,7 +28,7 @@ from typing import Any
 
 from ..core.child import Message, log_in_parent
 from ..core.config import Config, plain
-from .user_cache import code_fingerprint, read_entry, write_entry
+from .user_cache import entry_key, read_entry, write_entry
 
 KIND = "dry_run"
 LOCAL_DATASETS = ("embedded", "synthetic")
@@ -44,12 +44,7 @@ def cache_key(cfg: Config) -> str | None:
     if model_files is None:
         return None
     config = {k: v for k, v in plain(cfg).items() if k not in UNPLANNED}
-    digest = hashlib.sha256()
-    for part in (json.dumps(config, sort_keys=True, default=str), json.dumps(model_files, sort_keys=True)):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    digest.update(code_fingerprint().encode())
-    return digest.hexdigest()[:32]
+    return entry_key(json.dumps(config, sort_keys=True, default=str), json.dumps(model_files, sort_keys=True))
 
 
 def recall(cfg: Config) -> dict[str, Any] | None:

@@ -3,7 +3,7 @@
 Measuring them (:func:`qk_sniffer.capture.shapes.weightless_shapes`) builds the model on the meta device
 and runs a fake-tensor forward: 0.2 s for a tiny model, seconds for a large one, and the same answer each
 time for the same config and code. So the answer is kept in ``$QK_SNIFFER_CACHE/shapes/`` (see
-:mod:`.user_cache`), keyed on the model's whole config (as JSON) and :func:`.user_cache.code_fingerprint`.
+:mod:`.user_cache`), keyed on the model's whole config (as JSON) and the code (:func:`.user_cache.entry_key`).
 
 It is safe to trust: a run measures the loaded model again (:func:`qk_sniffer.capture.shapes.check_loaded`)
 and refuses to capture when its heads differ from the plan's, so a remembered answer can never make a run
@@ -13,12 +13,10 @@ not in the key) or when the measurement could not run (it is tried, and logged, 
 
 from __future__ import annotations
 
-import hashlib
-
 from transformers import PretrainedConfig
 
 from ..capture.shapes import LayerShape, Shapes, weightless_shapes
-from .user_cache import code_fingerprint, read_entry, write_entry
+from .user_cache import entry_key, read_entry, write_entry
 
 KIND = "shapes"
 
@@ -42,21 +40,21 @@ def _key(config: PretrainedConfig) -> str | None:
         text = config.to_json_string(use_diff=False)
     except (TypeError, ValueError):  # a config holding something JSON cannot say is not remembered
         return None
-    digest = hashlib.sha256(f"{type(config).__module__}.{type(config).__qualname__}\0{text}\0".encode())
-    digest.update(code_fingerprint().encode())
-    return digest.hexdigest()[:32]
+    return entry_key(f"{type(config).__module__}.{type(config).__qualname__}", text)
 
 
 def _parsed(entry: object) -> Shapes | None:
-    """The shapes an entry holds; None for one that is not exactly what :func:`remembered_shapes` writes."""
+    """The shapes an entry holds; None for one that is not exactly what :func:`remembered_shapes` writes
+    (layer -> a list of three whole numbers)."""
     if not isinstance(entry, dict):
         return None
-    try:
-        shapes = {int(layer): LayerShape(*(int(v) for v in values)) for layer, values in entry.items()}
-    except (TypeError, ValueError):
-        return None
-    ok = all(len(values) == 3 for values in entry.values())
-    return shapes if ok else None
+    shapes = {}
+    for layer, values in entry.items():
+        whole = isinstance(values, list) and all(type(v) is int for v in values)
+        if not whole or len(values) != 3 or not str(layer).isdigit():
+            return None
+        shapes[int(layer)] = LayerShape(*values)
+    return shapes
 
 
 __all__ = ["remembered_shapes"]

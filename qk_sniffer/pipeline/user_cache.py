@@ -3,14 +3,16 @@
 (nothing is read or written there); it is a switch, never a dir name. What lives there is only ever a
 cache: deleting it costs time, never data.
 
-Entries are small JSON files, one per key, written whole (a temporary file renamed into place); one that
-does not parse reads as missing and is written again. An answer worked out by this package's code is keyed
-also on :func:`code_fingerprint`, so an upgrade or an edited checkout never meets an old answer.
+Entries are small JSON files, one per key, written whole (the store's atomic write); one that does not
+parse reads as missing and is written again. An answer worked out by this package's code is keyed also on
+:func:`code_fingerprint` (:func:`entry_key`), so an upgrade or an edited checkout never meets an old
+answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import CONF_DIR
+from ..store.files import DamagedFile, atomic_file, read_json
 
 OFF = "off"
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -47,22 +50,27 @@ def read_entry(kind: str, key: str) -> Any | None:
     if where is None:
         return None
     try:
-        return json.loads((where / f"{key}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(where / f"{key}.json")
+    except (OSError, DamagedFile):
         return None
 
 
 def write_entry(kind: str, key: str, entry: Any) -> None:
-    """Keep ``entry`` under ``key``; a read-only home only means it is not kept."""
+    """Keep ``entry`` under ``key`` (whole or not at all); a read-only home only means it is not kept."""
     where = cache_dir(kind)
-    if where is None:
-        return
-    path = where / f"{key}.json"
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(entry), encoding="utf-8")
-        os.replace(temporary, path)
+    if where is not None:
+        # Not write_json_atomic: it sorts the keys, and a remembered plan is shown in its own order.
+        with contextlib.suppress(OSError), atomic_file(where / f"{key}.json", "w") as f:
+            json.dump(entry, f)
+
+
+def entry_key(*parts: str) -> str:
+    """The key of an answer worked out from ``parts`` by this package's code (:func:`code_fingerprint`)."""
+    digest = hashlib.sha256()
+    for part in (*parts, code_fingerprint()):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def code_fingerprint() -> str:

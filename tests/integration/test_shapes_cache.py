@@ -56,11 +56,19 @@ def test_a_config_measured_once_is_answered_from_the_cache(cache, measured):
 def test_a_damaged_entry_is_measured_again_and_rewritten(cache, measured):
     expected = remembered_shapes(_config())
     (entry,) = cache.glob("*.json")
-    for damage in ('{"0": [4, 2]}', "[1, 2, 3]", '{"0": ["four", 2, 8]}', "{not json"):
+    damaged = (
+        '{"0": [4, 2]}',
+        "[1, 2, 3]",
+        '{"0": ["four", 2, 8]}',
+        '{"0": "428"}',
+        '{"x": [4, 2, 16]}',
+        "{not",
+    )
+    for damage in damaged:
         entry.write_text(damage)
         assert remembered_shapes(_config()) == expected
         assert json.loads(entry.read_text()) == {str(layer): [4, 2, 16] for layer in range(3)}
-    assert len(measured) == 5
+    assert len(measured) == 1 + len(damaged)
 
 
 def test_remote_code_and_cache_off_remember_nothing(tmp_path, cache, measured, monkeypatch):
