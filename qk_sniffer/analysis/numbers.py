@@ -304,13 +304,12 @@ class KeyPrefix:
 
     def __init__(self, keys: Rows) -> None:
         positions, vectors = keys
-        order = np.argsort(positions, kind="stable")
-        self.positions = positions[order].astype(np.int64)
-        self.prefix = prefix_sums(vectors if _is_identity(order) else vectors[order])
+        positions = positions.astype(np.int64)
+        order = position_order(positions)
+        self.positions = positions if order is None else positions[order]
+        self.prefix = prefix_sums(vectors if order is None else vectors[order])
         # Keys at every position of one range (sampler=all): a cut is arithmetic, no search needed.
-        count = len(self.positions)
-        self.dense = bool(count) and self.positions[-1] - self.positions[0] == count - 1
-        self.dense = self.dense and bool(np.all(np.diff(self.positions) == 1))
+        self.dense = steps_by_one(self.positions)
 
     def cuts(self, q_at: np.ndarray) -> np.ndarray:
         """(bins + 1, queries): row j counts the keys at positions <= t_j, where t_0 = i and
@@ -331,7 +330,7 @@ class KeyPrefix:
             shared.setdefault(positions.astype(np.int64).tobytes(), []).append(i)
         for members in shared.values():
             at = queries[members[0]][0].astype(np.int64)
-            order = None if np.all(at[1:] >= at[:-1]) else np.argsort(at, kind="stable")
+            order = position_order(at)
             if order is not None:
                 at = at[order]
             cuts = self.cuts(at)
@@ -354,10 +353,7 @@ class KeyPrefix:
         live = cut[first:]
         if not len(live):
             return np.zeros(len(stacked))
-        if live[-1] - live[0] == len(live) - 1 and np.all(np.diff(live) == 1):
-            rows = self.prefix[live[0] : live[-1] + 1]
-        else:
-            rows = self.prefix[live]
+        rows = self.prefix[live[0] : live[-1] + 1] if steps_by_one(live) else self.prefix[live]
         # One BLAS dot per head over (queries x d) values: far cheaper than einsum over a gathered copy.
         return np.array([np.vdot(head[first:], rows) for head in stacked])
 
@@ -383,8 +379,16 @@ def prefix_sums(vectors: np.ndarray) -> np.ndarray:
     return prefix
 
 
-def _is_identity(order: np.ndarray) -> bool:
-    return bool(np.all(order == np.arange(len(order))))
+def position_order(positions: np.ndarray) -> np.ndarray | None:
+    """The stable order that sorts ``positions``; None when they are in order already (no copy needed)."""
+    return None if np.all(positions[1:] >= positions[:-1]) else np.argsort(positions, kind="stable")
+
+
+def steps_by_one(values: np.ndarray) -> bool:
+    """``values`` is a run of consecutive integers (a, a + 1, ..., b), so it can stand for a slice."""
+    if not len(values) or values[-1] - values[0] != len(values) - 1:
+        return False
+    return bool(np.all(np.diff(values) == 1))
 
 
 class RowIndex:
